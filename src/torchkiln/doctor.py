@@ -1,0 +1,269 @@
+"""Preflight checks: each a pure function of gathered facts, giving ok / warn / error and a fix."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from torchkiln import gpu, settings
+from torchkiln.engine import EngineFacts
+from torchkiln.errors import UserError
+
+MIN_ENGINE = (23, 0)
+MIN_COMPOSE = (2, 0)
+# A source build of torch + vision with ccache takes about 40 GB at the engine's root.
+DISK_ERROR_GB = 20
+DISK_WARN_GB = 60
+GB = 1024**3
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the doctor's table."""
+
+    check: str
+    status: str  # ok | warn | error
+    detail: str
+    fix: str = ""
+
+
+@dataclass(frozen=True)
+class EnvState:
+    """What became of reading and validating `.env`."""
+
+    present: bool
+    values: Mapping[str, str] | None  # resolved settings; None when they could not be resolved
+    problem: str = ""
+
+
+def check_engine(facts: EngineFacts) -> list[Row]:
+    """Judge the engine, Compose and buildx."""
+    if facts.error:
+        return [
+            Row(
+                "engine",
+                "error",
+                f"Docker engine unreachable: {facts.error}",
+                "start it (sudo systemctl start docker), or set DOCKER_HOST; "
+                "add yourself to the docker group (sudo usermod -aG docker $USER)",
+            )
+        ]
+    rows = []
+    version = _version_or_zero(facts.server_version)
+    if version[:2] < MIN_ENGINE:
+        rows.append(
+            Row(
+                "engine",
+                "error",
+                f"Docker Engine {facts.server_version} is too old",
+                "install Docker Engine 23 or newer (docs.docker.com/engine/install)",
+            )
+        )
+    else:
+        rows.append(Row("engine", "ok", f"Docker Engine {facts.server_version}"))
+    if facts.compose_version and _version_or_zero(facts.compose_version)[:2] >= MIN_COMPOSE:
+        rows.append(Row("compose", "ok", f"Compose {facts.compose_version}"))
+    elif facts.compose_v1:
+        rows.append(
+            Row(
+                "compose",
+                "error",
+                f"only Compose v1 (docker-compose {facts.compose_v1}) is installed",
+                "install the Compose v2 plugin (package docker-compose-plugin)",
+            )
+        )
+    else:
+        rows.append(
+            Row(
+                "compose",
+                "error",
+                "`docker compose` (Compose v2) is missing",
+                "install the Compose v2 plugin (package docker-compose-plugin)",
+            )
+        )
+    if facts.buildx_version:
+        rows.append(Row("buildx", "ok", f"buildx {facts.buildx_version} (BuildKit)"))
+    else:
+        rows.append(
+            Row(
+                "buildx",
+                "error",
+                "`docker buildx` is missing",
+                "install the buildx plugin (package docker-buildx-plugin)",
+            )
+        )
+    return rows
+
+
+def check_gpu_runtime(facts: EngineFacts, env: EnvState) -> Row:
+    """Judge whether containers can get GPUs; a deliberate CPU setup only warns."""
+    if facts.error:
+        return Row("nvidia runtime", "warn", "not checked: the engine is unreachable")
+    if facts.nvidia:
+        how = "runtime" if "nvidia" in facts.runtimes else "CDI"
+        return Row("nvidia runtime", "ok", f"GPUs reach containers through the NVIDIA {how}")
+    cpu_only = env.values is not None and "cpu.yaml" in env.values.get("COMPOSE_FILE", "")
+    fix = (
+        "install the NVIDIA Container Toolkit and run sudo nvidia-ctk runtime configure "
+        "--runtime=docker, then restart Docker"
+    )
+    if cpu_only:
+        return Row(
+            "nvidia runtime",
+            "warn",
+            "no NVIDIA runtime or CDI device; COMPOSE_FILE has cpu.yaml: CPU only",
+            fix,
+        )
+    return Row(
+        "nvidia runtime",
+        "error",
+        "no NVIDIA runtime or CDI device: containers would run on the CPU",
+        fix,
+    )
+
+
+def check_driver(driver: str, env: EnvState) -> Row:
+    """Judge whether the host driver is new enough for the image's CUDA."""
+    if env.values is None:
+        return Row("driver", "warn", "not checked: the settings could not be read")
+    cuda = env.values["CUDA_VERSION"]
+    try:
+        minimum = gpu.min_driver_for_cuda(cuda)
+    except UserError as error:
+        return Row("driver", "error", str(error), "set CUDA_VERSION in .env")
+    if not driver:
+        return Row(
+            "driver",
+            "warn",
+            f"no NVIDIA driver answered (nvidia-smi); CUDA {cuda} needs {minimum} or newer",
+            "install the NVIDIA driver to use GPUs",
+        )
+    if gpu.driver_supports_cuda(driver, cuda):
+        return Row("driver", "ok", f"driver {driver} runs CUDA {cuda} (needs {minimum})")
+    return Row(
+        "driver",
+        "error",
+        f"driver {driver} is older than {minimum}, which CUDA {cuda} needs",
+        f"upgrade the driver to {minimum} or newer, or set CUDA_VERSION to an "
+        "older CUDA in .env and build the full service",
+    )
+
+
+def check_cca(env: EnvState) -> Row:
+    """Judge CCA against the CUDA version the image compiles with."""
+    if env.values is None:
+        return Row("cca", "warn", "not checked: the settings could not be read")
+    if env.values["BUILD_MODE"] == "wheels":
+        return Row("cca", "ok", "BUILD_MODE=wheels: official wheels cover all GPUs")
+    cca, cuda = env.values["CCA"], env.values["CUDA_VERSION"]
+    if not cca:
+        return Row(
+            "cca",
+            "error",
+            "CCA is empty and no GPU was detected",
+            "pass --cca 8.6 (your GPU's compute capability) or set CCA in .env",
+        )
+    try:
+        items = gpu.check_cca_for_cuda(cca, cuda)
+    except UserError as error:
+        return Row("cca", "error", str(error), "set CCA in .env or pass --cca")
+    return Row("cca", "ok", f"{';'.join(items)} builds with CUDA {cuda}")
+
+
+def check_disk(facts: EngineFacts) -> Row:
+    """Judge free disk space at the engine's root."""
+    if facts.error:
+        return Row("disk", "warn", "not checked: the engine is unreachable")
+    if facts.free_bytes is None:
+        return Row(
+            "disk",
+            "warn",
+            f"cannot measure free space at {facts.root_dir or '?'} (remote engine?)",
+            f"make sure {DISK_WARN_GB} GB are free there",
+        )
+    free_gb = facts.free_bytes / GB
+    detail = f"{free_gb:.0f} GB free at {facts.root_dir}"
+    fix = "free space: docker builder prune; docker image prune"
+    if free_gb < DISK_ERROR_GB:
+        return Row("disk", "error", f"{detail}; a source build needs about 40 GB", fix)
+    if free_gb < DISK_WARN_GB:
+        return Row("disk", "warn", f"{detail}; a source build needs about 40 GB", fix)
+    return Row("disk", "ok", detail)
+
+
+def check_env(env: EnvState) -> Row:
+    """Judge whether .env exists and holds valid settings."""
+    if not env.present:
+        return Row(".env", "error", ".env is missing", "run invoke env")
+    if env.problem:
+        return Row(".env", "error", env.problem, "fix that line, or run invoke env --force")
+    return Row(".env", "ok", "present and valid")
+
+
+def diagnose(facts: EngineFacts, driver: str, env: EnvState) -> list[Row]:
+    """Run every check over the gathered facts."""
+    return [
+        *check_engine(facts),
+        check_gpu_runtime(facts, env),
+        check_driver(driver, env),
+        check_cca(env),
+        check_disk(facts),
+        check_env(env),
+    ]
+
+
+def failed(rows: list[Row]) -> bool:
+    """Tell whether any row is an error."""
+    return any(row.status == "error" for row in rows)
+
+
+def render(rows: list[Row]) -> str:
+    """Lay the rows out as a plain-text table with a fix under each failure."""
+    width = max(len(row.check) for row in rows)
+    lines = []
+    for row in rows:
+        mark = {"ok": "ok   ", "warn": "WARN ", "error": "ERROR"}[row.status]
+        lines.append(f"{row.check:<{width}}  {mark}  {row.detail}")
+        if row.fix and row.status != "ok":
+            lines.append(f"{'':<{width}}         fix: {row.fix}")
+    return "\n".join(lines)
+
+
+def _version_or_zero(text: str) -> tuple[int, ...]:
+    try:
+        return gpu.version_tuple(text)
+    except ValueError:
+        return (0,)
+
+
+def env_state(
+    dotenv: Mapping[str, str | None] | None, environ: Mapping[str, str], problem: str = ""
+) -> EnvState:
+    """Resolve settings from a read .env (None when absent) into an EnvState."""
+    if problem:
+        return EnvState(present=True, values=None, problem=problem)
+    try:
+        values = settings.resolve({}, environ, dotenv or {})
+    except UserError as error:
+        return EnvState(present=dotenv is not None, values=None, problem=str(error))
+    return EnvState(present=dotenv is not None, values=values)
+
+
+def run(root: Path) -> tuple[str, bool]:
+    """Gather the host's and engine's facts, check them; return the table and whether it failed."""
+    import os
+
+    from torchkiln import engine, envfile, hostfacts
+
+    facts = engine.engine_info()
+    if not facts.error:
+        engine.plugin_versions(facts)
+    path = root / ".env"
+    try:
+        dotenv = envfile.read(path) if path.exists() else None
+        state = env_state(dotenv, os.environ)
+    except UserError as error:
+        state = env_state(None, os.environ, problem=str(error))
+    rows = diagnose(facts, hostfacts.gpu_driver_version(), state)
+    return render(rows), failed(rows)

@@ -1,0 +1,407 @@
+"""The settings model: every variable a user can set, declared once with default and check.
+
+`.env`, `env.example`, the build args Compose passes and the Dockerfile ARG defaults are all
+derived from (or tested against) the table below. Precedence, highest first:
+command-line flag > process environment > `.env` > default.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from torchkiln import gpu
+from torchkiln.errors import UserError
+
+SERVICES = ("train", "full", "ngc")
+ALL = SERVICES
+SOURCE = ("train", "full")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One user-settable variable."""
+
+    name: str
+    default: str
+    meaning: str
+    group: str
+    # Services whose image build receives it as a build arg; () for run-time-only settings.
+    services: tuple[str, ...] = ()
+    check: Callable[[str, str], None] | None = None
+
+    @property
+    def build_arg(self) -> bool:
+        """Tell whether the Dockerfiles receive this setting as an ARG."""
+        return bool(self.services)
+
+
+def _pattern(regex: str, form: str) -> Callable[[str, str], None]:
+    compiled = re.compile(regex)
+
+    def check(name: str, value: str) -> None:
+        if not compiled.fullmatch(value):
+            raise UserError(f"{name} '{value}' is not valid; write it as {form}")
+
+    return check
+
+
+def _optional(check: Callable[[str, str], None]) -> Callable[[str, str], None]:
+    def maybe(name: str, value: str) -> None:
+        if value:
+            check(name, value)
+
+    return maybe
+
+
+def _cca(name: str, value: str) -> None:
+    if value:
+        gpu.parse_cca(value)
+
+
+def _choice(*choices: str) -> Callable[[str, str], None]:
+    def check(name: str, value: str) -> None:
+        if value not in choices:
+            raise UserError(f"{name} '{value}' is not one of {', '.join(choices)}; pick one")
+
+    return check
+
+
+_ID = _pattern(r"\d{1,10}", "a number such as 1000 (see the output of id)")
+# Linux user/group names as useradd accepts them; lower-case so they double as project names.
+_NAME = _pattern(r"[a-z_][a-z0-9_-]{0,31}", "lower-case letters, digits, '_' or '-' (e.g. alice)")
+_VERSION3 = _pattern(r"\d+\.\d+\.\d+", "three numbers, e.g. 2.14.1")
+_PROJECT = _pattern(r"[a-z0-9][a-z0-9_-]*", "lower-case letters, digits, '_' or '-'")
+_IMAGE = _pattern(r"[a-z0-9][a-z0-9._/:@-]*(\$\{[A-Z_]+\}[a-z0-9._/:@-]*)*", "repo/name:tag")
+_BOOL = _choice("0", "1")
+
+SETTINGS: tuple[Setting, ...] = (
+    # --- the container user -------------------------------------------------------------
+    Setting(
+        "UID",
+        "1000",
+        "container user's id (your host id, so files you create are yours)",
+        "user",
+        ALL,
+        _ID,
+    ),
+    Setting("GID", "1000", "container user's group id", "user", ALL, _ID),
+    Setting("USR", "user", "container user name (root when UID is 0)", "user", ALL, _NAME),
+    Setting("GRP", "user", "container user's group name", "user", ALL, _NAME),
+    Setting(
+        "PASSWORDLESS_SUDO",
+        "0",
+        "1 gives the container user sudo without a password",
+        "user",
+        ALL,
+        _BOOL,
+    ),
+    Setting(
+        "TZ",
+        "UTC",
+        "time zone inside the containers",
+        "user",
+        (),
+        _pattern(r"[A-Za-z0-9_+\-/]+", "a zone name such as Europe/Berlin or UTC"),
+    ),
+    Setting(
+        "PROJECT_ROOT",
+        "/opt/project",
+        "where the repository is mounted in the container",
+        "user",
+        ALL,
+        _pattern(r"/[A-Za-z0-9_./-]*", "an absolute path such as /opt/project"),
+    ),
+    # --- Compose ------------------------------------------------------------------------
+    Setting(
+        "COMPOSE_FILE",
+        "compose/docker-compose.yaml",
+        "compose files, ':'-separated (invoke env adds compose/cpu.yaml without a GPU runtime)",
+        "compose",
+    ),
+    Setting(
+        "COMPOSE_PROJECT_NAME",
+        "torchkiln",
+        "Compose project name (lower-case)",
+        "compose",
+        (),
+        _PROJECT,
+    ),
+    Setting(
+        "SHM_SIZE",
+        "16gb",
+        "shared memory for data-loader workers (/dev/shm)",
+        "compose",
+        (),
+        _pattern(r"\d+[kmg]?b?", "a size such as 16gb"),
+    ),
+    Setting(
+        "TRAIN_IMAGE_NAME",
+        "torchkiln/train:latest",
+        "tag of the train image",
+        "compose",
+        (),
+        _IMAGE,
+    ),
+    Setting(
+        "FULL_IMAGE_NAME", "torchkiln/full:latest", "tag of the full image", "compose", (), _IMAGE
+    ),
+    Setting(
+        "NGC_IMAGE_NAME", "torchkiln/ngc:latest", "tag of the ngc image", "compose", (), _IMAGE
+    ),
+    # --- what is built ------------------------------------------------------------------
+    Setting(
+        "CCA",
+        "",
+        "GPU compute capabilities to build for, e.g. 8.6 or '8.6;9.0'",
+        "gpu",
+        SOURCE,
+        _cca,
+    ),
+    Setting(
+        "BUILD_MODE",
+        "source",
+        "source: compile PyTorch; wheels: install official wheels",
+        "build",
+        SOURCE,
+        _choice("source", "wheels"),
+    ),
+    Setting(
+        "PYTORCH_VERSION",
+        "2.14.1",
+        "torch release (git tag v<version>)",
+        "build",
+        SOURCE,
+        _VERSION3,
+    ),
+    Setting(
+        "TORCHVISION_VERSION",
+        "0.29.1",
+        "torchvision release matching torch",
+        "build",
+        SOURCE,
+        _VERSION3,
+    ),
+    Setting(
+        "TORCHAUDIO_VERSION",
+        "",
+        "torchaudio release; empty: not installed (maintenance)",
+        "build",
+        SOURCE,
+        _optional(_VERSION3),
+    ),
+    Setting(
+        "MAX_JOBS",
+        "",
+        "parallel compile jobs; empty: all cores",
+        "build",
+        SOURCE,
+        _optional(_pattern(r"[1-9]\d{0,3}", "a positive number such as 8")),
+    ),
+    Setting("USE_CUDNN", "1", "build with cuDNN", "build", SOURCE, _BOOL),
+    Setting("USE_NCCL", "1", "build with NCCL (multi-GPU)", "build", SOURCE, _BOOL),
+    Setting(
+        "USE_FLASH_ATTENTION",
+        "1",
+        "build FlashAttention kernels (slow to compile)",
+        "build",
+        SOURCE,
+        _BOOL,
+    ),
+    Setting(
+        "USE_MEM_EFF_ATTENTION",
+        "1",
+        "build memory-efficient attention kernels",
+        "build",
+        SOURCE,
+        _BOOL,
+    ),
+    Setting("DEBUG", "0", "1 builds PyTorch with debug symbols", "build", ("full",), _BOOL),
+    # --- the stack under it (the full service exposes these) ----------------------------
+    Setting(
+        "CUDA_VERSION",
+        "13.0.2",
+        "CUDA toolkit of the nvidia/cuda base image",
+        "stack",
+        ("full",),
+        _VERSION3,
+    ),
+    Setting(
+        "CUDNN_FLAVOR",
+        "cudnn-",
+        "'cudnn-' for the image with cuDNN, '' without",
+        "stack",
+        ("full",),
+        _choice("cudnn-", ""),
+    ),
+    Setting(
+        "LINUX_DISTRO",
+        "ubuntu",
+        "distro of the nvidia/cuda base image",
+        "stack",
+        ("full",),
+        _pattern(r"[a-z]+", "a distro name such as ubuntu"),
+    ),
+    Setting(
+        "DISTRO_VERSION",
+        "24.04",
+        "distro release of the base image",
+        "stack",
+        ("full",),
+        _pattern(r"\d+(\.\d+)?", "a release such as 24.04"),
+    ),
+    Setting(
+        "PYTHON_VERSION",
+        "3.12",
+        "Python of the image's virtual environment",
+        "stack",
+        ("full",),
+        _pattern(r"3\.\d{1,2}", "3.12"),
+    ),
+    Setting(
+        "BUILD_IMAGE",
+        "nvidia/cuda:${CUDA_VERSION}-${CUDNN_FLAVOR}devel-${LINUX_DISTRO}${DISTRO_VERSION}",
+        "base image of the build stages (any apt-based image)",
+        "stack",
+        SOURCE,
+        _IMAGE,
+    ),
+    Setting(
+        "TRAIN_IMAGE",
+        "nvidia/cuda:${CUDA_VERSION}-${CUDNN_FLAVOR}devel-${LINUX_DISTRO}${DISTRO_VERSION}",
+        "base image of the runtime stage (any apt-based image)",
+        "stack",
+        SOURCE,
+        _IMAGE,
+    ),
+    Setting(
+        "NGC_YEAR",
+        "25",
+        "NGC PyTorch release year (nvcr.io/nvidia/pytorch:YY.MM-py3)",
+        "stack",
+        ("ngc",),
+        _pattern(r"\d{2}", "two digits, e.g. 25"),
+    ),
+    Setting(
+        "NGC_MONTH",
+        "10",
+        "NGC PyTorch release month",
+        "stack",
+        ("ngc",),
+        _pattern(r"\d{2}", "two digits, e.g. 10"),
+    ),
+    # --- downloads ----------------------------------------------------------------------
+    Setting(
+        "APT_MIRROR",
+        "",
+        "Debian/Ubuntu mirror URL replacing the image's apt sources",
+        "network",
+        ALL,
+        _optional(_pattern(r"https?://\S+", "a URL such as https://host/ubuntu")),
+    ),
+    Setting(
+        "PIP_INDEX_URL",
+        "",
+        "Python package index URL (empty: pip's default)",
+        "network",
+        ALL,
+        _optional(_pattern(r"https?://\S+", "a URL such as https://host/simple")),
+    ),
+    Setting("CA_BUNDLE", "", "host CA bundle file given to builds as a BuildKit secret", "network"),
+)
+
+BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
+
+_REFERENCE = re.compile(r"\$\{([A-Z_]+)\}")
+
+
+def expand(value: str, values: Mapping[str, str]) -> str:
+    """Substitute ${NAME} references to other settings, as Docker's ARG lines do."""
+    return _REFERENCE.sub(lambda match: values.get(match.group(1), ""), value)
+
+
+def resolve(
+    flags: Mapping[str, str | None] | None = None,
+    environ: Mapping[str, str] | None = None,
+    dotenv: Mapping[str, str | None] | None = None,
+) -> dict[str, str]:
+    """Combine the sources by precedence (flag > environment > .env > default) and validate."""
+    layers = [flags or {}, environ or {}, dotenv or {}]
+    values: dict[str, str] = {}
+    for setting in SETTINGS:
+        chosen = setting.default
+        for layer in layers:
+            candidate = layer.get(setting.name)
+            if candidate is not None:
+                chosen = candidate
+                break
+        values[setting.name] = chosen
+    validate(values)
+    return values
+
+
+def validate(values: Mapping[str, str], names: Iterable[str] | None = None) -> None:
+    """Run each setting's check; raise UserError for the first bad value."""
+    for name in names or values:
+        setting = BY_NAME.get(name)
+        if setting and setting.check:
+            setting.check(name, values[name])
+
+
+def build_args(service: str) -> list[str]:
+    """Name the settings a service's image build receives, in declaration order."""
+    return [setting.name for setting in SETTINGS if service in setting.services]
+
+
+def effective(values: Mapping[str, str]) -> dict[str, str]:
+    """Expand ${NAME} references so labels and summaries show what really gets built."""
+    return {name: expand(value, values) for name, value in values.items()}
+
+
+GROUP_TITLES = {
+    "user": "The container user (invoke env fills these from the host)",
+    "compose": "Compose",
+    "gpu": "GPU",
+    "build": "What is built",
+    "stack": "The stack under it (the full service passes these; train uses the defaults)",
+    "network": "Downloads behind mirrors and proxies",
+}
+
+
+def render_env(values: Mapping[str, str], written: Iterable[str], header: str) -> str:
+    """Render a .env: settings in `written` as NAME=value, the others as commented defaults."""
+    chosen = set(written)
+    lines = [header.rstrip(), ""]
+    for group, title in GROUP_TITLES.items():
+        lines.append(f"# --- {title}")
+        for setting in SETTINGS:
+            if setting.group != group:
+                continue
+            lines.append(f"# {setting.meaning}")
+            if setting.name in chosen:
+                lines.append(f"{setting.name}={quote(values[setting.name])}")
+            else:
+                lines.append(f"# {setting.name}={quote(setting.default)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def quote(value: str) -> str:
+    """Quote a .env value when Compose and python-dotenv would otherwise misread it."""
+    if value and re.fullmatch(r"[A-Za-z0-9_./:;@+,=${}-]+", value):
+        return value
+    if "'" in value:
+        raise UserError(f"value {value!r} contains a single quote, which .env cannot hold")
+    return f"'{value}'"
+
+
+EXAMPLE_HEADER = """\
+# torchkiln settings. `invoke env` writes .env from this list and the host's facts.
+# Precedence: command-line flag > process environment > .env > the defaults shown here.
+# Uncomment a line to change it; `invoke doctor` checks the result."""
+
+
+def render_example() -> str:
+    """Render env.example: every setting with its default, commented out."""
+    return render_env({}, (), EXAMPLE_HEADER)

@@ -1,0 +1,52 @@
+"""Reading and writing .env: file:line errors, atomic writes, backups."""
+
+import pytest
+
+from torchkiln import envfile
+from torchkiln.errors import UserError
+
+
+def test_unparsable_line_is_named_with_file_and_line(tmp_path):
+    path = tmp_path / ".env"
+    path.write_text("UID=1000\n# fine\nthis is not a setting\nGID=1000\n")
+    with pytest.raises(UserError) as caught:
+        envfile.read(path)
+    message = str(caught.value)
+    assert f"{path}:3" in message
+    assert "this is not a setting" in message
+    assert "NAME=value" in message
+
+
+def test_unterminated_quote_is_refused(tmp_path):
+    path = tmp_path / ".env"
+    path.write_text("A=1\nCCA='8.6\n")
+    with pytest.raises(UserError, match=r":2: "):
+        envfile.read(path)
+
+
+def test_absent_file_is_empty(tmp_path):
+    assert envfile.read(tmp_path / ".env") == {}
+
+
+def test_interpolation_like_compose(tmp_path):
+    path = tmp_path / ".env"
+    path.write_text("A=x\nB=${A}-y\nC='two words'\n")
+    assert envfile.read(path) == {"A": "x", "B": "x-y", "C": "two words"}
+
+
+def test_write_atomic_replaces_and_sets_mode(tmp_path):
+    path = tmp_path / "f"
+    path.write_text("old")
+    envfile.write_atomic(path, "new", 0o600)
+    assert path.read_text() == "new"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_backup_names_never_collide(tmp_path):
+    path = tmp_path / ".env"
+    first = envfile.backup_name(path, now=0)
+    first.write_text("x")
+    second = envfile.backup_name(path, now=0)
+    assert first != second
+    assert second.name.startswith(".env.")

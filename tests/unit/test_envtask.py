@@ -1,0 +1,98 @@
+"""What invoke env decides to write, from host facts and chosen values."""
+
+import pytest
+
+from torchkiln import envfile, envtask
+from torchkiln.errors import UserError
+from torchkiln.hostfacts import HostUser
+
+ALICE = HostUser(1234, 1234, "alice", "alice")
+
+
+def plan(host=ALICE, cca="8.6", nvidia=True, checkout="torchkiln", **chosen):
+    return envtask.plan_env(host, "Europe/Berlin", cca, nvidia, "no runtime", checkout, chosen)
+
+
+def test_host_facts_become_settings():
+    result = plan()
+    assert result.values["UID"] == "1234"
+    assert result.values["USR"] == "alice"
+    assert result.values["CCA"] == "8.6"
+    assert result.values["TZ"] == "Europe/Berlin"
+    assert result.values["COMPOSE_FILE"] == "compose/docker-compose.yaml"
+    assert result.values["COMPOSE_PROJECT_NAME"] == "torchkiln-alice"
+    assert result.values["TRAIN_IMAGE_NAME"] == "torchkiln-alice/train:latest"
+    assert result.notes == []
+
+
+def test_no_nvidia_runtime_adds_cpu_override_and_says_so():
+    result = plan(nvidia=False)
+    assert result.values["COMPOSE_FILE"] == "compose/docker-compose.yaml:compose/cpu.yaml"
+    assert any("compose/cpu.yaml" in note for note in result.notes)
+
+
+def test_uid_zero_means_root_and_no_user():
+    result = plan(UID="0")
+    assert (result.values["USR"], result.values["GRP"], result.values["GID"]) == (
+        "root",
+        "root",
+        "0",
+    )
+    assert any("root" in note for note in result.notes)
+
+
+def test_host_name_with_capitals_and_spaces_is_made_valid_and_said():
+    result = plan(host=HostUser(1000, 1000, "John Doe", "Domain Users"), checkout="My Repo")
+    assert result.values["USR"] == "john_doe"
+    assert result.values["GRP"] == "domain_users"
+    assert result.values["COMPOSE_PROJECT_NAME"] == "my-repo-john_doe"
+    assert any("John Doe" in note for note in result.notes)
+
+
+def test_explicit_bad_user_name_is_refused():
+    with pytest.raises(UserError, match="USR 'John'"):
+        plan(USR="John")
+
+
+def test_no_gpu_and_no_flag_leaves_cca_empty_with_a_note():
+    result = plan(cca="")
+    assert result.values["CCA"] == ""
+    assert any("--cca" in note for note in result.notes)
+
+
+def test_explicit_cca_unbuildable_with_cuda_is_refused():
+    with pytest.raises(UserError, match=r"3\.5"):
+        plan(CCA="3.5")
+
+
+def test_detected_old_gpu_is_written_with_a_note():
+    result = plan(cca="6.1")
+    assert result.values["CCA"] == "6.1"
+    assert any("6.1" in note for note in result.notes)
+
+
+def test_render_reads_back(tmp_path):
+    result = plan(cca="8.6;9.0")
+    path = tmp_path / ".env"
+    path.write_text(envtask.render(result))
+    read = envfile.read(path)
+    for name, value in result.values.items():
+        assert read[name] == value
+    assert "PYTORCH_VERSION" not in read  # defaults stay commented out
+
+
+def test_write_refuses_existing_without_force_and_backs_up_with_force(tmp_path):
+    path = tmp_path / ".env"
+    path.write_text("USR=old\n")
+    with pytest.raises(FileExistsError):
+        envtask.write(path, "USR=new\n", force=False)
+    assert path.read_text() == "USR=old\n"
+    backup = envtask.write(path, "USR=new\n", force=True)
+    assert backup is not None and backup.read_text() == "USR=old\n"
+    assert path.read_text() == "USR=new\n"
+
+
+def test_secret_like_values_make_env_private(tmp_path):
+    path = tmp_path / ".env"
+    envtask.write(path, "PIP_INDEX_URL=https://me:token@index.example/simple\n", force=False)
+    assert path.stat().st_mode & 0o777 == 0o600
