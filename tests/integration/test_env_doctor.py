@@ -1,0 +1,166 @@
+"""invoke env and invoke doctor, run for real in a copy of the repository on the real engine."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from torchkiln import envfile
+
+pytestmark = pytest.mark.docker
+COPIED = ("tasks.py", "src", "compose", "docker", "env.example", "pyproject.toml")
+
+
+@pytest.fixture
+def checkout(repo: Path, tmp_path: Path) -> Path:
+    """A throw-away copy of the repository, so the developer's own .env is never touched."""
+    root = tmp_path / "torchkiln"
+    root.mkdir()
+    for name in COPIED:
+        source = repo / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif source.exists():
+            shutil.copy2(source, root / name)
+    return root
+
+
+def invoke(root: Path, *args: str, env: dict[str, str] | None = None):
+    """Run invoke in the copy the way a user does, with a timeout."""
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_one_line_refusal(result, *words: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+def test_env_writes_host_facts_and_cpu_override(checkout, docker_engine):
+    result = invoke(checkout, "env")
+    assert result.returncode == 0, result.stderr
+    values = envfile.read(checkout / ".env")
+    assert values["UID"] == str(os.getuid())
+    assert values["COMPOSE_FILE"].endswith("compose/cpu.yaml")  # this machine has no runtime
+    assert "compose/cpu.yaml" in result.stdout
+    assert values["COMPOSE_PROJECT_NAME"] == values["COMPOSE_PROJECT_NAME"].lower()
+    assert values["CCA"] == ""  # no GPU here and no --cca
+    assert "--cca" in result.stdout
+    compose = subprocess.run(
+        ["docker", "compose", "config", "--services"],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if (checkout / "compose" / "docker-compose.yaml").exists():
+        # plain `docker compose` works from the root with no -f / -p, thanks to .env
+        assert compose.returncode == 0, compose.stderr
+        assert "train" in compose.stdout.split()
+
+
+def test_env_leaves_existing_file_and_force_keeps_backup(checkout, docker_engine):
+    assert invoke(checkout, "env", "--cca", "8.6").returncode == 0
+    before = digest(checkout / ".env")
+    again = invoke(checkout, "env", "--cca", "9.0")
+    assert again.returncode == 0
+    assert "untouched" in again.stdout
+    assert digest(checkout / ".env") == before
+    forced = invoke(checkout, "env", "--force", "--cca", "9.0")
+    assert forced.returncode == 0, forced.stderr
+    backups = sorted(checkout.glob(".env.*"))
+    assert len(backups) == 1 and digest(backups[0]) == before
+    assert envfile.read(checkout / ".env")["CCA"] == "9.0"
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--cca", "86"], ["'86'", "8.6"]),
+        (["--cca", "sm_86"], ["'sm_86'", "8.6"]),
+        (["--cca", "8.6x"], ["'8.6x'", "8.6"]),
+        (["--cca", "3.5"], ["'3.5'", "CUDA"]),
+        (["--usr", "John Doe"], ["USR 'John Doe'", "lower-case"]),
+        (["--uid", "abc"], ["UID 'abc'", "number"]),
+    ],
+    ids=["cca-86", "cca-sm_86", "cca-8.6x", "cca-3.5", "usr-spaces", "uid-text"],
+)
+def test_env_refuses_bad_input_and_keeps_env(checkout, docker_engine, args, words):
+    (checkout / ".env").write_text("# mine\nUID=1000\n")
+    before = digest(checkout / ".env")
+    result = invoke(checkout, "env", "--force", *args)
+    assert_one_line_refusal(result, *words)
+    assert digest(checkout / ".env") == before
+    assert not list(checkout.glob(".env.*"))
+
+
+def test_env_for_root_and_for_another_user(checkout, docker_engine):
+    root = invoke(checkout, "env", "--uid", "0", "--cca", "8.6")
+    assert root.returncode == 0, root.stderr
+    values = envfile.read(checkout / ".env")
+    assert (values["UID"], values["USR"], values["GID"]) == ("0", "root", "0")
+    other = invoke(checkout, "env", "--force", "--uid", "1234", "--gid", "1234", "--usr", "alice")
+    assert other.returncode == 0, other.stderr
+    values = envfile.read(checkout / ".env")
+    assert (values["UID"], values["GID"], values["USR"]) == ("1234", "1234", "alice")
+    from_environment = invoke(
+        checkout, "env", "--force", "--uid", "1234", env={"USR": "bob", "CCA": "9.0a"}
+    )
+    values = envfile.read(checkout / ".env")
+    assert from_environment.returncode == 0, from_environment.stderr
+    assert (values["USR"], values["CCA"]) == ("bob", "9.0a")
+
+
+def test_doctor_on_this_engine(checkout, docker_engine):
+    result = invoke(checkout, "doctor")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line[:1].strip()}
+    assert " ok " in rows["engine"] and " ok " in rows["compose"] and " ok " in rows["buildx"]
+    assert "ERROR" in rows["nvidia"]  # the CI machine has no NVIDIA runtime
+    assert "ERROR" in rows[".env"]  # no .env yet
+    assert "run invoke env" in result.stdout
+
+
+def test_doctor_with_cpu_env_only_warns_about_the_runtime(checkout, docker_engine):
+    assert invoke(checkout, "env", "--cca", "8.6").returncode == 0
+    result = invoke(checkout, "doctor")
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line[:1].strip()}
+    assert "WARN" in rows["nvidia"]
+    assert " ok " in rows[".env"] and " ok " in rows["cca"]
+
+
+def test_doctor_names_bad_env_line(checkout, docker_engine):
+    (checkout / ".env").write_text("UID=1000\nnot a line\n")
+    result = invoke(checkout, "doctor")
+    assert result.returncode == 1
+    assert ".env:2" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_doctor_with_engine_unreachable(checkout, docker_engine):
+    result = invoke(checkout, "doctor", env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    engine_rows = [line for line in result.stdout.splitlines() if line.startswith("engine")]
+    assert len(engine_rows) == 1 and "ERROR" in engine_rows[0]
