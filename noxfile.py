@@ -18,7 +18,9 @@ nox.options.default_venv_backend = "venv"
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from torchkiln import incontainer  # noqa: E402
 from torchkiln import lint as checks  # noqa: E402
+from torchkiln.errors import UserError  # noqa: E402
 
 
 @nox.session
@@ -46,6 +48,27 @@ def lint(session: nox.Session) -> None:
     with checks.defaults_env_file() as env_file:
         for command in checks.compose_config_commands(ROOT, env_file):
             session.run(*command, external=True)
+
+
+def _in_image(session: nox.Session, module: str) -> None:
+    try:
+        service, args = incontainer.split_service(session.posargs)
+    except UserError as error:
+        session.error(str(error))
+    command = incontainer.module_command(module, service, args)
+    session.run(*command, external=True)
+
+
+@nox.session(python=False, default=False)
+def smoke(session: nox.Session) -> None:
+    """Check the service's image on the GPU (-- --service S --allow-cpu --json …)."""
+    _in_image(session, "smoke")
+
+
+@nox.session(python=False, default=False)
+def bench(session: nox.Session) -> None:
+    """Benchmark GEMMs and training speed-ups in the service's image (-- --service S …)."""
+    _in_image(session, "bench")
 
 
 if __name__ == "__main__":
