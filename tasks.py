@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -57,3 +58,121 @@ def doctor(c: Context) -> None:
     print(table)
     if failed:
         raise Exit("doctor: fix the ERROR rows above, then run invoke doctor again", code=1)
+
+
+SERVICE_HELP = "compose service: train (default), full or ngc"
+
+
+def _build_plan(c: Context, service: str, **options):
+    import os
+
+    from torchkiln import build as builder
+
+    dotenv = builder.read_dotenv(ROOT)
+    return builder.plan(ROOT, service, environ=os.environ, dotenv=dotenv, **options), dotenv
+
+
+@task(
+    iterable=["source"],
+    help={
+        "service": SERVICE_HELP,
+        "cca": "GPU compute capabilities to build for, e.g. 8.6 (default: .env's CCA)",
+        "torch": "torch release, e.g. 2.14.1; the matching torchvision is chosen",
+        "source": "NAME=DIR: build from a local checkout (pytorch, vision, audio); repeatable",
+        "wheelhouse": "directory of wheels to install from, with no index (air-gapped)",
+        "ca_bundle": "CA bundle file for downloads behind a TLS-inspecting proxy (a secret)",
+        "no_cache": "rebuild every step",
+        "no_up": "build only; do not start the container",
+    },
+)
+def build(
+    c: Context,
+    service: str = "train",
+    cca: str | None = None,
+    torch: str | None = None,
+    source: list[str] | None = None,
+    wheelhouse: str | None = None,
+    ca_bundle: str | None = None,
+    no_cache: bool = False,
+    no_up: bool = False,
+) -> None:
+    """Validate, build the service's image, start it, and print a summary."""
+    from torchkiln import build as builder
+
+    with user_errors():
+        options = dict(cca=cca, torch=torch, sources=source or [], wheelhouse=wheelhouse)
+        options.update(ca_bundle=ca_bundle, no_cache=no_cache, up=not no_up)
+        plan, _ = _build_plan(c, service, **options)
+        builder.run(c, ROOT, plan)
+
+
+@task(
+    iterable=["source"],
+    help={
+        "service": "train (default) or full",
+        "dest": "directory for the wheels and BUILD-INFO.json (default: dist)",
+        "cca": "as for invoke build (the same settings reuse the build's cache)",
+        "torch": "as for invoke build",
+        "force": "replace a non-empty --dest",
+        "source": "NAME=DIR: local checkout, as for invoke build; repeatable",
+        "wheelhouse": "directory of wheels, as for invoke build",
+        "ca_bundle": "CA bundle file, as for invoke build",
+    },
+)
+def wheels(
+    c: Context,
+    service: str = "train",
+    dest: str = "dist",
+    force: bool = False,
+    cca: str | None = None,
+    torch: str | None = None,
+    source: list[str] | None = None,
+    wheelhouse: str | None = None,
+    ca_bundle: str | None = None,
+) -> None:
+    """Export the built wheels with BUILD-INFO.json (sha256, versions, CCA, CUDA, base image)."""
+    import os
+
+    from torchkiln import wheels as exporter
+
+    with user_errors():
+        options = dict(cca=cca, torch=torch, sources=source or [], wheelhouse=wheelhouse)
+        options.update(ca_bundle=ca_bundle)
+        plan, dotenv = _build_plan(c, service, **options)
+        exporter.export(c, ROOT, plan, Path(dest).resolve(), force, dotenv, os.environ)
+
+
+@task(help={"service": SERVICE_HELP})
+def up(c: Context, service: str = "train") -> None:
+    """Start the service's container in the background (building it if missing)."""
+    from torchkiln import compose
+
+    with user_errors(), c.cd(str(ROOT)):
+        c.run(shlex.join(compose.up_command(compose.check_service(service))))
+
+
+@task(help={"volumes": "also remove the project's volumes"})
+def down(c: Context, volumes: bool = False) -> None:
+    """Stop and remove the project's containers (volumes stay unless --volumes)."""
+    from torchkiln import compose
+
+    with c.cd(str(ROOT)):
+        c.run(shlex.join(compose.down_command(volumes)))
+
+
+@task(help={"service": SERVICE_HELP})
+def shell(c: Context, service: str = "train") -> None:
+    """Open zsh in the running service as your user."""
+    from torchkiln import compose
+
+    with user_errors(), c.cd(str(ROOT)):
+        c.run(shlex.join(compose.shell_command(compose.check_service(service))), pty=True)
+
+
+@task(help={"service": SERVICE_HELP, "follow": "keep printing new lines"})
+def logs(c: Context, service: str = "train", follow: bool = False) -> None:
+    """Show the service's logs."""
+    from torchkiln import compose
+
+    with user_errors(), c.cd(str(ROOT)):
+        c.run(shlex.join(compose.logs_command(compose.check_service(service), follow)))

@@ -256,7 +256,8 @@ SETTINGS: tuple[Setting, ...] = (
         "3.12",
         "Python of the image's virtual environment",
         "stack",
-        ("full",),
+        # train passes it too: a TRAIN_IMAGE whose distro has another python3 needs it.
+        SOURCE,
         _pattern(r"3\.\d{1,2}", "3.12"),
     ),
     Setting(
@@ -291,6 +292,14 @@ SETTINGS: tuple[Setting, ...] = (
         ("ngc",),
         _pattern(r"\d{2}", "two digits, e.g. 10"),
     ),
+    Setting(
+        "NGC_IMAGE",
+        "nvcr.io/nvidia/pytorch:${NGC_YEAR}.${NGC_MONTH}-py3",
+        "base image of the ngc service (any image with Python and torch)",
+        "stack",
+        ("ngc",),
+        _IMAGE,
+    ),
     # --- downloads ----------------------------------------------------------------------
     Setting(
         "APT_MIRROR",
@@ -307,6 +316,15 @@ SETTINGS: tuple[Setting, ...] = (
         "network",
         ALL,
         _optional(_pattern(r"https?://\S+", "a URL such as https://host/simple")),
+    ),
+    Setting(
+        "TORCH_INDEX_URL",
+        "",
+        "index of the official torch wheels for BUILD_MODE=wheels "
+        "(empty: https://download.pytorch.org/whl/cuXYZ for CUDA_VERSION)",
+        "network",
+        SOURCE,
+        _optional(_pattern(r"https?://\S+", "a URL such as https://host/whl/cu130")),
     ),
     Setting("CA_BUNDLE", "", "host CA bundle file given to builds as a BuildKit secret", "network"),
 )

@@ -1,0 +1,36 @@
+#!/bin/bash
+# Build the wheel of the source tree $1 into $2 with pip (no build isolation: the build uses what
+# is installed, plus the wheels in $3 such as torch for torchvision), for the GPUs in CCA; print
+# ccache's statistics afterwards.
+set -euo pipefail
+# shellcheck source=docker/scripts/net.sh
+source "$(dirname "$0")/net.sh"
+source_dir=$1 wheel_dir=$2 preinstall=${3:-}
+mkdir -p "$wheel_dir"
+if [[ ! -e $source_dir/setup.py && ! -e $source_dir/pyproject.toml ]]; then
+  echo "torchkiln: $source_dir is empty; nothing to build"
+  exit 0
+fi
+if [[ -z ${CCA:-} ]]; then
+  echo "ERROR: CCA is empty; run invoke env on the GPU host or pass --cca 8.6" >&2
+  exit 1
+fi
+TORCH_CUDA_ARCH_LIST=$(tr ' ,' ';;' <<<"$CCA" | tr -s ';')
+MAX_JOBS=${MAX_JOBS:-$(nproc)}
+export TORCH_CUDA_ARCH_LIST MAX_JOBS USE_CUDNN USE_NCCL USE_FLASH_ATTENTION USE_MEM_EFF_ATTENTION DEBUG
+export CCACHE_DIR=/root/.cache/ccache
+echo "torchkiln: TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS"
+if [[ -n $preinstall ]]; then
+  pip install "$preinstall"/*.whl
+fi
+if [[ -f $source_dir/requirements.txt ]]; then
+  pip install -r "$source_dir/requirements.txt"
+fi
+ccache --zero-stats >/dev/null
+pip wheel --no-build-isolation --no-deps --wheel-dir "$wheel_dir" "$source_dir"
+ccache --show-stats
+# One machine-readable line for invoke build's summary.
+ccache --print-stats | awk -F'\t' '
+  /^(direct|preprocessed)_cache_hit\t/ {hits += $2}
+  /^cache_miss\t/ {misses += $2}
+  END {printf "torchkiln-ccache: hits=%d misses=%d\n", hits, misses}'

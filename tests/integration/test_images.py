@@ -1,0 +1,400 @@
+"""The images on the real engine: source build with fixture projects, wheels export, cache,
+wheels mode from a local wheelhouse, the ngc layer, and the CPU override.
+
+CI has no registry: every base image is local/debian:bookworm, Python is Debian's 3.11, and the
+host's CA bundle is the build secret. Each test project is a temporary copy of the repository
+with its own .env, Compose project and image tags, removed (with its images) at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from torchkiln import build as builder
+from torchkiln import settings
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
+
+REPO = Path(__file__).resolve().parents[2]
+BASE = "local/debian:bookworm"
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+TIMEOUT = 1500
+EXEC_TIMEOUT = 120
+BUILD_STAGES = {
+    "base",
+    "build-base",
+    "pytorch-clone",
+    "vision-clone",
+    "audio-clone",
+    "torch-build",
+    "vision-build",
+    "audio-build",
+    "wheels-source",
+    "wheels-download",
+}
+
+
+@dataclass
+class Project:
+    """A temporary copy of the repository with its own .env, Compose project and images."""
+
+    root: Path
+    name: str
+    env: dict[str, str]
+
+    def run(self, *command: str, timeout: int = TIMEOUT) -> subprocess.CompletedProcess[str]:
+        """Run a command in the project with a clean environment; never raises on failure."""
+        return subprocess.run(
+            list(command),
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def invoke(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run one of the project's invoke tasks."""
+        return self.run(sys.executable, "-m", "invoke", *args)
+
+    def exec(self, service: str, script: str) -> subprocess.CompletedProcess[str]:
+        """Run a zsh command in the running service, as its user."""
+        return self.run(
+            "docker", "compose", "exec", "-T", service, "zsh", "-c", script, timeout=EXEC_TIMEOUT
+        )
+
+    def image(self, service: str) -> str:
+        """The tag of the service's image."""
+        values = dotenv_values(self.root / ".env")
+        return values[builder.IMAGE_SETTING[service]]
+
+
+def dotenv_values(path: Path) -> dict[str, str]:
+    from torchkiln import envfile
+
+    return {name: value or "" for name, value in envfile.read(path).items()}
+
+
+def assert_ok(result: subprocess.CompletedProcess[str]) -> str:
+    """Assert exit 0 and no ERROR line; return stdout and stderr together."""
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    errors = [line for line in output.splitlines() if line.startswith("ERROR")]
+    assert not errors, errors
+    return output
+
+
+def clean_environ() -> dict[str, str]:
+    """The test process's environment without any torchkiln setting or proxy variable."""
+    names = {setting.name for setting in settings.SETTINGS} | set(builder.compose.PROXY_ARGS)
+    names |= {"COMPOSE_FILE", "COMPOSE_PROJECT_NAME", "COMPOSE_PATH_SEPARATOR"}
+    return {name: value for name, value in os.environ.items() if name not in names}
+
+
+def copy_repository(target: Path) -> None:
+    """Copy the files git would see (tracked and untracked, not ignored) into target."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+
+
+def make_project(tmp: Path, label: str, **values: str) -> Project:
+    """Create a project copy whose .env builds on local/debian:bookworm with no GPU runtime."""
+    name = f"tktest-{label}-{uuid.uuid4().hex[:8]}"
+    root = tmp / name
+    root.mkdir()
+    copy_repository(root)
+    env_values = {
+        "COMPOSE_FILE": "compose/docker-compose.yaml:compose/cpu.yaml",
+        "COMPOSE_PROJECT_NAME": name,
+        "UID": "1234",
+        "GID": "1234",
+        "USR": "alice",
+        "GRP": "alice",
+        "CCA": "8.6",
+        "MAX_JOBS": "2",
+        "USE_NCCL": "0",
+        "PYTHON_VERSION": "3.11",
+        "BUILD_IMAGE": BASE,
+        "TRAIN_IMAGE": BASE,
+        "CA_BUNDLE": CA_BUNDLE,
+        "SHM_SIZE": "256mb",
+        "TRAIN_IMAGE_NAME": f"torchkiln-test/{name}-train:latest",
+        "FULL_IMAGE_NAME": f"torchkiln-test/{name}-full:latest",
+        "NGC_IMAGE_NAME": f"torchkiln-test/{name}-ngc:latest",
+        **values,
+    }
+    # The project belongs to the configured user, as a checkout on a real host does.
+    os.chown(root, int(env_values["UID"]), int(env_values["GID"]))
+    text = "".join(f"{key}={settings.quote(value)}\n" for key, value in env_values.items())
+    (root / ".env").write_text(text, encoding="utf-8")
+    return Project(root=root, name=name, env=clean_environ())
+
+
+def remove_project(project: Project) -> None:
+    """Remove the project's containers and images (BuildKit's cache stays)."""
+    project.run("docker", "compose", "down", "--timeout", "1", timeout=120)
+    for service in settings.SERVICES:
+        project.run("docker", "image", "rm", "--force", project.image(service), timeout=120)
+    shutil.rmtree(project.root, ignore_errors=True)
+
+
+def fixture_sources(project: Project) -> list[str]:
+    fixtures = project.root / "tests" / "fixtures"
+    return [
+        "--source",
+        f"pytorch={fixtures / 'pytorch'}",
+        "--source",
+        f"vision={fixtures / 'vision'}",
+    ]
+
+
+@pytest.fixture(scope="session")
+def source_project(tmp_path_factory: pytest.TempPathFactory):
+    """The train service built from fixture sources for CCA '8.6 9.0', UID 1234, and started."""
+    project = make_project(tmp_path_factory.mktemp("images"), "source")
+    try:
+        started = time.monotonic()
+        result = project.invoke("build", "--cca", "8.6 9.0", *fixture_sources(project))
+        output = assert_ok(result)
+        print(f"\nsource build (cold or warm cache): {time.monotonic() - started:.0f} s")
+        yield project, output
+    finally:
+        remove_project(project)
+
+
+def test_build_environment_reaches_the_wheels(source_project) -> None:
+    project, _ = source_project
+    script = (
+        "python -c 'import json, torch, torchvision; "
+        "print(json.dumps([torch.build_env, torchvision.build_env, torch.__version__]))'"
+    )
+    torch_env, vision_env, version = json.loads(assert_ok(project.exec("train", script)))
+    assert torch_env["TORCH_CUDA_ARCH_LIST"] == "8.6;9.0"
+    assert torch_env["MAX_JOBS"] == "2"
+    assert torch_env["USE_NCCL"] == "0"
+    assert torch_env["USE_CUDNN"] == "1"
+    assert torch_env["PATH"].startswith("/usr/lib/ccache:")
+    assert version == "2.14.1"
+    assert vision_env == {"TORCH_CUDA_ARCH_LIST": "8.6;9.0", "MAX_JOBS": "2", "torch": "2.14.1"}
+
+
+def test_build_prints_the_summary(source_project) -> None:
+    _, output = source_project
+    for expected in ("image:", "build time:", "ccache:", "docker compose exec train zsh"):
+        assert expected in output
+
+
+def test_shell_runs_as_the_user_in_the_project(source_project) -> None:
+    project, _ = source_project
+    output = assert_ok(
+        project.exec(
+            "train", "id -u; id -g; pwd; getent passwd 1234 | cut -d: -f7; touch made-by-container"
+        )
+    )
+    assert output.split() == ["1234", "1234", "/opt/project", "/bin/zsh"]
+    assert (project.root / "made-by-container").stat().st_uid == 1234
+    assert (project.root / "made-by-container").stat().st_gid == 1234
+
+
+def test_image_labels_name_the_settings(source_project) -> None:
+    project, _ = source_project
+    result = project.run("docker", "image", "inspect", project.image("train"), timeout=60)
+    labels = json.loads(assert_ok(result))[0]["Config"]["Labels"]
+    assert labels["io.torchkiln.cca"] == "8.6 9.0"
+    assert labels["io.torchkiln.build-mode"] == "source"
+    assert labels["org.opencontainers.image.base.name"] == BASE
+    assert json.loads(assert_ok(result))[0]["Config"]["User"] == "1234:1234"
+
+
+def test_no_secret_in_the_image(source_project) -> None:
+    project, _ = source_project
+    history = assert_ok(
+        project.run("docker", "history", "--no-trunc", project.image("train"), timeout=60)
+    )
+    certificate_line = next(
+        line for line in Path(CA_BUNDLE).read_text().splitlines() if line.startswith("MII")
+    )
+    assert certificate_line not in history
+    found = project.exec("train", "ls /run/secrets 2>/dev/null | wc -l")
+    assert assert_ok(found).strip() == "0"
+
+
+def test_wheels_export_with_build_info(source_project) -> None:
+    project, _ = source_project
+    dest = project.root / "dist"
+    started = time.monotonic()
+    args = ("--cca", "8.6 9.0", *fixture_sources(project))
+    output = assert_ok(project.invoke("wheels", "--dest", str(dest), *args))
+    print(f"\nwheels export: {time.monotonic() - started:.0f} s")
+    assert not [step for step in builder.executed_steps(output) if step[1] == "RUN"]
+    info = json.loads((dest / "BUILD-INFO.json").read_text())
+    assert info["versions"] == {"torch": "2.14.1", "torchvision": "0.29.1"}
+    assert info["cca"] == "8.6 9.0" and info["torch_cuda_arch_list"] == "8.6;9.0"
+    assert info["cuda_version"] == "13.0.2"
+    assert info["base_image"] == BASE and info["base_image_digest"].startswith("sha256:")
+    for entry in info["wheels"]:
+        assert entry["sha256"] == builder_sha256(dest / entry["file"])
+    assert sorted(path.name for path in dest.iterdir()) == sorted(
+        [entry["file"] for entry in info["wheels"]] + ["BUILD-INFO.json"]
+    )
+    refused = project.invoke("wheels", "--dest", str(dest), *args)
+    assert refused.returncode != 0 and "not empty" in refused.stderr
+    forced = project.invoke("wheels", "--dest", str(dest), "--force", *args)
+    assert_ok(forced)
+
+
+def builder_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_dry_run_prints_and_runs_nothing(source_project, tmp_path: Path) -> None:
+    project = make_project(tmp_path, "dry")
+    try:
+        result = project.invoke("--dry", "build", "--cca", "9.0", *fixture_sources(project))
+        output = assert_ok(result)
+        assert "env CCA=9.0 docker compose --env-file .env" in output
+        assert "docker compose up --detach train" in output
+        missing = project.run("docker", "image", "inspect", project.image("train"), timeout=60)
+        assert missing.returncode != 0
+    finally:
+        remove_project(project)
+
+
+def test_rebuild_is_cached_and_train_changes_spare_the_build_stages(
+    source_project, tmp_path: Path
+) -> None:
+    """Same settings and sources: nothing re-runs; a requirement change re-runs no build step."""
+    project = make_project(tmp_path, "cache")
+    try:
+        args = ("build", "--no-up", "--cca", "8.6 9.0", *fixture_sources(project))
+        started = time.monotonic()
+        output = assert_ok(project.invoke(*args))
+        seconds = time.monotonic() - started
+        print(f"\nno-op rebuild of train: {seconds:.1f} s (target: <= 15 s on the CI machine)")
+        assert builder.executed_steps(output) == [] or all(
+            verb != "RUN" for _, verb in builder.executed_steps(output)
+        )
+        requirements = project.root / "docker" / "requirements.txt"
+        requirements.write_text(requirements.read_text() + "# a train-only change\n")
+        output = assert_ok(project.invoke(*args))
+        executed = builder.executed_steps(output)
+        rerun_build_steps = [step for step in executed if step[0] in BUILD_STAGES]
+        print(f"after a train-only change: re-ran {executed}")
+        assert rerun_build_steps == []
+        assert ("venv", "RUN") in executed
+    finally:
+        remove_project(project)
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real CPU torch 2.13.0 and docker/requirements.txt, downloaded on the host."""
+    directory = tmp_path_factory.mktemp("wheelhouse")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "torch==2.13.0",
+            "--dest",
+            str(directory),
+            "--requirement",
+            str(REPO / "docker" / "requirements.txt"),
+        ],
+        check=True,
+        timeout=600,
+    )
+    return directory
+
+
+@pytest.fixture(scope="session")
+def wheels_project(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path):
+    """The train service in BUILD_MODE=wheels from the local wheelhouse, as root (UID 0)."""
+    project = make_project(
+        tmp_path_factory.mktemp("images"),
+        "wheels",
+        BUILD_MODE="wheels",
+        UID="0",
+        GID="0",
+        USR="root",
+        GRP="root",
+    )
+    try:
+        result = project.invoke("build", "--torch", "2.13.0", "--wheelhouse", str(wheelhouse))
+        yield project, assert_ok(result)
+    finally:
+        remove_project(project)
+
+
+def test_wheels_mode_installs_offline_from_the_wheelhouse(wheels_project) -> None:
+    project, output = wheels_project
+    assert "Downloading" not in output
+    script = "id -u; id -g; python -c 'import torch; print(torch.__version__)'; touch by-root"
+    assert assert_ok(project.exec("train", script)).split() == ["0", "0", "2.13.0+cpu"]
+    assert (project.root / "by-root").stat().st_uid == 0
+    smoke = assert_ok(project.exec("train", "python -m torchkiln.smoke --allow-cpu"))
+    assert "FAIL" not in smoke
+
+
+def test_ngc_layer_keeps_torch_and_adds_the_user(wheels_project, tmp_path: Path) -> None:
+    base_project, _ = wheels_project
+    project = make_project(tmp_path, "ngc", NGC_IMAGE=base_project.image("train"))
+    try:
+        output = assert_ok(project.invoke("build", "--service", "ngc"))
+        assert "Installing collected packages: torch" not in output
+        script = (
+            "id -u; id -g; pwd; python -c 'import torch; print(torch.__version__)'; touch by-ngc"
+        )
+        assert assert_ok(project.exec("ngc", script)).split() == [
+            "1234",
+            "1234",
+            "/opt/project",
+            "2.13.0+cpu",
+        ]
+        assert (project.root / "by-ngc").stat().st_uid == 1234
+    finally:
+        remove_project(project)
+
+
+def test_cpu_override_is_what_lets_services_start_without_nvidia(source_project) -> None:
+    project, _ = source_project
+    runtimes = assert_ok(
+        project.run("docker", "info", "--format", "{{json .Runtimes}}", timeout=60)
+    )
+    if "nvidia" in runtimes:
+        pytest.skip("this engine has the NVIDIA runtime; the GPU reservation would succeed")
+    # The base file alone keeps the GPU reservation (explicit -f needs --env-file .env).
+    refused = project.run(
+        *("docker", "compose", "--env-file", ".env", "-f", "compose/docker-compose.yaml"),
+        *("up", "--detach", "--force-recreate", "train"),
+        timeout=EXEC_TIMEOUT,
+    )
+    assert refused.returncode != 0
+    assert "nvidia" in refused.stderr.lower() or "gpu" in refused.stderr.lower()
+    # The CPU override from .env's COMPOSE_FILE: the service comes up and answers.
+    assert_ok(project.run("docker", "compose", "up", "--detach", "--force-recreate", "train"))
+    assert assert_ok(project.exec("train", "echo up")).strip() == "up"

@@ -1,0 +1,326 @@
+"""Unit tests for torchkiln.smoke: the pure rules, and whole runs on a CPU-only torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from torchkiln import bench, smoke
+
+SRC = Path(smoke.__file__).resolve().parents[1]
+
+
+def run_module(
+    module: str, *args: str, extra_path: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Run `python -m module` the way the images do, with only src on the path."""
+    env = dict(os.environ)
+    paths = [str(extra_path)] if extra_path else []
+    env["PYTHONPATH"] = os.pathsep.join([*paths, str(SRC)])
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+
+
+# --- arch_covers ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cap", "archs", "expected"),
+    [
+        ((9, 0), ["sm_80", "sm_90"], "SASS sm_90"),
+        ((9, 0), ["sm_90a"], "SASS sm_90a"),
+        ((12, 0), ["sm_90", "sm_120"], "SASS sm_120"),
+        ((8, 6), ["sm_80"], "SASS sm_80 (binary-compatible with 8.6)"),
+        ((9, 0), ["sm_80", "compute_80"], "PTX JIT from compute_80"),
+        ((12, 0), ["sm_90", "compute_90", "compute_75"], "PTX JIT from compute_90"),
+        ((9, 0), ["compute_90a"], "PTX JIT from compute_90a"),
+    ],
+)
+def test_arch_covers_says_how(cap: tuple[int, int], archs: list[str], expected: str) -> None:
+    assert smoke.arch_covers(cap, archs) == expected
+
+
+@pytest.mark.parametrize(
+    ("cap", "archs"),
+    [
+        ((9, 0), []),
+        ((12, 0), ["sm_90a"]),  # 'a' code runs on exactly one chip
+        ((10, 0), ["sm_90a", "compute_90a"]),  # 'a' PTX does not JIT forward either
+        ((8, 0), ["sm_86"]),  # newer minor's SASS does not run on an older chip
+        ((8, 0), ["compute_86"]),  # nor does newer PTX
+        ((12, 0), ["sm_100", "sm_90"]),  # SASS never crosses a major
+        ((7, 5), ["sm_80", "sm_90", "compute_90"]),
+    ],
+)
+def test_arch_covers_refuses(cap: tuple[int, int], archs: list[str]) -> None:
+    assert smoke.arch_covers(cap, archs) is None
+
+
+# --- parse_expected_cca -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("8.6", ["sm_86"]),
+        ("8.6;9.0", ["sm_86", "sm_90"]),
+        ("8.6 9.0", ["sm_86", "sm_90"]),
+        (" 8.6, 9.0 ;", ["sm_86", "sm_90"]),
+        ("9.0a", ["sm_90a"]),
+        ("12.0+PTX", ["sm_120", "compute_120"]),
+        ("8.0;8.6;9.0+PTX", ["sm_80", "sm_86", "sm_90", "compute_90"]),
+        ("8.6;8.6", ["sm_86"]),
+    ],
+)
+def test_parse_expected_cca(text: str, expected: list[str]) -> None:
+    assert smoke.parse_expected_cca(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", " ; ", "sm_86", "86", "8.6.1", "9.0b", "8.6+ptx"])
+def test_parse_expected_cca_refuses(text: str) -> None:
+    with pytest.raises(ValueError):
+        smoke.parse_expected_cca(text)
+
+
+# --- drivers ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("driver", "cuda", "too_old"),
+    [
+        ("570.86.15", "13.0", True),
+        ("580.65.06", "13.0", False),
+        ("580.159.04", "13.0", False),
+        ("525.60.13", "12.8", False),
+        ("520.61.05", "12.1", True),
+        ("450.80.02", "11.8", False),
+        ("418.126.02", "11.0", True),
+        ("535.104.05", "12", False),
+        ("400.00", "14.0", False),  # a CUDA major not in the table: no verdict, not "too old"
+    ],
+)
+def test_driver_too_old(driver: str, cuda: str, too_old: bool) -> None:
+    assert smoke.driver_too_old(driver, cuda) is too_old
+
+
+@pytest.mark.parametrize(
+    ("text", "version"),
+    [
+        (
+            "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.159.04  Thu Oct 30 2025\n"
+            "GCC version:  gcc version 12.2.0",
+            "580.159.04",
+        ),
+        (
+            "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.65.06  Release Build",
+            "580.65.06",
+        ),
+        ("535.104.05\n535.104.05\n", "535.104.05"),
+        ("no driver here", None),
+    ],
+)
+def test_parse_driver_version(text: str, version: str | None) -> None:
+    assert smoke.parse_driver_version(text) == version
+
+
+# --- diagnose ---------------------------------------------------------------------------------
+
+HEALTHY = {
+    "torch_cuda": "13.0",
+    "device_nodes": True,
+    "visible_devices": "all",
+    "driver": "580.159.04",
+    "torch_error": "CUDA driver initialization failed",
+}
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"torch_cuda": None, "device_nodes": False, "driver": "400.1"}, "CPU-only build"),
+        ({"device_nodes": False, "visible_devices": "void"}, "compose/cpu.yaml"),
+        ({"device_nodes": False}, "NVIDIA runtime"),
+        ({"visible_devices": "void", "driver": "400.1"}, "NVIDIA_VISIBLE_DEVICES is void"),
+        ({"visible_devices": "none"}, "NVIDIA_VISIBLE_DEVICES is none"),
+        ({"visible_devices": ""}, "NVIDIA_VISIBLE_DEVICES is empty"),
+        ({"driver": "570.86.15"}, "older than CUDA 13.0 needs (>= 580.65.06)"),
+        ({"cuda_visible_devices": ""}, "CUDA_VISIBLE_DEVICES"),
+        ({}, "torch says: CUDA driver initialization failed"),
+        ({"driver": None}, "torch says: CUDA driver initialization failed"),
+        ({"visible_devices": None}, "torch says:"),  # unset outside a container is fine
+        ({"torch_error": ""}, "gave no reason"),
+    ],
+)
+def test_diagnose_order(changes: dict, expected: str) -> None:
+    assert expected in smoke.diagnose(**{**HEALTHY, **changes})
+
+
+@pytest.mark.parametrize("cuda", [None, "12.8", "13.0"])
+@pytest.mark.parametrize("nodes", [True, False])
+@pytest.mark.parametrize("visible", [None, "", "void", "all"])
+@pytest.mark.parametrize("driver", [None, "520.61.05", "580.159.04"])
+def test_bench_diagnoses_like_smoke(
+    cuda: str | None, nodes: bool, visible: str | None, driver: str | None
+) -> None:
+    values = (cuda, nodes, visible, driver, "boom")
+    assert bench.diagnose(*values) == smoke.diagnose(*values)
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def test_report_ok_ignores_skips_warnings_and_optional_failures() -> None:
+    report = smoke.Report(
+        checks=[
+            smoke.Check("a", smoke.PASS, ""),
+            smoke.Check("b", smoke.SKIP, "1 GPU: all-reduce needs 2"),
+            smoke.Check("c", smoke.WARN, "PTX JIT"),
+            smoke.Check("d", smoke.FAIL, "broken", required=False),
+        ]
+    )
+    assert report.ok
+    report.checks.append(smoke.Check("e", smoke.FAIL, "broken"))
+    assert not report.ok
+    data = json.loads(smoke.report_json(report))
+    assert data["ok"] is False
+    assert {c["name"] for c in data["checks"]} == set("abcde")
+    assert set(data["checks"][0]) == {"name", "status", "detail", "seconds", "required"}
+    assert "FAILED: e" in smoke.render_table(report)
+
+
+def test_judge_never_passes_nan() -> None:
+    assert "1.0e-03" in smoke.judge({"x": 1e-3}, 1e-2)
+    for bad in (float("nan"), float("inf"), 0.5):
+        with pytest.raises(smoke.CheckFailed):
+            smoke.judge({"x": bad}, 1e-2)
+
+
+def test_runner_turns_exceptions_into_rows() -> None:
+    runner = smoke.Runner()
+
+    def boom() -> str:
+        raise RuntimeError("line one\n  line two")
+
+    def skip() -> str:
+        raise smoke.CheckSkipped("not here")
+
+    assert runner.run("boom", boom).detail == "RuntimeError: line one line two"
+    assert runner.run("skip", skip).status == smoke.SKIP
+    assert runner.run("ok", lambda: "fine").status == smoke.PASS
+
+
+def test_cudnn_version_format() -> None:
+    assert smoke.format_cudnn_version(91002) == "9.10.2"
+    assert smoke.format_cudnn_version(8907) == "8.9.7"
+    assert bench.format_cudnn_version(91300) == "9.13.0"
+
+
+def test_public_version() -> None:
+    assert smoke.public_version("2.11.0+cu130") == "2.11.0"
+    assert smoke.public_version("2.11.0") == "2.11.0"
+
+
+# --- whole runs -------------------------------------------------------------------------------
+
+
+def test_missing_torch_is_one_failing_check(tmp_path: Path) -> None:
+    fake = tmp_path / "torch"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('libtorch_cuda.so: cannot open')\n")
+    result = run_module("torchkiln.smoke", "--json", extra_path=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    data = json.loads(result.stdout)
+    assert data["ok"] is False
+    assert [c["name"] for c in data["checks"]] == ["torch import"]
+    assert "libtorch_cuda.so" in data["checks"][0]["detail"]
+
+    result = run_module("torchkiln.bench", extra_path=tmp_path)
+    assert result.returncode == bench.EXIT_NO_GPU
+    assert result.stderr.strip().startswith("bench needs a CUDA GPU: torch does not import")
+
+
+def no_gpu_torch() -> object:
+    """Return torch when it is importable and sees no GPU; skip the test otherwise."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the CPU-only paths are not exercised")
+    return torch
+
+
+def test_smoke_allow_cpu_passes() -> None:
+    torch = no_gpu_torch()
+    result = run_module("torchkiln.smoke", "--allow-cpu", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    assert data["ok"] is True
+    assert data["torch"] == torch.__version__
+    statuses = {c["name"]: c["status"] for c in data["checks"]}
+    assert statuses["torch import"] == "pass"
+    assert statuses["cpu matmul fp32"] == "pass"
+    assert statuses["cpu conv2d fwd/bwd"] == "pass"
+    assert statuses["cpu sdpa bf16"] == "pass"
+    for name in smoke.CUDA_CHECKS:
+        assert statuses[name] == "skip"
+    details = {c["name"]: c["detail"] for c in data["checks"]}
+    assert details["matmul bf16"].startswith("--allow-cpu")
+
+
+def test_smoke_without_gpu_fails_with_diagnosis() -> None:
+    torch = no_gpu_torch()
+    result = run_module("torchkiln.smoke", "--json")
+    assert result.returncode == 1
+    data = json.loads(result.stdout)
+    assert data["ok"] is False
+    cuda = next(c for c in data["checks"] if c["name"] == "CUDA available")
+    assert cuda["status"] == "fail"
+    assert cuda["detail"]
+    if torch.version.cuda is None:
+        assert "CPU-only build" in cuda["detail"]
+
+
+def test_smoke_table_and_expectations() -> None:
+    torch = no_gpu_torch()
+    version = smoke.public_version(torch.__version__)
+    result = run_module(
+        "torchkiln.smoke", "--allow-cpu", "--expect-torch", version, "--expect-cca", "9.0"
+    )
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.splitlines()[1].split() == ["check", "status", "detail"]
+    assert "torch version" in result.stdout
+    assert "OK" in result.stdout.splitlines()[-1]
+
+    result = run_module("torchkiln.smoke", "--allow-cpu", "--expect-torch", "1.0.0", "--json")
+    assert result.returncode == 1
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    assert checks["torch version"]["status"] == "fail"
+    assert "expected 1.0.0" in checks["torch version"]["detail"]
+
+
+def test_bench_without_gpu_exits_2_with_one_line() -> None:
+    no_gpu_torch()
+    result = run_module("torchkiln.bench")
+    assert result.returncode == bench.EXIT_NO_GPU
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    ours = [line for line in result.stderr.splitlines() if line.startswith("bench needs a CUDA")]
+    assert len(ours) == 1
+    assert ours[0].startswith("bench needs a CUDA GPU: ")
+
+
+def test_all_reduce_plumbing_on_gloo() -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.distributed.is_available():
+        pytest.skip("torch built without distributed")
+    assert smoke.nccl_all_reduce(2, timeout=120, backend="gloo").startswith("2 ranks each got 3")
