@@ -297,7 +297,9 @@ def test_rebuild_is_cached_and_train_changes_spare_the_build_stages(
             verb != "RUN" for _, verb in builder.executed_steps(output)
         )
         requirements = project.root / "docker" / "requirements.txt"
-        requirements.write_text(requirements.read_text() + "# a train-only change\n")
+        # unique each run, so a warm BuildKit cache cannot already hold this content
+        marker = f"# a train-only change {uuid.uuid4().hex}\n"
+        requirements.write_text(requirements.read_text() + marker)
         output = assert_ok(project.invoke(*args))
         executed = builder.executed_steps(output)
         rerun_build_steps = [step for step in executed if step[0] in BUILD_STAGES]
@@ -398,3 +400,21 @@ def test_cpu_override_is_what_lets_services_start_without_nvidia(source_project)
     # The CPU override from .env's COMPOSE_FILE: the service comes up and answers.
     assert_ok(project.run("docker", "compose", "up", "--detach", "--force-recreate", "train"))
     assert assert_ok(project.exec("train", "echo up")).strip() == "up"
+
+
+def test_nox_smoke_diagnoses_a_cpu_image_and_passes_with_allow_cpu(wheels_project) -> None:
+    """`nox -s smoke` on the CPU torch image: exit != 0 with the diagnosis; --allow-cpu passes."""
+    project, _ = wheels_project
+    nox = (sys.executable, "-m", "nox", "-f", str(project.root / "noxfile.py"), "-s", "smoke")
+    failed = project.run(*nox, timeout=EXEC_TIMEOUT)
+    assert failed.returncode != 0
+    assert "CPU-only build" in failed.stdout, failed.stdout + failed.stderr
+    assert "Traceback" not in failed.stdout + failed.stderr
+    passed = project.run(*nox, "--", "--allow-cpu", timeout=EXEC_TIMEOUT)
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    report = project.run(*nox, "--", "--service", "train", "--allow-cpu", "--json")
+    assert report.returncode == 0, report.stdout + report.stderr
+    parsed = json.loads(report.stdout)
+    assert parsed["ok"] is True
+    assert parsed["torch"].startswith("2.13.0")
+    assert {check["status"] for check in parsed["checks"]} <= {"pass", "skip", "warn"}
