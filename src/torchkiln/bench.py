@@ -10,25 +10,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import glob
 import json
 import math
-import os
-import re
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-EXIT_NO_GPU = 2
+from torchkiln.smoke import (
+    diagnose_environment,
+    format_cudnn_version,
+    one_line,
+    read_driver_version,
+)
 
-# Minimum Linux x86_64 driver per CUDA major (minor-version compatibility). Source: NVIDIA "CUDA
-# Compatibility" guide, docs.nvidia.com/deploy/cuda-compatibility/. Same table as smoke.py.
-MIN_DRIVER: dict[int, str] = {11: "450.80.02", 12: "525.60.13", 13: "580.65.06"}
+EXIT_NO_GPU = 2
 
 DEFAULT_MODELS = "resnet50,transformer"
 
@@ -88,55 +86,6 @@ BF16_CL = Mode("+ channels_last", tf32=True, benchmark=True, autocast=True, chan
 # --- pure helpers ---------------------------------------------------------------------------
 
 
-def version_tuple(text: str) -> tuple[int, ...]:
-    """Parse the leading numbers of '580.65.06' or '13.0' into a tuple."""
-    match = re.match(r"^\s*v?(\d+(?:\.\d+)*)", text)
-    if not match:
-        raise ValueError(f"not a version: {text!r}")
-    return tuple(int(part) for part in match.group(1).split("."))
-
-
-def diagnose(
-    torch_cuda: str | None,
-    device_nodes: bool,
-    visible_devices: str | None,
-    driver: str | None,
-    torch_error: str,
-    cuda_visible_devices: str | None = None,
-) -> str:
-    """Name the likely reason torch sees no GPU (same rules and order as smoke.diagnose)."""
-    if torch_cuda is None:
-        return "CPU-only build of torch (torch.version.cuda is None): install or build a CUDA wheel"
-    if not device_nodes:
-        return (
-            "no /dev/nvidia* device nodes: container started without the GPU: use the NVIDIA "
-            "runtime / the Compose `deploy` GPU reservation, or compose/cpu.yaml is in "
-            "COMPOSE_FILE"
-        )
-    if visible_devices is not None and visible_devices.strip().lower() in ("", "void", "none"):
-        shown = visible_devices if visible_devices.strip() else "empty"
-        return (
-            f"NVIDIA_VISIBLE_DEVICES is {shown}: the NVIDIA runtime hides every GPU; set it to "
-            "'all' or to GPU indices"
-        )
-    needed = MIN_DRIVER.get(version_tuple(torch_cuda)[0])
-    if driver and needed and version_tuple(driver) < version_tuple(needed):
-        return (
-            f"NVIDIA driver {driver} is older than CUDA {torch_cuda} needs (>= {needed}): "
-            "upgrade the host driver or build with an older CUDA_VERSION"
-        )
-    if cuda_visible_devices is not None and cuda_visible_devices.strip() in ("", "-1"):
-        return f"CUDA_VISIBLE_DEVICES is '{cuda_visible_devices}': it hides every GPU from CUDA"
-    reason = torch_error.strip() or "torch.cuda.is_available() is False and gave no reason"
-    return f"torch says: {reason}"
-
-
-def one_line(text: str, limit: int = 160) -> str:
-    """Collapse whitespace and cut, so an error fits in one table cell."""
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
 def progress(text: str) -> None:
     """Show progress on stderr, so stdout keeps only the tables or the JSON."""
     print(text, file=sys.stderr, flush=True)
@@ -145,15 +94,6 @@ def progress(text: str) -> None:
 def gemm_flops(n: int) -> int:
     """Count the floating-point operations of an n x n x n matrix product."""
     return 2 * n**3
-
-
-def format_cudnn_version(version: int | None) -> str:
-    """Turn torch's cuDNN integer (91002, 8907) into 9.10.2 / 8.9.7."""
-    if not version:
-        return "-"
-    if version >= 90000:
-        return f"{version // 10000}.{version // 100 % 100}.{version % 100}"
-    return f"{version // 1000}.{version // 100 % 10}.{version % 100}"
 
 
 def add_speedups(rows: list[TrainRow]) -> None:
@@ -221,46 +161,11 @@ def _table(rows: list[tuple[str, ...]]) -> list[str]:
 # --- environment ------------------------------------------------------------------------------
 
 
-def read_driver_version() -> str | None:
-    """Read the NVIDIA driver version from /proc, else from nvidia-smi."""
-    with contextlib.suppress(OSError):
-        with open("/proc/driver/nvidia/version", encoding="utf-8") as handle:
-            match = re.search(
-                r"Kernel Module(?:\s+for\s+\S+)?\s+(\d+\.\d+(?:\.\d+)?)", handle.read()
-            )
-        if match:
-            return match.group(1)
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            out = subprocess.run(
-                [smi, "--query-gpu=driver_version", "--format=csv,noheader"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=False,
-            ).stdout.strip()
-            return out.splitlines()[0] if out else None
-    return None
-
-
 def no_gpu_reason(torch: Any) -> str | None:
-    """Return why CUDA cannot be used here, or None when it can."""
+    """Return why CUDA cannot be used here (smoke's diagnosis), or None when it can."""
     if torch.version.cuda is not None and torch.cuda.is_available():
         return None
-    error = ""
-    try:
-        torch.cuda.init()
-    except Exception as exc:  # the wording differs between builds; we only show it
-        error = one_line(str(exc), 300)
-    return diagnose(
-        torch_cuda=torch.version.cuda,
-        device_nodes=bool(glob.glob("/dev/nvidia*")),
-        visible_devices=os.environ.get("NVIDIA_VISIBLE_DEVICES"),
-        driver=read_driver_version(),
-        torch_error=error,
-        cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
-    )
+    return diagnose_environment(torch)
 
 
 @contextlib.contextmanager

@@ -229,8 +229,10 @@ def one_line(text: str, limit: int = 400) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
-def format_cudnn_version(version: int) -> str:
-    """Turn torch's cuDNN integer (91002, 8907) into 9.10.2 / 8.9.7."""
+def format_cudnn_version(version: int | None) -> str:
+    """Turn torch's cuDNN integer (91002, 8907) into 9.10.2 / 8.9.7; '-' when there is none."""
+    if not version:
+        return "-"
     if version >= 90000:
         return f"{version // 10000}.{version // 100 % 100}.{version % 100}"
     return f"{version // 1000}.{version // 100 % 10}.{version % 100}"
