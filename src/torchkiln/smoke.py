@@ -500,19 +500,23 @@ sys.exit(0 if ok else 3)
 """
 
 
-def nccl_all_reduce(world: int, timeout: float = NCCL_TIMEOUT_S, backend: str = "nccl") -> str:
-    """All-reduce (rank+1) over `world` GPUs in `world` processes; return a summary or raise.
+class AllReduce:
+    """All-reduce (rank+1) over `world` GPUs in `world` processes, started at construction.
 
-    backend="gloo" runs the same processes on the CPU, so the plumbing is testable without GPUs.
+    Starting the ranks before the other checks lets their torch import and NCCL set-up overlap
+    with them; `result()` then waits. backend="gloo" runs the same processes on the CPU, so the
+    plumbing is testable without GPUs.
     """
-    # Keep NVLink multicast (NVLS) off unless the caller chose otherwise: on shared hosts it can
-    # take the GPUs out of service, and an all-reduce check does not need it.
-    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
-    os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
-    port = free_port()
-    start = time.monotonic()
-    with contextlib.ExitStack() as stack:
-        procs: list[tuple[subprocess.Popen[bytes], Any]] = []
+
+    def __init__(self, world: int, timeout: float = NCCL_TIMEOUT_S, backend: str = "nccl") -> None:
+        # Keep NVLink multicast (NVLS) off unless the caller chose otherwise: on shared hosts it
+        # can take the GPUs out of service, and an all-reduce check does not need it.
+        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+        os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
+        self.world, self.timeout = world, timeout
+        self.start = time.monotonic()
+        self.procs: list[tuple[subprocess.Popen[bytes], Any]] = []
+        port = free_port()
         try:
             for rank in range(world):
                 env = dict(os.environ)
@@ -526,38 +530,61 @@ def nccl_all_reduce(world: int, timeout: float = NCCL_TIMEOUT_S, backend: str = 
                     TORCHKILN_BACKEND=backend,
                 )
                 # Files, not pipes: a chatty NCCL_DEBUG cannot fill a pipe and stall a rank.
-                log = stack.enter_context(tempfile.TemporaryFile())
+                log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in result()
                 proc = subprocess.Popen(
                     [sys.executable, "-c", NCCL_WORKER], env=env, stdout=log, stderr=log
                 )
-                procs.append((proc, log))
+                self.procs.append((proc, log))
+        except BaseException:
+            self._stop()
+            raise
+
+    def _stop(self) -> None:
+        for proc, _ in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    def result(self) -> str:
+        """Wait for the ranks; return a summary, or raise CheckFailed naming the failing rank."""
+        try:
             # Poll rather than wait on each in turn: when one rank dies the others would block
             # in the rendezvous until the timeout, so stop at the first failure.
-            while any(proc.poll() is None for proc, _ in procs):
-                if any(proc.poll() not in (None, 0) for proc, _ in procs):
+            while any(proc.poll() is None for proc, _ in self.procs):
+                if any(proc.poll() not in (None, 0) for proc, _ in self.procs):
                     break
-                if time.monotonic() - start > timeout:
+                if time.monotonic() - self.start > self.timeout:
                     raise CheckFailed(
-                        f"all-reduce over {world} ranks did not finish within {timeout:.0f} s"
+                        f"all-reduce over {self.world} ranks did not finish within "
+                        f"{self.timeout:.0f} s"
                     )
                 time.sleep(0.05)
         finally:
-            for proc, _ in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-        # Report the rank that failed on its own before those killed because of it.
-        ordered = sorted(enumerate(procs), key=lambda item: item[1][0].returncode < 0)
-        for rank, (proc, log) in ordered:
-            log.seek(0)
-            text = log.read().decode(errors="replace")
-            parsed = [line for line in text.splitlines() if line.startswith('{"rank"')]
-            if proc.returncode != 0 or not parsed:
-                lines = [line for line in text.splitlines() if line.strip()]
-                tail = lines[-1] if lines else "no output"
-                raise CheckFailed(f"rank {rank} exited {proc.returncode}: {one_line(tail, 300)}")
-    want = world * (world + 1) // 2
-    return f"{world} ranks each got {want} (= 1+...+{world}) in {time.monotonic() - start:.1f} s"
+            self._stop()
+        try:
+            # Report the rank that failed on its own before those killed because of it.
+            ordered = sorted(enumerate(self.procs), key=lambda item: item[1][0].returncode < 0)
+            for rank, (proc, log) in ordered:
+                log.seek(0)
+                text = log.read().decode(errors="replace")
+                parsed = [line for line in text.splitlines() if line.startswith('{"rank"')]
+                if proc.returncode != 0 or not parsed:
+                    lines = [line for line in text.splitlines() if line.strip()]
+                    tail = lines[-1] if lines else "no output"
+                    raise CheckFailed(
+                        f"rank {rank} exited {proc.returncode}: {one_line(tail, 300)}"
+                    )
+        finally:
+            for _, log in self.procs:
+                log.close()
+        want = self.world * (self.world + 1) // 2
+        seconds = time.monotonic() - self.start
+        return f"{self.world} ranks each got {want} (= 1+...+{self.world}) in {seconds:.1f} s"
+
+
+def nccl_all_reduce(world: int, timeout: float = NCCL_TIMEOUT_S, backend: str = "nccl") -> str:
+    """Run the all-reduce check from start to end; return a summary or raise CheckFailed."""
+    return AllReduce(world, timeout, backend).result()
 
 
 # --- the checks -------------------------------------------------------------------------------
@@ -699,12 +726,23 @@ def check_nccl(torch: Any) -> str:
     return f"NCCL {text}"
 
 
-def check_nccl_all_reduce(torch: Any) -> str:
+def start_all_reduce(torch: Any) -> AllReduce | None:
+    """Start the all-reduce ranks early when there are >= 2 GPUs (None: none, or it failed)."""
+    count = torch.cuda.device_count()
+    if count < 2:
+        return None
+    try:
+        return AllReduce(count)
+    except Exception:  # the check starts it again and reports the error
+        return None
+
+
+def check_nccl_all_reduce(torch: Any, started: AllReduce | None = None) -> str:
     """All-reduce across every visible GPU, one process each."""
     count = torch.cuda.device_count()
     if count < 2:
         raise CheckSkipped(f"{count} GPU: all-reduce needs 2")
-    return nccl_all_reduce(count)
+    return (started or AllReduce(count)).result()
 
 
 def import_optional(name: str) -> Any:
@@ -766,6 +804,7 @@ def check_cuda_available(torch: Any, runner: Runner) -> str:
 
 def run_cuda_checks(torch: Any, runner: Runner, args: argparse.Namespace) -> None:
     """Run the checks that need a working GPU."""
+    started = start_all_reduce(torch)
     archs = torch_arch_list(torch)
     for device in runner.report.devices:
         index = device["index"]
@@ -788,7 +827,7 @@ def run_cuda_checks(torch: Any, runner: Runner, args: argparse.Namespace) -> Non
     runner.run("sdpa bf16", lambda: check_sdpa(torch, "cuda", torch.bfloat16))
     runner.run("sdpa fp16", lambda: check_sdpa(torch, "cuda", torch.float16))
     runner.run("nccl", lambda: check_nccl(torch))
-    runner.run("nccl all-reduce", lambda: check_nccl_all_reduce(torch))
+    runner.run("nccl all-reduce", lambda: check_nccl_all_reduce(torch, started))
     runner.run("torchvision", lambda: check_torchvision(torch, "cuda"))
     runner.run("torchaudio", check_torchaudio, required=False)
 
