@@ -267,3 +267,29 @@ def run(root: Path) -> tuple[str, bool]:
         state = env_state(None, os.environ, problem=str(error))
     rows = diagnose(facts, hostfacts.gpu_driver_version(), state)
     return render(rows), failed(rows)
+
+
+def build_blockers(
+    facts: EngineFacts, driver: str, values: Mapping[str, str], up: bool
+) -> list[Row]:
+    """The doctor rows that must pass before a build starts (GPU rows only when it will run)."""
+    env = EnvState(present=True, values=values)
+    rows = [*check_engine(facts), check_disk(facts)]
+    if up:
+        rows.append(check_gpu_runtime(facts, env))
+        if driver:  # no driver here: the image may be meant for another machine
+            rows.append(check_driver(driver, env))
+    return [row for row in rows if row.status == "error"]
+
+
+def require_ready(values: Mapping[str, str], up: bool) -> None:
+    """Refuse, in seconds and before any build step, what would make the build or start fail."""
+    from torchkiln import engine, hostfacts
+
+    facts = engine.engine_info()
+    if not facts.error:
+        engine.plugin_versions(facts)
+    blockers = build_blockers(facts, hostfacts.gpu_driver_version(), values, up)
+    if blockers:
+        row = blockers[0]
+        raise UserError(f"{row.check}: {row.detail}; fix: {row.fix}")

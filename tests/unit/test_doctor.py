@@ -103,3 +103,29 @@ def test_missing_and_invalid_env():
 def test_render_shows_fix_only_for_failures():
     text = doctor.render([doctor.Row("a", "ok", "fine", "x"), doctor.Row("b", "error", "bad", "y")])
     assert "fix: y" in text and "fix: x" not in text
+
+
+def values(**changes):
+    return {**doctor.env_state({"CCA": "8.6"}, {}).values, **changes}
+
+
+def test_build_blockers_pass_on_a_good_host():
+    assert doctor.build_blockers(EngineFacts(**GOOD), "580.95.05", values(), up=True) == []
+
+
+def test_build_blocked_without_runtime_unless_cpu_override_or_no_up():
+    facts = EngineFacts(**{**GOOD, "runtimes": ["runc"]})
+    blocked = doctor.build_blockers(facts, "", values(), up=True)
+    assert [row.check for row in blocked] == ["nvidia runtime"]
+    cpu = values(COMPOSE_FILE="compose/docker-compose.yaml:compose/cpu.yaml")
+    assert doctor.build_blockers(facts, "", cpu, up=True) == []
+    assert doctor.build_blockers(facts, "", values(), up=False) == []
+
+
+def test_build_blocked_by_engine_disk_and_old_driver():
+    down = doctor.build_blockers(EngineFacts(error="refused"), "", values(), up=False)
+    assert down[0].check == "engine"
+    low = EngineFacts(**{**GOOD, "free_bytes": 1 * doctor.GB})
+    assert doctor.build_blockers(low, "", values(), up=False)[0].check == "disk"
+    old = doctor.build_blockers(EngineFacts(**GOOD), "535.54.03", values(), up=True)
+    assert [row.check for row in old] == ["driver"]
