@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torchkiln import compose, envfile, gpu, settings
+from torchkiln import compose, doctor, envfile, gpu, settings
 from torchkiln.errors import UserError
 
 IMAGE_SETTING = {"train": "TRAIN_IMAGE_NAME", "full": "FULL_IMAGE_NAME", "ngc": "NGC_IMAGE_NAME"}
@@ -186,6 +186,11 @@ def summary(built: BuildPlan, seconds: float, size_bytes: int, log: str) -> str:
 def run(c, root: Path, built: BuildPlan) -> None:
     """Execute a plan with invoke's context (respecting `invoke --dry`) and print the summary."""
     dry = bool(c.config.run.dry)
+    if not dry:
+        # Engine, plugins, disk, and (when the container will start here) GPU runtime and
+        # driver: refused in seconds rather than after a long build.
+        cuda = build_cuda(built.service, built.values)
+        doctor.require_ready({**built.values, "CUDA_VERSION": cuda}, built.up)
     if built.override_path:
         text = built.override_text()
         Path(built.override_path).write_text(text, encoding="utf-8")

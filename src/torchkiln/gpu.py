@@ -70,7 +70,11 @@ def parse_cca(text: str) -> list[str]:
     """Split a CCA such as '8.6;9.0', '8.6 9.0' or '12.0+PTX' into normalised items."""
     items = [item for item in re.split(r"[;,\s]+", text.strip()) if item]
     if not items:
-        raise UserError(f"CCA is empty; {cca_example_hint()}, or run on a machine with a GPU")
+        raise UserError(
+            "CCA is empty (no GPU was detected); pass --cca 8.6 or set CCA in .env to the "
+            "compute capability of the GPU you build for (nvidia-smi --query-gpu=compute_cap "
+            "--format=csv)"
+        )
     normalised: list[str] = []
     for item in items:
         match = _CCA_ITEM.match(item)

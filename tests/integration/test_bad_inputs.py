@@ -1,0 +1,232 @@
+"""SPEC's bad-input matrix, for real: each case gives one line naming the input and the fix,
+exit != 0, no traceback, and changes nothing of the user's (.env, dist/ and the images are
+hashed before and after). Absent components are produced for real where possible: the engine
+stopped (a socket nobody serves), Compose v1 only (the v2 plugin hidden in a private mount
+namespace, a v1 `docker-compose` first on PATH), no NVIDIA runtime (this machine's own lack);
+an old driver through an `nvidia-smi` that reports one, and low disk through the docker SDK's
+answer about the engine's root.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from test_images import EXEC_TIMEOUT, Project, make_project, remove_project
+
+from torchkiln import doctor, engine, settings
+from torchkiln.errors import UserError
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
+
+CPU_COMPOSE = "compose/docker-compose.yaml:compose/cpu.yaml"
+
+
+@dataclass
+class Case:
+    """One bad input: the task and its arguments, how the project is spoiled, what is said."""
+
+    args: list[str]
+    words: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    dotenv: dict[str, str] = field(default_factory=dict)
+    extra_dotenv_line: str = ""
+    wrap: str = ""  # "compose-v1" or "old-driver": run under a prepared PATH / namespace
+
+
+CASES = {
+    "cca-86": Case(["build", "--cca", "86"], ["CCA '86'", "8.6"]),
+    "cca-sm_86": Case(["build", "--cca", "sm_86"], ["CCA 'sm_86'", "8.6"]),
+    "cca-8.6x": Case(["build", "--cca", "8.6x"], ["CCA '8.6x'", "8.6"]),
+    "cca-empty-no-gpu": Case(["build"], ["CCA is empty", "--cca"], env={"CCA": ""}),
+    "cca-3.5-cuda13": Case(["build", "--cca", "3.5"], ["CCA '3.5'", "CUDA 13", "CUDA_VERSION"]),
+    "env-cca-86": Case(["env", "--force", "--cca", "86"], ["CCA '86'", "8.6"]),
+    "torch-without-vision": Case(["build", "--torch", "2.15.0"], ["torch 2.15.0", "torchvision"]),
+    "forced-vision-mismatch": Case(
+        ["build", "--torch", "2.14.1"],
+        ["TORCHVISION_VERSION '0.28.0'", "torchvision 0.29"],
+        env={"TORCHVISION_VERSION": "0.28.0"},
+    ),
+    "env-line-unparsable": Case(
+        ["build"], [".env:", "not a setting", "NAME=value"], extra_dotenv_line="not a setting"
+    ),
+    "usr-capitals-spaces": Case(
+        ["build"], ["USR 'John Doe'", "lower-case"], {}, {"USR": "John Doe"}
+    ),
+    "env-usr-capitals": Case(["env", "--force", "--usr", "Alice"], ["USR 'Alice'", "lower-case"]),
+    "project-name-capitals": Case(
+        ["build"],
+        ["COMPOSE_PROJECT_NAME 'MyProject'", "lower-case"],
+        {},
+        {"COMPOSE_PROJECT_NAME": "MyProject"},
+    ),
+    "engine-down": Case(
+        ["build"],
+        ["engine", "unreachable", "DOCKER_HOST"],
+        env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"},
+    ),
+    "compose-v1-only": Case(
+        ["build"], ["Compose v1", "1.29.2", "docker-compose-plugin"], wrap="compose-v1"
+    ),
+    "no-nvidia-runtime": Case(
+        ["build"],
+        ["nvidia runtime", "NVIDIA Container Toolkit"],
+        dotenv={"COMPOSE_FILE": "compose/docker-compose.yaml"},
+    ),
+    "old-driver": Case(["build"], ["driver 550.54.15", "580.65.06"], wrap="old-driver"),
+    "wheels-dest-not-empty": Case(["wheels", "--dest", "dist"], ["dist", "--force"]),
+    "unknown-service": Case(["build", "--service", "gpu"], ["gpu", "train"]),
+}
+
+
+def digest_tree(path: Path) -> str:
+    """Hash a file, or every file below a folder with its relative name."""
+    sha = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for item in files:
+        sha.update(str(item.relative_to(path.parent)).encode())
+        sha.update(item.read_bytes())
+    return sha.hexdigest()
+
+
+def image_ids() -> list[str]:
+    listed = subprocess.run(
+        [
+            "docker",
+            "image",
+            "ls",
+            "--all",
+            "--no-trunc",
+            "--format",
+            "{{.Repository}}:{{.Tag}}@{{.ID}}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return sorted(listed.stdout.split())
+
+
+def snapshot(project: Project) -> tuple[str, str, list[str], list[str]]:
+    """What of the user's must not change: .env, dist/, the images, the .env backups."""
+    backups = sorted(p.name for p in project.root.glob(".env.*"))
+    return (
+        digest_tree(project.root / ".env"),
+        digest_tree(project.root / "dist"),
+        image_ids(),
+        backups,
+    )
+
+
+def plugin_dir() -> Path:
+    """Find the folder the docker CLI loads the Compose v2 plugin from."""
+    out = subprocess.run(
+        ["docker", "info", "--format", "{{range .ClientInfo.Plugins}}{{.Path}}\n{{end}}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    for line in out.splitlines():
+        if line.strip().endswith("docker-compose"):
+            return Path(line.strip()).parent
+    pytest.fail(f"no Compose v2 plugin found among the CLI plugins: {out!r}")
+
+
+def write_tool(folder: Path, name: str, script: str) -> None:
+    path = folder / name
+    path.write_text(f"#!/bin/sh\n{script}\n")
+    path.chmod(0o755)
+
+
+def wrapped(case: Case, project: Project, scratch: Path, command: list[str]) -> list[str]:
+    """Prepare the absent component a case needs; return the command to run under it."""
+    tools = scratch / "bin"
+    tools.mkdir(exist_ok=True)
+    if case.wrap == "old-driver":
+        write_tool(
+            tools,
+            "nvidia-smi",
+            'case "$*" in *driver_version*) echo 550.54.15;; '
+            "*compute_cap*) echo 8.6;; *) echo 'NVIDIA-SMI 550.54.15';; esac",
+        )
+        project.env["PATH"] = f"{tools}:{project.env['PATH']}"
+        return command
+    if case.wrap == "compose-v1":
+        if os.geteuid() != 0 or not shutil.which("unshare"):
+            pytest.skip("hiding the Compose v2 plugin needs root and unshare")
+        plugins = scratch / "plugins"
+        plugins.mkdir()
+        for plugin in plugin_dir().iterdir():
+            if plugin.name != "docker-compose":
+                (plugins / plugin.name).symlink_to(plugin)
+        write_tool(
+            tools,
+            "docker-compose",
+            'case "$*" in *--short*) echo 1.29.2;; '
+            "*) echo 'docker-compose version 1.29.2, build 5becea4c';; esac",
+        )
+        project.env["PATH"] = f"{tools}:{project.env['PATH']}"
+        hide = f'mount --bind {plugins} {plugin_dir()} && exec "$@"'
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", hide, "sh", *command]
+    return command
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory):
+    """A project copy with a valid .env (CPU override, CCA 8.6) and a non-empty dist/."""
+    made = make_project(tmp_path_factory.mktemp("bad"), "bad", CCA="8.6", COMPOSE_FILE=CPU_COMPOSE)
+    (made.root / "dist").mkdir()
+    (made.root / "dist" / "mine-1.0-py3-none-any.whl").write_bytes(b"the user's wheel")
+    good_env = (made.root / ".env").read_text()
+    yield made, good_env
+    remove_project(made)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_is_one_line_and_changes_nothing(project, tmp_path: Path, name: str) -> None:
+    made, good_env = project
+    case = CASES[name]
+    env_path = made.root / ".env"
+    text = good_env
+    for key, value in case.dotenv.items():
+        text += f"{key}={settings.quote(value)}\n"
+    if case.extra_dotenv_line:
+        text += case.extra_dotenv_line + "\n"
+    env_path.write_text(text)
+    saved_environ = dict(made.env)
+    try:
+        made.env.update(case.env)
+        before = snapshot(made)
+        command = wrapped(case, made, tmp_path, [sys.executable, "-m", "invoke", *case.args])
+        result = made.run(*command, timeout=EXEC_TIMEOUT)
+        after = snapshot(made)
+    finally:
+        made.env.clear()
+        made.env.update(saved_environ)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Traceback" not in output
+    said = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(said) == 1, output
+    for word in case.words:
+        assert word in said[0], said[0]
+    assert "#0 building" not in output and "Building" not in output  # refused before building
+    assert before == after, "the user's .env, dist/ or images changed"
+
+
+def test_low_disk_is_refused_before_a_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine's root with 5 GB free, as the docker SDK and statvfs would report it."""
+    monkeypatch.setattr(engine, "_free_bytes", lambda root: 5 * doctor.GB)
+    values = settings.resolve({"CCA": "8.6", "COMPOSE_FILE": CPU_COMPOSE})
+    with pytest.raises(UserError) as caught:
+        doctor.require_ready(values, up=True)
+    message = str(caught.value)
+    assert message.startswith("disk: 5 GB free")
+    assert "docker builder prune" in message and "\n" not in message
