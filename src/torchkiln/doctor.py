@@ -106,7 +106,8 @@ def check_gpu_runtime(facts: EngineFacts, env: EnvState) -> Row:
     cpu_only = env.values is not None and "cpu.yaml" in env.values.get("COMPOSE_FILE", "")
     fix = (
         "install the NVIDIA Container Toolkit and run sudo nvidia-ctk runtime configure "
-        "--runtime=docker, then restart Docker"
+        "--runtime=docker, then restart Docker; or, to run on the CPU, invoke env --force "
+        "(it adds compose/cpu.yaml to COMPOSE_FILE)"
     )
     if cpu_only:
         return Row(
