@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from torchkiln import settings
@@ -24,8 +24,17 @@ DOCKERFILES = {
     "ngc": "docker/ngc.Dockerfile",
 }
 # `--source NAME=DIR` names and the Dockerfile stages their checkouts replace.
-SOURCE_CONTEXTS = {"pytorch": "pytorch-src", "vision": "vision-src", "audio": "audio-src"}
+SOURCE_CONTEXTS = {
+    "pytorch": "pytorch-src",
+    "vision": "vision-src",
+    "audio": "audio-src",
+    "magma": "magma-src",
+}
+# The files that mark a checkout's root: magma builds with CMake, the others with pip.
+SOURCE_MARKERS = {"magma": ("CMakeLists.txt",)}
 WHEELHOUSE_CONTEXT = "wheelhouse"
+# The build secret holding PIP_INDEX_TOKEN (compose/docker-compose.yaml, docker/scripts/net.sh).
+INDEX_TOKEN_SECRET = "pip_index_token"
 WHEELS_TARGET = "wheels"
 
 
@@ -55,9 +64,10 @@ def parse_sources(items: Iterable[str], cwd: Path) -> dict[str, str]:
                 f"{', '.join(SOURCE_CONTEXTS)}; write e.g. --source pytorch=../pytorch"
             )
         path = (cwd / directory).resolve()
-        if not (path / "setup.py").is_file() and not (path / "pyproject.toml").is_file():
+        markers = SOURCE_MARKERS.get(name, ("setup.py", "pyproject.toml"))
+        if not any((path / marker).is_file() for marker in markers):
             raise UserError(
-                f"--source {name}={directory}: {path} holds no setup.py or pyproject.toml; "
+                f"--source {name}={directory}: {path} holds no {' or '.join(markers)}; "
                 f"give the root of a {name} checkout (git clone --recursive)"
             )
         contexts[SOURCE_CONTEXTS[name]] = str(path)
@@ -88,10 +98,88 @@ def check_ca_bundle(value: str, cwd: Path) -> str:
     return str(path)
 
 
-def override_text(service: str, contexts: Mapping[str, str]) -> str:
-    """Render the Compose override that adds named build contexts (JSON is valid YAML)."""
-    document = {"services": {service: {"build": {"additional_contexts": dict(contexts)}}}}
+def override_text(
+    service: str,
+    contexts: Mapping[str, str],
+    *,
+    cache_from: Sequence[str] = (),
+    cache_to: Sequence[str] = (),
+    tags: Sequence[str] = (),
+) -> str:
+    """Render the Compose override: named contexts, registry cache, extra tags (JSON is YAML)."""
+    build: dict[str, object] = {}
+    if contexts:
+        build["additional_contexts"] = dict(contexts)
+    if cache_from:
+        build["cache_from"] = list(cache_from)
+    if cache_to:
+        build["cache_to"] = list(cache_to)
+    if tags:
+        build["tags"] = list(tags)
+    document = {"services": {service: {"build": build}}}
     return json.dumps(document, indent=2) + "\n"
+
+
+def registry_refs(repository: str, service: str) -> tuple[str, str]:
+    """Name a service's image and build-cache references in the REGISTRY_IMAGE repository."""
+    return f"{repository}:{service}", f"{repository}:{service}-cache"
+
+
+def cache_spec(value: str, *, export: bool) -> str:
+    """Turn a --cache-from/--cache-to value into a buildx cache spec.
+
+    A plain reference means the registry cache at that reference; exports keep every stage
+    (mode=max), so teammates and CI reuse the long build stages, not only the final image's.
+    A full spec (type=…) passes through, with mode=max added to a registry export lacking one.
+    """
+    if not value or value != value.strip() or " " in value:
+        raise UserError(
+            f"cache '{value}' is not a registry reference or a type=… spec; write e.g. "
+            f"registry.example.com/team/torchkiln:train-cache"
+        )
+    if "type=" not in value:
+        if "=" in value or "," in value:
+            raise UserError(
+                f"cache '{value}' has fields but no type=; write type=registry,ref=REF or a "
+                f"plain REF"
+            )
+        value = f"type=registry,ref={value}"
+    fields = dict(item.partition("=")[::2] for item in value.split(","))
+    if export and fields.get("type") == "registry" and "mode" not in fields:
+        value += ",mode=max"
+    return value
+
+
+def cache_export_problem(inspect_output: str, builder: str) -> str | None:
+    """Say why a builder (`docker buildx inspect` output) cannot export cache, or None.
+
+    The docker driver exports cache only with the containerd image store, whose BuildKit
+    worker shows containerd labels; other drivers (docker-container, kubernetes, remote) can.
+    """
+    driver = ""
+    for line in inspect_output.splitlines():
+        if line.startswith("Driver:"):
+            driver = line.split(":", 1)[1].strip()
+            break
+    if driver != "docker" or "worker.containerd" in inspect_output:
+        return None
+    name = builder or "the current builder"
+    return (
+        f"--cache-to: {name} uses the docker driver on the classic image store, which cannot "
+        f"export cache; enable the containerd image store (daemon.json: "
+        f'"features": {{"containerd-snapshotter": true}}) or create a builder '
+        f"(docker buildx create --name kiln --driver docker-container) and pass --builder kiln"
+    )
+
+
+def builder_inspect_command(builder: str) -> list[str]:
+    """Describe a buildx builder (the current one when empty): driver, endpoint, labels."""
+    return ["docker", "buildx", "inspect", *([builder] if builder else [])]
+
+
+def push_command(reference: str) -> list[str]:
+    """Push an image reference to its registry."""
+    return ["docker", "push", reference]
 
 
 def env_prefix(overrides: Mapping[str, str]) -> list[str]:
@@ -115,6 +203,7 @@ def build_command(
     *,
     no_cache: bool = False,
     files: list[str] | None = None,
+    builder: str = "",
 ) -> list[str]:
     """Build a service's image through Compose, with plain progress for the summary."""
     return [
@@ -123,6 +212,7 @@ def build_command(
         "--progress",
         "plain",
         "build",
+        *(["--builder", builder] if builder else []),
         *(["--no-cache"] if no_cache else []),
         service,
     ]
@@ -173,9 +263,15 @@ def wheels_command(
     dest: str,
     *,
     no_cache: bool = False,
+    builder: str = "",
+    cache_from: Sequence[str] = (),
 ) -> list[str]:
     """Export the `wheels` stage with BuildKit's local output (same args as Compose's build)."""
     command = ["docker", "buildx", "build", "--progress", "plain"]
+    if builder:
+        command += ["--builder", builder]
+    for spec in cache_from:
+        command += ["--cache-from", spec]
     command += ["--file", DOCKERFILES[service], "--target", WHEELS_TARGET]
     command += ["--output", f"type=local,dest={dest}"]
     for name, value in build_args.items():
@@ -184,6 +280,8 @@ def wheels_command(
         command += ["--build-context", f"{name}={directory}"]
     if ca_bundle:
         command += ["--secret", f"id=ca_bundle,src={ca_bundle}"]
+    # As Compose's `pip_index_token` secret: the variable's value, or empty when it is unset.
+    command += ["--secret", f"id={INDEX_TOKEN_SECRET},env={INDEX_TOKEN_SECRET.upper()}"]
     if no_cache:
         command.append("--no-cache")
     command.append(".")

@@ -108,11 +108,20 @@ def export(c, root: Path, built: build.BuildPlan, dest: Path, force: bool, doten
     bundle = built.overrides.get("CA_BUNDLE") or compose.check_ca_bundle(
         built.values["CA_BUNDLE"], root
     )
+    if not c.config.run.dry:
+        build.check_builder(c, built.builder, export_cache=False)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
         command = compose.wheels_command(
-            service, args, built.contexts, bundle, str(staging), no_cache=built.no_cache
+            service,
+            args,
+            built.contexts,
+            bundle,
+            str(staging),
+            no_cache=built.no_cache,
+            builder=built.builder,
+            cache_from=built.cache_from,
         )
         with c.cd(str(root)):
             result = c.run(shlex.join(command), warn=True)
@@ -133,6 +142,8 @@ def export(c, root: Path, built: build.BuildPlan, dest: Path, force: bool, doten
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+    ran = build.executed_steps(result.stdout + result.stderr)
+    print(f"steps run: {len(ran)} (the others from cache)")
     print(f"{len(wheels)} wheels and {INFO_NAME} in {dest}:")
     for entry in info["wheels"]:
         print(f"  {entry['file']}  sha256:{entry['sha256'][:16]}…")

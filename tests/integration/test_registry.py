@@ -1,0 +1,353 @@
+"""Past one machine: push, registry build cache (mode=max) export and import, for real.
+
+A local registry (Debian's docker-registry) listens on a free loopback port. The main engine
+here uses the classic image store, whose docker-driver builder cannot export cache, so the
+pushing side is a second, throw-away dockerd with the containerd image store, in a temporary
+directory with its own socket and bridge. Wiping that engine's state and starting it again is
+"a teammate's fresh machine": it rebuilds from the registry cache alone. The main engine (the
+default setup most users have) then exports the wheels from the same registry cache.
+Every process, bridge, firewall rule, image and directory made here is removed at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_images import (
+    BASE,
+    BUILD_STAGES,
+    Project,
+    assert_ok,
+    fixture_sources,
+    make_project,
+    remove_project,
+)
+
+from torchkiln import build as builder
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
+
+START_TIMEOUT = 60
+COMMAND_TIMEOUT = 120
+
+
+def run(command: list[str], timeout: int = COMMAND_TIMEOUT, **options):
+    """Run a helper command, capturing its output; never raises on failure."""
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, **options)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(check, what: str, timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{what} did not come up within {timeout:.0f} s")
+
+
+def stop(process: subprocess.Popen, timeout: float = 30) -> None:
+    """End a process this module started: SIGTERM, then SIGKILL after a bounded wait."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
+def registry_binary() -> str:
+    """Find docker-registry; install Debian's package when running as root (CI) and missing."""
+    found = shutil.which("docker-registry")
+    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return found or ""
+    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "docker-registry"]
+    if run(install, timeout=300, env=environment).returncode != 0:
+        run(["apt-get", "update", "-qq"], timeout=300, env=environment)
+        run(install, timeout=300, env=environment)
+    return shutil.which("docker-registry") or ""
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A registry on 127.0.0.1:<free port>, with its storage in a temporary directory."""
+    binary = registry_binary()
+    if not binary:
+        message = "docker-registry is not installed (apt-get install -y docker-registry)"
+        if os.environ.get("TORCHKILN_REQUIRE_DOCKER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    directory = tmp_path_factory.mktemp("registry")
+    address = f"127.0.0.1:{free_port()}"
+    config = directory / "config.yml"
+    config.write_text(
+        "version: 0.1\nlog:\n  level: warn\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {directory / 'data'}\n"
+        f"http:\n  addr: {address}\n"
+    )
+    log = (directory / "log").open("w")
+    process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)
+    try:
+        wait_until(lambda: registry_answers(address), f"the registry at {address}")
+        yield address
+    finally:
+        stop(process)
+        log.close()
+
+
+def registry_answers(address: str) -> bool:
+    url = f"http://{address}/v2/"
+    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:
+        return response.status == 200
+    return False
+
+
+def registry_tags(address: str, repository: str) -> list[str]:
+    url = f"http://{address}/v2/{repository}/tags/list"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return sorted(json.load(response)["tags"])
+
+
+class SecondEngine:
+    """A throw-away dockerd with the containerd image store, in its own directory and bridge.
+
+    Its bridge gets a masquerade rule so build steps can download (apt, pip) as on the main
+    engine; the rules and the bridge are removed with the engine.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.socket = directory / "docker.sock"
+        self.host = f"unix://{self.socket}"
+        self.bridge = f"tk{uuid.uuid4().hex[:8]}"
+        self.subnet = free_subnet()
+        self.process: subprocess.Popen | None = None
+        self.rules: list[list[str]] = []
+
+    def setup_network(self) -> None:
+        gateway = f"{next(self.subnet.hosts())}/{self.subnet.prefixlen}"
+        for command in (
+            ["ip", "link", "add", self.bridge, "type", "bridge"],
+            ["ip", "addr", "add", gateway, "dev", self.bridge],
+            ["ip", "link", "set", self.bridge, "up"],
+        ):
+            assert_ok(run(command))
+        for rule in (
+            ["-t", "nat", "POSTROUTING", "-s", str(self.subnet), "!", "-o", self.bridge,
+             "-j", "MASQUERADE"],
+            ["-t", "filter", "FORWARD", "-i", self.bridge, "-j", "ACCEPT"],
+            ["-t", "filter", "FORWARD", "-o", self.bridge, "-j", "ACCEPT"],
+        ):  # fmt: skip
+            table, chain, spec = rule[:2], rule[2], rule[3:]
+            assert_ok(run(["iptables", "-w", *table, "-I", chain, *spec]))
+            self.rules.append(["iptables", "-w", *table, "-D", chain, *spec])
+
+    def start(self) -> None:
+        """Start dockerd on an empty state and give it the base image."""
+        data = self.directory / "data"
+        config = self.directory / "daemon.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "features": {"containerd-snapshotter": True},
+                    "bridge": self.bridge,
+                    "iptables": False,
+                    "ip6tables": False,
+                    "ip-forward": False,
+                    "ip-masq": False,
+                }
+            )
+        )
+        log = (self.directory / "dockerd.log").open("a")
+        self.process = subprocess.Popen(
+            [
+                "dockerd",
+                "--config-file", str(config),
+                "--data-root", str(data),
+                "--exec-root", str(self.directory / "exec"),
+                "--pidfile", str(self.directory / "docker.pid"),
+                "--host", self.host,
+            ],
+            stdout=log,
+            stderr=log,
+        )  # fmt: skip
+        log.close()
+        wait_until(
+            lambda: run(["docker", "--host", self.host, "info"], timeout=10).returncode == 0,
+            "the second dockerd",
+        )
+        with subprocess.Popen(["docker", "save", BASE], stdout=subprocess.PIPE) as saved:
+            loaded = run(["docker", "--host", self.host, "load"], stdin=saved.stdout, timeout=300)
+            saved.wait(timeout=300)
+        assert_ok(loaded)
+        assert saved.returncode == 0
+
+    def stop(self) -> None:
+        """Stop dockerd (and the containerd it started) and delete its whole state."""
+        if self.process is not None:
+            stop(self.process, timeout=60)
+            self.process = None
+        for name in ("data", "exec"):
+            path = self.directory / name
+            mounts = run(["findmnt", "-rn", "-o", "TARGET"]).stdout.split()
+            for mount in sorted((m for m in mounts if m.startswith(str(path))), reverse=True):
+                run(["umount", "-l", mount])
+            shutil.rmtree(path, ignore_errors=True)
+
+    def close(self) -> None:
+        self.stop()
+        for rule in reversed(self.rules):
+            run(rule)
+        run(["ip", "link", "del", self.bridge])
+
+
+def free_subnet() -> ipaddress.IPv4Network:
+    """A /24 in 172.31.0.0/16 that no interface here uses."""
+    used = run(["ip", "-4", "-o", "addr"]).stdout
+    for third in range(200, 255):
+        subnet = ipaddress.IPv4Network(f"172.31.{third}.0/24")
+        if f"172.31.{third}." not in used:
+            return subnet
+    raise AssertionError("no free 172.31.x.0/24 for the second engine's bridge")
+
+
+@pytest.fixture(scope="module")
+def second_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecondEngine]:
+    if os.geteuid() != 0 or not shutil.which("dockerd"):
+        message = "a second dockerd needs root and dockerd on PATH"
+        if os.environ.get("TORCHKILN_REQUIRE_DOCKER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    # A short path: the socket's must fit in a sun_path (108 bytes).
+    directory = Path(tempfile.mkdtemp(prefix="tk-engine-", dir="/tmp"))
+    engine = SecondEngine(directory)
+    try:
+        engine.setup_network()
+        engine.start()
+        yield engine
+    finally:
+        engine.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def unique_sources(project: Project) -> list[str]:
+    """The fixture sources with a unique line, so no engine's cache already holds this build."""
+    marker = f"# registry test {uuid.uuid4().hex}\n"
+    for name in ("pytorch", "vision"):
+        setup = project.root / "tests" / "fixtures" / name / "setup.py"
+        setup.write_text(setup.read_text() + marker)
+    return fixture_sources(project)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def pushed(tmp_path_factory, registry: str, second_engine: SecondEngine):
+    """The train image built on the second engine, pushed, with its mode=max cache exported."""
+    repository = f"tktest-{uuid.uuid4().hex[:8]}/torchkiln"
+    project = make_project(
+        tmp_path_factory.mktemp("registry"), "registry", REGISTRY_IMAGE=f"{registry}/{repository}"
+    )
+    # Compose accepts a docker-driver builder only from the current engine, whose builder is
+    # `default`; docker-container, kubernetes and remote builders are named as they were created.
+    project.env = {**project.env, "DOCKER_HOST": second_engine.host}
+    sources = unique_sources(project)
+    try:
+        started = time.monotonic()
+        args = ("build", "--no-up", "--builder", "default", "--cache-to", "--push", *sources)
+        output = assert_ok(project.invoke(*args))
+        print(f"\npush build on the second engine (cold): {time.monotonic() - started:.0f} s")
+        yield project, sources, repository, output
+    finally:
+        remove_project(project)
+
+
+def test_push_exports_the_image_and_the_max_cache(pushed, registry: str) -> None:
+    project, _, repository, output = pushed
+    assert registry_tags(registry, repository) == ["train", "train-cache"]
+    assert "mode=max" in output and "exporting cache to registry" in output
+    assert f"pushed:      {registry}/{repository}:train" in output
+    # The cache manifest lists the build stages' layers, not only the final image's (mode=max).
+    url = f"http://{registry}/v2/{repository}/manifests/train-cache"
+    request = urllib.request.Request(
+        url, headers={"Accept": "application/vnd.oci.image.index.v1+json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        cache_layers = len(json.load(response)["manifests"])
+    image = json.loads(
+        assert_ok(project.run("docker", "image", "inspect", f"{registry}/{repository}:train"))
+    )[0]
+    image_layers = len(image["RootFS"]["Layers"])
+    print(f"\ncache layers: {cache_layers}, image layers: {image_layers}")
+    assert cache_layers > image_layers
+
+
+def test_fresh_engine_rebuilds_from_the_registry_cache(
+    pushed, registry: str, second_engine: SecondEngine
+) -> None:
+    """Wipe the engine (images, BuildKit cache): the rebuild re-runs no step, and wheels export."""
+    project, sources, repository, _ = pushed
+    second_engine.stop()
+    second_engine.start()
+    images = assert_ok(project.run("docker", "image", "ls", "--format", "{{.Repository}}"))
+    assert images.split() == [BASE.split(":")[0]]
+    started = time.monotonic()
+    output = assert_ok(project.invoke("build", "--no-up", "--cache-from", *sources))
+    print(f"\nrebuild from the registry cache: {time.monotonic() - started:.0f} s")
+    executed = builder.executed_steps(output)
+    print(f"steps re-run on the fresh engine: {executed}")
+    assert "importing cache manifest" in output
+    assert [step for step in executed if step[0] in BUILD_STAGES] == []
+    assert [step for step in executed if step[1] == "RUN"] == []
+    # The pushed image itself pulls onto the fresh engine and runs.
+    reference = f"{registry}/{repository}:train"
+    assert_ok(project.run("docker", "pull", reference))
+    script = "import torch, torchvision; print(torch.__version__, torchvision.__version__)"
+    ran = project.run(
+        "docker", "run", "--rm", "--network", "none", reference, "python", "-c", script
+    )
+    assert assert_ok(ran).split() == ["2.14.1", "0.29.1"]
+
+
+def test_wheels_of_a_pushed_build_come_from_the_registry_cache(pushed, tmp_path: Path) -> None:
+    """On the main engine (classic store, default builder), as a teammate's would be."""
+    project, sources, _, _ = pushed
+    teammate = {key: value for key, value in project.env.items() if key != "DOCKER_HOST"}
+    teammate_project = Project(root=project.root, name=project.name, env=teammate)
+    dest = tmp_path / "dist"
+    started = time.monotonic()
+    args = ("wheels", "--cache-from", "--dest", str(dest), *sources)
+    output = assert_ok(teammate_project.invoke(*args))
+    print(f"\nwheels from the registry cache, main engine: {time.monotonic() - started:.0f} s")
+    executed = builder.executed_steps(output)
+    print(f"steps re-run: {executed}")
+    assert [step for step in executed if step[1] == "RUN"] == []
+    info = json.loads((dest / "BUILD-INFO.json").read_text())
+    assert info["versions"] == {"torch": "2.14.1", "torchvision": "0.29.1"}
+    for entry in info["wheels"]:
+        assert entry["sha256"] == sha256(dest / entry["file"])
