@@ -72,13 +72,26 @@ def _build_plan(c: Context, service: str, **options):
     return builder.plan(ROOT, service, environ=os.environ, dotenv=dotenv, **options), dotenv
 
 
+REGISTRY_HELP = {
+    "builder": "buildx builder to build with (docker buildx ls; default: BUILDX_BUILDER, else "
+    "the current one)",
+    "cache_from": "import the build cache from REF (alone: REGISTRY_IMAGE:<service>-cache)",
+}
+
+
 @task(
     iterable=["source"],
+    optional=["cache_from", "cache_to"],
     help={
+        **REGISTRY_HELP,
+        "cache_to": "export every stage's cache (mode=max) to REF (alone: "
+        "REGISTRY_IMAGE:<service>-cache)",
+        "push": "push the image to REGISTRY_IMAGE:<service>",
         "service": SERVICE_HELP,
         "cca": "GPU compute capabilities to build for, e.g. 8.6 (default: .env's CCA)",
         "torch": "torch release, e.g. 2.14.1; the matching torchvision is chosen",
-        "source": "NAME=DIR: build from a local checkout (pytorch, vision, audio); repeatable",
+        "source": "NAME=DIR: build from a local checkout (pytorch, vision, audio, magma); "
+        "repeatable",
         "wheelhouse": "directory of wheels to install from, with no index (air-gapped)",
         "ca_bundle": "CA bundle file for downloads behind a TLS-inspecting proxy (a secret)",
         "no_cache": "rebuild every step",
@@ -95,20 +108,27 @@ def build(
     ca_bundle: str | None = None,
     no_cache: bool = False,
     no_up: bool = False,
+    builder: str | None = None,
+    cache_from: str | bool | None = None,
+    cache_to: str | bool | None = None,
+    push: bool = False,
 ) -> None:
     """Validate, build the service's image, start it, and print a summary."""
-    from torchkiln import build as builder
+    from torchkiln import build as build_module
 
     with user_errors():
         options = dict(cca=cca, torch=torch, sources=source or [], wheelhouse=wheelhouse)
-        options.update(ca_bundle=ca_bundle, no_cache=no_cache, up=not no_up)
+        options.update(ca_bundle=ca_bundle, no_cache=no_cache, up=not no_up, builder=builder)
+        options.update(cache_from=cache_from, cache_to=cache_to, push=push)
         plan, _ = _build_plan(c, service, **options)
-        builder.run(c, ROOT, plan)
+        build_module.run(c, ROOT, plan)
 
 
 @task(
     iterable=["source"],
+    optional=["cache_from"],
     help={
+        **REGISTRY_HELP,
         "service": "train (default) or full",
         "dest": "directory for the wheels and BUILD-INFO.json (default: dist)",
         "cca": "as for invoke build (the same settings reuse the build's cache)",
@@ -129,6 +149,8 @@ def wheels(
     source: list[str] | None = None,
     wheelhouse: str | None = None,
     ca_bundle: str | None = None,
+    builder: str | None = None,
+    cache_from: str | bool | None = None,
 ) -> None:
     """Export the built wheels with BUILD-INFO.json (sha256, versions, CCA, CUDA, base image)."""
     import os
@@ -137,7 +159,7 @@ def wheels(
 
     with user_errors():
         options = dict(cca=cca, torch=torch, sources=source or [], wheelhouse=wheelhouse)
-        options.update(ca_bundle=ca_bundle)
+        options.update(ca_bundle=ca_bundle, builder=builder, cache_from=cache_from)
         plan, dotenv = _build_plan(c, service, **options)
         exporter.export(c, ROOT, plan, Path(dest).resolve(), force, dotenv, os.environ)
 

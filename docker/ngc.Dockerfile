@@ -43,6 +43,7 @@ RUN --mount=type=cache,target=/var/cache/apt,sharing=locked \
 # NGC's Python is the system one (Ubuntu marks it externally managed); torch stays pinned.
 RUN --mount=type=cache,target=/root/.cache/pip \
     --mount=type=secret,id=ca_bundle \
+    --mount=type=secret,id=pip_index_token \
     --mount=type=bind,from=runtime-scripts,target=/opt/torchkiln-scripts \
     --mount=type=bind,source=docker/requirements.txt,target=/opt/requirements.txt \
     set -eux; \

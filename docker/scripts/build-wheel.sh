@@ -20,6 +20,13 @@ MAX_JOBS=${MAX_JOBS:-$(nproc)}
 export TORCH_CUDA_ARCH_LIST MAX_JOBS USE_CUDNN USE_NCCL USE_FLASH_ATTENTION USE_MEM_EFF_ATTENTION DEBUG
 export CCACHE_DIR=/root/.cache/ccache
 echo "torchkiln: TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS"
+# BUILD_MAGMA=1 mounts magma's prefix at /opt/magma (empty otherwise): PyTorch's FindMAGMA
+# looks in MAGMA_HOME, other find_package calls in CMAKE_PREFIX_PATH.
+if compgen -G '/opt/magma/lib/libmagma.*' >/dev/null; then
+  export MAGMA_HOME=/opt/magma USE_MAGMA=1
+  export CMAKE_PREFIX_PATH=${CMAKE_PREFIX_PATH:+$CMAKE_PREFIX_PATH:}/opt/magma
+  echo "torchkiln: USE_MAGMA=1 MAGMA_HOME=$MAGMA_HOME"
+fi
 if [[ -n $preinstall ]]; then
   pip install "$preinstall"/*.whl
 fi
@@ -27,7 +34,8 @@ if [[ -f $source_dir/requirements.txt ]]; then
   pip install -r "$source_dir/requirements.txt"
 fi
 ccache --zero-stats >/dev/null
-pip wheel --no-build-isolation --no-deps --wheel-dir "$wheel_dir" "$source_dir"
+# `command pip`: no index is needed here, so the compile never sees the index token.
+command pip wheel --no-build-isolation --no-deps --wheel-dir "$wheel_dir" "$source_dir"
 ccache --show-stats
 # One machine-readable line for invoke build's summary.
 ccache --print-stats | awk -F'\t' '

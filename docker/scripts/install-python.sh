@@ -14,7 +14,7 @@ if [[ $distro_version == "$python_version" ]]; then
 else
   echo "torchkiln: the distro's python3 is $distro_version, not $python_version; installing it with uv"
   python3 -m venv /tmp/uv
-  /tmp/uv/bin/pip install --no-cache-dir uv
+  with_index_token /tmp/uv/bin/pip install --no-cache-dir uv
   UV_PYTHON_INSTALL_DIR=/opt/python /tmp/uv/bin/uv python install "$python_version"
   UV_PYTHON_INSTALL_DIR=/opt/python /tmp/uv/bin/uv venv --seed --python "$python_version" "$venv"
   rm -rf /tmp/uv

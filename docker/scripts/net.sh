@@ -11,6 +11,50 @@ fi
 [[ -n ${PIP_INDEX_URL:-} ]] || unset PIP_INDEX_URL
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 
+# The index token secret becomes the password of PIP_INDEX_URL (user __token__ unless the URL
+# names one) in a shell variable that is never exported: only pip commands run through
+# `with_index_token` (and the `pip` function) see it, in their environment, for this RUN only.
+# xtrace is off meanwhile, so `set -x` never prints it; pip itself prints it as ****.
+index_url_with_token=
+percent_encode() {
+  local text=$1 encoded='' character i
+  for ((i = 0; i < ${#text}; i++)); do
+    character=${text:i:1}
+    case $character in
+      [A-Za-z0-9._~-]) encoded+=$character ;;
+      *) printf -v character '%%%02X' "'$character" && encoded+=$character ;;
+    esac
+  done
+  printf '%s' "$encoded"
+}
+case $- in *x*) net_xtrace=1 ;; *) net_xtrace=0 ;; esac
+set +x
+if [[ -s /run/secrets/pip_index_token && -n ${PIP_INDEX_URL:-} ]]; then
+  if [[ $PIP_INDEX_URL =~ ^(https?://)(([^/@:]*)(:[^/@]*)?@)?(.*)$ ]]; then
+    index_user=${BASH_REMATCH[3]:-__token__}
+    index_url_with_token="${BASH_REMATCH[1]}${index_user}:$(percent_encode "$(tr -d '\r\n' </run/secrets/pip_index_token)")@${BASH_REMATCH[5]}"
+    echo "torchkiln: the index token secret authenticates to PIP_INDEX_URL as $index_user"
+  fi
+elif [[ -s /run/secrets/pip_index_token ]]; then
+  echo "torchkiln: PIP_INDEX_TOKEN is set but PIP_INDEX_URL is empty; the token is not used"
+fi
+((net_xtrace)) && set -x
+
+# Run a command (a pip) with the token in PIP_INDEX_URL; without a token, just run it.
+# Untraced (xtrace would print the token in the test below): it prints the command itself.
+with_index_token() {
+  { local xtrace=$- status=0; set +x; } 2>/dev/null
+  [[ $xtrace != *x* ]] || echo "+ $*" >&2
+  if [[ -n $index_url_with_token ]]; then
+    PIP_INDEX_URL=$index_url_with_token "$@" || status=$?
+  else
+    "$@" || status=$?
+  fi
+  [[ $xtrace != *x* ]] || set -x
+  return $status
+}
+pip() { with_index_token command pip "$@"; }
+
 # Point the distro's main archive at APT_MIRROR (security and vendor repositories stay as they are).
 use_apt_mirror() {
   [[ -n ${APT_MIRROR:-} ]] || return 0

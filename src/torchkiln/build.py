@@ -33,14 +33,28 @@ class BuildPlan:
     up: bool = True
     override_path: str = ""
     files: list[str] = field(default_factory=list)
+    builder: str = ""
+    cache_from: list[str] = field(default_factory=list)
+    cache_to: list[str] = field(default_factory=list)
+    push_ref: str = ""
 
     @property
     def build(self) -> list[str]:
         """The build command."""
         files = [*self.files, self.override_path] if self.override_path else None
         return compose.build_command(
-            self.service, self.overrides, no_cache=self.no_cache, files=files
+            self.service, self.overrides, no_cache=self.no_cache, files=files, builder=self.builder
         )
+
+    @property
+    def push(self) -> list[str]:
+        """The command that pushes the image to the registry ([] without --push)."""
+        return compose.push_command(self.push_ref) if self.push_ref else []
+
+    @property
+    def needs_override(self) -> bool:
+        """Tell whether the build needs a Compose override file (contexts, cache or tags)."""
+        return bool(self.contexts or self.cache_from or self.cache_to or self.push_ref)
 
     @property
     def start(self) -> list[str]:
@@ -48,8 +62,16 @@ class BuildPlan:
         return compose.up_command(self.service, self.overrides)
 
     def override_text(self) -> str:
-        """The Compose override adding the named contexts ('' when there are none)."""
-        return compose.override_text(self.service, self.contexts) if self.contexts else ""
+        """The Compose override: named contexts, registry cache, push tag ('' for none)."""
+        if not self.needs_override:
+            return ""
+        return compose.override_text(
+            self.service,
+            self.contexts,
+            cache_from=self.cache_from,
+            cache_to=self.cache_to,
+            tags=[self.push_ref] if self.push_ref else [],
+        )
 
 
 def _given(name: str, environ: Mapping[str, str], dotenv: Mapping[str, str | None]) -> bool:
@@ -74,6 +96,43 @@ def resolve_flags(
     if ca_bundle is not None:
         flags["CA_BUNDLE"] = ca_bundle
     return flags
+
+
+def registry_plan(
+    service: str,
+    repository: str,
+    cache_from: str | bool | None,
+    cache_to: str | bool | None,
+    push: bool,
+) -> tuple[list[str], list[str], str]:
+    """Decide the cache imports, cache exports and push reference of a build, or refuse.
+
+    A bare --cache-from/--cache-to (True) means REGISTRY_IMAGE's `:<service>-cache`; --push
+    pushes to REGISTRY_IMAGE's `:<service>`.
+    """
+    image_ref, cache_ref = compose.registry_refs(repository, service) if repository else ("", "")
+
+    def spec(flag: str, value: str | bool | None, export: bool) -> list[str]:
+        if value is None or value is False:
+            return []
+        if value is True:
+            if not repository:
+                raise UserError(
+                    f"{flag} without a value uses REGISTRY_IMAGE, which is empty; set "
+                    f"REGISTRY_IMAGE=registry.example.com/team/torchkiln in .env, or give "
+                    f"{flag} REF"
+                )
+            value = cache_ref
+        return [compose.cache_spec(value, export=export)]
+
+    imports = spec("--cache-from", cache_from, export=False)
+    exports = spec("--cache-to", cache_to, export=True)
+    if push and not repository:
+        raise UserError(
+            "--push needs REGISTRY_IMAGE, the registry repository to push to; set "
+            "REGISTRY_IMAGE=registry.example.com/team/torchkiln in .env or the environment"
+        )
+    return imports, exports, image_ref if push else ""
 
 
 def build_cuda(service: str, values: Mapping[str, str]) -> str:
@@ -104,14 +163,23 @@ def plan(
     ca_bundle: str | None = None,
     no_cache: bool = False,
     up: bool = True,
+    builder: str | None = None,
+    cache_from: str | bool | None = None,
+    cache_to: str | bool | None = None,
+    push: bool = False,
     environ: Mapping[str, str],
     dotenv: Mapping[str, str | None],
 ) -> BuildPlan:
     """Resolve and check every input, and decide the commands; runs nothing."""
     compose.check_service(service)
     flags = resolve_flags(cca, torch, ca_bundle, environ, dotenv)
+    if builder is not None:
+        flags["BUILDX_BUILDER"] = builder
     values = settings.resolve(flags, environ, dotenv)
     validate(service, values)
+    cache_imports, cache_exports, push_ref = registry_plan(
+        service, values["REGISTRY_IMAGE"], cache_from, cache_to, push
+    )
     contexts: dict[str, str] = {}
     if sources or wheelhouse:
         if service not in settings.SOURCE:
@@ -121,7 +189,10 @@ def plan(
         contexts.update(compose.parse_sources(sources, Path.cwd()))
         if wheelhouse:
             contexts[compose.WHEELHOUSE_CONTEXT] = compose.check_wheelhouse(wheelhouse, Path.cwd())
-    overrides = {name: value for name, value in flags.items() if name != "CA_BUNDLE"}
+    # Build args only: the builder is a command-line option, the bundle a secret.
+    overrides = {
+        name: value for name, value in flags.items() if name not in ("CA_BUNDLE", "BUILDX_BUILDER")
+    }
     # A --ca-bundle path is relative to where you are; one in .env to the repository.
     bundle = compose.check_ca_bundle(
         values["CA_BUNDLE"], Path.cwd() if "CA_BUNDLE" in flags else root
@@ -137,12 +208,16 @@ def plan(
         image=settings.effective(values)[IMAGE_SETTING[service]],
         no_cache=no_cache,
         up=up,
+        builder=values["BUILDX_BUILDER"],
+        cache_from=cache_imports,
+        cache_to=cache_exports,
+        push_ref=push_ref,
     )
-    if contexts:
+    if built.needs_override:
         built.files = compose.compose_files(values["COMPOSE_FILE"])
         built.override_path = str(
             Path(tempfile.gettempdir())
-            / f"torchkiln-{values['COMPOSE_PROJECT_NAME']}-{service}-contexts.yaml"
+            / f"torchkiln-{values['COMPOSE_PROJECT_NAME']}-{service}-build.yaml"
         )
     return built
 
@@ -173,6 +248,9 @@ def summary(built: BuildPlan, seconds: float, size_bytes: int, log: str) -> str:
         f"image:       {built.image} ({size_bytes / 1e9:.2f} GB)",
         f"build time:  {seconds:.0f} s",
         f"ccache:      {ccache_rate(log)}",
+        f"steps run:   {len(executed_steps(log))} (the others from cache)",
+        *([f"pushed:      {built.push_ref}"] if built.push_ref else []),
+        *(f"cache to:    {spec}" for spec in built.cache_to),
         "next:",
         f"  docker compose exec {service} zsh"
         if built.up
@@ -183,6 +261,25 @@ def summary(built: BuildPlan, seconds: float, size_bytes: int, log: str) -> str:
     return "\n".join(lines)
 
 
+def check_builder(c, builder: str, *, export_cache: bool) -> None:
+    """Refuse, in seconds, a builder that does not exist or cannot export the cache asked for."""
+    if not builder and not export_cache:
+        return
+    inspected = c.run(shlex.join(compose.builder_inspect_command(builder)), hide=True, warn=True)
+    if inspected is None:
+        return
+    if inspected.failed and builder:
+        raise UserError(
+            f"buildx builder '{builder}' does not exist; docker buildx ls lists them, "
+            f"docker buildx create --name {builder} --driver docker-container makes one"
+        )
+    if inspected.failed:
+        raise UserError("docker buildx inspect failed; run invoke doctor to see why")
+    problem = compose.cache_export_problem(inspected.stdout, builder) if export_cache else None
+    if problem:
+        raise UserError(problem)
+
+
 def run(c, root: Path, built: BuildPlan) -> None:
     """Execute a plan with invoke's context (respecting `invoke --dry`) and print the summary."""
     dry = bool(c.config.run.dry)
@@ -191,10 +288,11 @@ def run(c, root: Path, built: BuildPlan) -> None:
         # driver: refused in seconds rather than after a long build.
         cuda = build_cuda(built.service, built.values)
         doctor.require_ready({**built.values, "CUDA_VERSION": cuda}, built.up)
+        check_builder(c, built.builder, export_cache=bool(built.cache_to))
     if built.override_path:
         text = built.override_text()
         Path(built.override_path).write_text(text, encoding="utf-8")
-        print(f"# {built.override_path} (named build contexts):\n{text}", end="")
+        print(f"# {built.override_path} (Compose override for this build):\n{text}", end="")
     started = time.monotonic()
     with c.cd(str(root)):
         result = c.run(shlex.join(built.build), warn=True)
@@ -204,6 +302,14 @@ def run(c, root: Path, built: BuildPlan) -> None:
                 f"ERROR lines above name the step; fix it and run invoke build again"
             )
         elapsed = time.monotonic() - started
+        if built.push:
+            pushed = c.run(shlex.join(built.push), warn=True)
+            if pushed is not None and pushed.failed:
+                registry = built.push_ref.split("/", 1)[0]
+                raise UserError(
+                    f"docker push {built.push_ref} failed; run docker login {registry}, and "
+                    f"check that REGISTRY_IMAGE names a repository you may push to"
+                )
         if built.up:
             started_up = c.run(shlex.join(built.start), warn=True)
             if started_up is not None and started_up.failed:
@@ -222,12 +328,21 @@ def run(c, root: Path, built: BuildPlan) -> None:
     print(summary(built, elapsed, size, result.stdout + result.stderr))
 
 
-_STEP_HEADER = re.compile(r"^#(\d+) \[(?:\S+ )?([a-z0-9_.-]+) \d+/\d+\] (\w+)", re.MULTILINE)
+_STEP_HEADER = re.compile(r"^#(\d+) (\[(?:\S+ )?([a-z0-9_.-]+) \d+/\d+\] (\w+).*)$", re.MULTILINE)
 _STEP_CACHED = re.compile(r"^#(\d+) CACHED$", re.MULTILINE)
 
 
 def executed_steps(log: str) -> list[tuple[str, str]]:
-    """List the (stage, instruction) steps BuildKit ran, not took from cache, in a plain log."""
-    headers = {number: (stage, verb) for number, stage, verb in _STEP_HEADER.findall(log)}
+    """List the (stage, instruction) steps BuildKit ran, not took from cache, in a plain log.
+
+    With an imported cache BuildKit may show one step as two vertices, one of them CACHED
+    and the other only DONE; a step any of whose vertices was CACHED came from the cache.
+    """
     cached = set(_STEP_CACHED.findall(log))
-    return [step for number, step in headers.items() if number not in cached and step[1] != "FROM"]
+    headers = _STEP_HEADER.findall(log)
+    cached_steps = {text for number, text, _, _ in headers if number in cached}
+    executed: dict[str, tuple[str, str]] = {}
+    for number, text, stage, verb in headers:
+        if number not in cached and text not in cached_steps and verb != "FROM":
+            executed.setdefault(number, (stage, verb))
+    return list(executed.values())

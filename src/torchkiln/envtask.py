@@ -27,8 +27,13 @@ WRITTEN = (
     "FULL_IMAGE_NAME",
     "NGC_IMAGE_NAME",
 )
-# user:password@ in a URL: such a .env is readable by its owner only.
+# user:password@ in a URL, or a set NAME=value whose name says secret: such a .env is readable
+# by its owner only.
 _CREDENTIAL = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
+_SECRET_SETTING = re.compile(
+    r"^[ \t]*(?:export[ \t]+)?\w*(?:TOKEN|PASSWORD|SECRET)\w*[ \t]*=[ \t]*(\S.*)$",
+    re.IGNORECASE | re.MULTILINE,
+)
 
 
 @dataclass
@@ -140,6 +145,14 @@ def render(plan: EnvPlan, now: float | None = None) -> str:
     return settings.render_env(plan.values, WRITTEN, header)
 
 
+def holds_secret(text: str) -> bool:
+    """Tell whether .env text holds a credential: user:password@ in a URL, or a non-empty
+    value of a setting named like *TOKEN*, *PASSWORD* or *SECRET* (comments do not count)."""
+    if _CREDENTIAL.search(text):
+        return True
+    return any(value.strip().strip("'\"").strip() for value in _SECRET_SETTING.findall(text))
+
+
 def write(path: Path, text: str, force: bool, now: float | None = None) -> Path | None:
     """Write .env; with force keep the old file as a timestamped backup, which is returned."""
     backup = None
@@ -149,7 +162,7 @@ def write(path: Path, text: str, force: bool, now: float | None = None) -> Path 
         backup = envfile.backup_name(path, now)
         backup.write_bytes(path.read_bytes())
         backup.chmod(path.stat().st_mode & 0o777)
-    mode = 0o600 if _CREDENTIAL.search(text) else 0o644
+    mode = 0o600 if holds_secret(text) else 0o644
     envfile.write_atomic(path, text, mode)
     return backup
 

@@ -150,6 +150,28 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "NGC_IMAGE_NAME", "torchkiln/ngc:latest", "tag of the ngc image", "compose", (), _IMAGE
     ),
+    Setting(
+        "REGISTRY_IMAGE",
+        "",
+        "registry repository for invoke build --push/--cache-to/--cache-from "
+        "(e.g. registry.example.com/team/torchkiln): image :<service>, cache :<service>-cache",
+        "compose",
+        (),
+        _optional(
+            _pattern(
+                r"[a-z0-9][a-z0-9.-]*(:\d+)?(/[a-z0-9][a-z0-9._-]*)+",
+                "a repository without a tag, e.g. registry.example.com/team/torchkiln",
+            )
+        ),
+    ),
+    Setting(
+        "BUILDX_BUILDER",
+        "",
+        "buildx builder that runs the builds (docker buildx ls); empty: the current one",
+        "compose",
+        (),
+        _optional(_pattern(r"[A-Za-z0-9][A-Za-z0-9_.-]*", "a name from docker buildx ls")),
+    ),
     # --- what is built ------------------------------------------------------------------
     Setting(
         "CCA",
@@ -218,6 +240,22 @@ SETTINGS: tuple[Setting, ...] = (
         _BOOL,
     ),
     Setting("DEBUG", "0", "1 builds PyTorch with debug symbols", "build", ("full",), _BOOL),
+    Setting(
+        "BUILD_MAGMA",
+        "0",
+        "1 compiles magma (GPU linear algebra) for CCA and builds PyTorch with it (USE_MAGMA)",
+        "build",
+        SOURCE,
+        _BOOL,
+    ),
+    Setting(
+        "MAGMA_VERSION",
+        "2.10.0",
+        "magma release built when BUILD_MAGMA=1 (git tag v<version>)",
+        "build",
+        SOURCE,
+        _VERSION3,
+    ),
     # --- the stack under it (the full service exposes these) ----------------------------
     Setting(
         "CUDA_VERSION",
@@ -316,6 +354,13 @@ SETTINGS: tuple[Setting, ...] = (
         "network",
         ALL,
         _optional(_pattern(r"https?://\S+", "a URL such as https://host/simple")),
+    ),
+    Setting(
+        "PIP_INDEX_TOKEN",
+        "",
+        "token for PIP_INDEX_URL's index, a BuildKit secret (set it in the process "
+        "environment; in .env only if .env stays private)",
+        "network",
     ),
     Setting(
         "TORCH_INDEX_URL",

@@ -118,6 +118,7 @@ def test_wheels_command_exports_the_wheels_stage() -> None:
         ["--build-arg", "CCA=8.6"],
         ["--build-context", "wheelhouse=/w"],
         ["--secret", "id=ca_bundle,src=/ca.pem"],
+        ["--secret", "id=pip_index_token,env=PIP_INDEX_TOKEN"],
     ):
         position = command.index(pair[0], command.index(pair[0]))
         assert pair[1] in command[position + 1 :]

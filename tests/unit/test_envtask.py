@@ -96,3 +96,30 @@ def test_secret_like_values_make_env_private(tmp_path):
     path = tmp_path / ".env"
     envtask.write(path, "PIP_INDEX_URL=https://me:token@index.example/simple\n", force=False)
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(
+    ("text", "private"),
+    [
+        ("PIP_INDEX_TOKEN=s3cr3t\n", True),
+        ("MY_PASSWORD='hunter2'\n", True),
+        ("export CLIENT_SECRET=abc\n", True),
+        ("PIP_INDEX_URL=https://me:token@index.example/simple\n", True),
+        ("PIP_INDEX_TOKEN=\nPIP_INDEX_TOKEN=''\n", False),
+        ("# PIP_INDEX_TOKEN=s3cr3t\n", False),
+        ("USR=alice\nCCA=8.6\n", False),
+    ],
+    ids=["token", "password", "secret", "url", "empty", "comment", "plain"],
+)
+def test_secret_like_settings_make_env_private(tmp_path, text, private):
+    assert envtask.holds_secret(text) is private
+    path = tmp_path / ".env"
+    envtask.write(path, text, force=False)
+    assert path.stat().st_mode & 0o777 == (0o600 if private else 0o644)
+
+
+def test_invoke_env_never_writes_the_index_token():
+    """The token is a build secret read from the environment; .env gets no copy of it."""
+    text = envtask.render(plan(PIP_INDEX_TOKEN="s3cr3t-from-environment"))
+    assert "s3cr3t-from-environment" not in text
+    assert not envtask.holds_secret(text)
