@@ -295,7 +295,11 @@ def run(c, root: Path, built: BuildPlan) -> None:
         print(f"# {built.override_path} (Compose override for this build):\n{text}", end="")
     started = time.monotonic()
     with c.cd(str(root)):
-        result = c.run(shlex.join(built.build), warn=True)
+        try:
+            result = c.run(shlex.join(built.build), warn=True)
+        finally:
+            if built.override_path:  # only the build reads it; up/shell use plain Compose
+                Path(built.override_path).unlink(missing_ok=True)
         if result is not None and result.failed:
             raise UserError(
                 f"docker compose build {built.service} failed (exit {result.exited}); the "

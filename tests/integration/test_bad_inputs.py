@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from test_images import EXEC_TIMEOUT, Project, make_project, remove_project
+from projects import EXEC_TIMEOUT, Project, make_project, remove_project
 
 from torchkiln import doctor, engine, settings
 from torchkiln.errors import UserError

@@ -19,14 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_images import (
+from projects import (
     Project,
     assert_ok,
     clean_environ,
     copy_repository,
     make_project,
     remove_project,
-    wheelhouse,  # noqa: F401 (a fixture)
 )
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
@@ -96,7 +95,7 @@ def devcontainer_cli(tmp_path_factory: pytest.TempPathFactory) -> DevContainerCL
 
 
 @pytest.fixture(scope="module")
-def built_project(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path):  # noqa: F811 (fixture)
+def built_project(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path):
     """A project copy (UID 1234) whose train image `invoke build` made from the wheelhouse."""
     project = make_project(
         tmp_path_factory.mktemp("devcontainer"), "devcontainer", BUILD_MODE="wheels"

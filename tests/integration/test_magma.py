@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from test_images import (
+from projects import (
     BUILD_STAGES,
     EXEC_TIMEOUT,
     Project,

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_images import (
+from projects import (
     BASE,
     BUILD_STAGES,
     Project,

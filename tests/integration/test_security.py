@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from test_images import (
+from projects import (
     CA_BUNDLE,
     EXEC_TIMEOUT,
     Project,

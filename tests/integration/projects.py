@@ -1,0 +1,159 @@
+"""Test projects on the real engine: temporary copies of the repository with their own .env,
+Compose project and image tags, built on local/debian:bookworm (CI has no registry), with the
+host's CA bundle as the build secret. Shared by the integration tests; fixtures are in conftest.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from torchkiln import build as builder
+from torchkiln import settings
+
+REPO = Path(__file__).resolve().parents[2]
+BASE = "local/debian:bookworm"
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+TIMEOUT = 1500
+EXEC_TIMEOUT = 120
+BUILD_STAGES = {
+    "base",
+    "build-base",
+    "pytorch-clone",
+    "vision-clone",
+    "audio-clone",
+    "torch-build",
+    "vision-build",
+    "audio-build",
+    "wheels-source",
+    "wheels-download",
+}
+
+
+@dataclass
+class Project:
+    """A temporary copy of the repository with its own .env, Compose project and images."""
+
+    root: Path
+    name: str
+    env: dict[str, str]
+
+    def run(self, *command: str, timeout: int = TIMEOUT) -> subprocess.CompletedProcess[str]:
+        """Run a command in the project with a clean environment; never raises on failure."""
+        return subprocess.run(
+            list(command),
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def invoke(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run one of the project's invoke tasks."""
+        return self.run(sys.executable, "-m", "invoke", *args)
+
+    def exec(self, service: str, script: str) -> subprocess.CompletedProcess[str]:
+        """Run a zsh command in the running service, as its user."""
+        return self.run(
+            "docker", "compose", "exec", "-T", service, "zsh", "-c", script, timeout=EXEC_TIMEOUT
+        )
+
+    def image(self, service: str) -> str:
+        """The tag of the service's image."""
+        values = dotenv_values(self.root / ".env")
+        return values[builder.IMAGE_SETTING[service]]
+
+
+def dotenv_values(path: Path) -> dict[str, str]:
+    from torchkiln import envfile
+
+    return {name: value or "" for name, value in envfile.read(path).items()}
+
+
+def assert_ok(result: subprocess.CompletedProcess[str]) -> str:
+    """Assert exit 0 and no ERROR line; return stdout and stderr together."""
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    errors = [line for line in output.splitlines() if line.startswith("ERROR")]
+    assert not errors, errors
+    return output
+
+
+def clean_environ() -> dict[str, str]:
+    """The test process's environment without any torchkiln setting or proxy variable."""
+    names = {setting.name for setting in settings.SETTINGS} | set(builder.compose.PROXY_ARGS)
+    names |= {"COMPOSE_FILE", "COMPOSE_PROJECT_NAME", "COMPOSE_PATH_SEPARATOR"}
+    return {name: value for name, value in os.environ.items() if name not in names}
+
+
+def copy_repository(target: Path) -> None:
+    """Copy the files git would see (tracked and untracked, not ignored) into target."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+
+
+def make_project(tmp: Path, label: str, **values: str) -> Project:
+    """Create a project copy whose .env builds on local/debian:bookworm with no GPU runtime."""
+    name = f"tktest-{label}-{uuid.uuid4().hex[:8]}"
+    root = tmp / name
+    root.mkdir()
+    copy_repository(root)
+    env_values = {
+        "COMPOSE_FILE": "compose/docker-compose.yaml:compose/cpu.yaml",
+        "COMPOSE_PROJECT_NAME": name,
+        "UID": "1234",
+        "GID": "1234",
+        "USR": "alice",
+        "GRP": "alice",
+        "CCA": "8.6",
+        "MAX_JOBS": "2",
+        "USE_NCCL": "0",
+        "PYTHON_VERSION": "3.11",
+        "BUILD_IMAGE": BASE,
+        "TRAIN_IMAGE": BASE,
+        "CA_BUNDLE": CA_BUNDLE,
+        "SHM_SIZE": "256mb",
+        "TRAIN_IMAGE_NAME": f"torchkiln-test/{name}-train:latest",
+        "FULL_IMAGE_NAME": f"torchkiln-test/{name}-full:latest",
+        "NGC_IMAGE_NAME": f"torchkiln-test/{name}-ngc:latest",
+        **values,
+    }
+    # The project belongs to the configured user, as a checkout on a real host does.
+    os.chown(root, int(env_values["UID"]), int(env_values["GID"]))
+    text = "".join(f"{key}={settings.quote(value)}\n" for key, value in env_values.items())
+    (root / ".env").write_text(text, encoding="utf-8")
+    return Project(root=root, name=name, env=clean_environ())
+
+
+def remove_project(project: Project) -> None:
+    """Remove the project's containers and images (BuildKit's cache stays)."""
+    project.run("docker", "compose", "down", "--timeout", "1", timeout=120)
+    for service in settings.SERVICES:
+        project.run("docker", "image", "rm", "--force", project.image(service), timeout=120)
+    shutil.rmtree(project.root, ignore_errors=True)
+
+
+def fixture_sources(project: Project) -> list[str]:
+    fixtures = project.root / "tests" / "fixtures"
+    return [
+        "--source",
+        f"pytorch={fixtures / 'pytorch'}",
+        "--source",
+        f"vision={fixtures / 'vision'}",
+    ]
