@@ -20,9 +20,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests" / "integration")]
 
-from integration import test_images as images  # noqa: E402
+import projects as images  # noqa: E402
+
 from torchkiln.build import executed_steps  # noqa: E402
 
 
