@@ -57,6 +57,10 @@ TOL_HALF = 1e-2
 TOL_SDPA = {"bfloat16": 2e-2, "float16": 1e-2, "float32": 1e-4}
 
 
+# How long the background torchvision check may take before it is redone in this process.
+TORCHVISION_TIMEOUT_S = 90
+
+
 class CheckFailed(Exception):
     """A check's own verdict of failure; its message is the reason shown."""
 
@@ -769,6 +773,81 @@ def check_torchvision(torch: Any, device: str) -> str:
     return f"torchvision {torchvision.__version__}; nms on {device} kept {len(keep_cpu)}/1000 boxes"
 
 
+class TorchvisionInBackground:
+    """The torchvision check in a second process, started before this one imports torch.
+
+    Importing torchvision takes seconds; a second process does it (and its own torch import) on
+    other cores while this one runs the other checks, so smoke stays well under 15 s.
+    """
+
+    def __init__(self) -> None:
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        try:
+            self.proc: subprocess.Popen[str] | None = subprocess.Popen(
+                [sys.executable, "-m", "torchkiln.smoke", "--torchvision-worker"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+        except OSError:
+            self.proc = None
+
+    def result(self, torch: Any, device: str) -> str:
+        """Take the worker's verdict for `device`, or check in this process when it has none."""
+        outcome = self._collect()
+        if not outcome or outcome.get("device") != device:
+            return check_torchvision(torch, device)
+        raised = {FAIL: CheckFailed, SKIP: CheckSkipped, WARN: CheckWarned}.get(outcome["status"])
+        if raised:
+            raise raised(outcome["detail"])
+        return str(outcome["detail"])
+
+    def stop(self) -> None:
+        """End the worker when its answer is not needed (no early exit leaves it running)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def _collect(self) -> dict[str, Any] | None:
+        if self.proc is None:
+            return None
+        try:
+            out, _ = self.proc.communicate(timeout=TORCHVISION_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            return None
+        lines = [line for line in out.splitlines() if line.startswith("{")]
+        try:
+            return json.loads(lines[-1]) if lines else None
+        except ValueError:
+            return None
+
+
+def torchvision_result(torch: Any, device: str, vision: TorchvisionInBackground | None) -> str:
+    """The torchvision check's verdict, from the background worker when there is one."""
+    return vision.result(torch, device) if vision else check_torchvision(torch, device)
+
+
+def torchvision_worker() -> int:
+    """Run only the torchvision check, on CUDA when it works, and print it as one JSON line."""
+    import torch
+
+    device = "cuda" if torch.version.cuda is not None and torch.cuda.is_available() else "cpu"
+    try:
+        status, detail = PASS, check_torchvision(torch, device)
+    except CheckSkipped as exc:
+        status, detail = SKIP, str(exc)
+    except CheckWarned as exc:
+        status, detail = WARN, str(exc)
+    except Exception as exc:  # reported by the parent as the check's failure
+        status, detail = FAIL, f"{type(exc).__name__}: {exc}"
+    print(json.dumps({"device": device, "status": status, "detail": detail}), flush=True)
+    return 0
+
+
 def check_torchaudio() -> str:
     """Report torchaudio's version when it is installed."""
     torchaudio = import_optional("torchaudio")
@@ -802,7 +881,12 @@ def check_cuda_available(torch: Any, runner: Runner) -> str:
     raise CheckFailed(diagnose_environment(torch))
 
 
-def run_cuda_checks(torch: Any, runner: Runner, args: argparse.Namespace) -> None:
+def run_cuda_checks(
+    torch: Any,
+    runner: Runner,
+    args: argparse.Namespace,
+    vision: TorchvisionInBackground | None = None,
+) -> None:
     """Run the checks that need a working GPU."""
     started = start_all_reduce(torch)
     archs = torch_arch_list(torch)
@@ -828,24 +912,34 @@ def run_cuda_checks(torch: Any, runner: Runner, args: argparse.Namespace) -> Non
     runner.run("sdpa fp16", lambda: check_sdpa(torch, "cuda", torch.float16))
     runner.run("nccl", lambda: check_nccl(torch))
     runner.run("nccl all-reduce", lambda: check_nccl_all_reduce(torch, started))
-    runner.run("torchvision", lambda: check_torchvision(torch, "cuda"))
+    runner.run("torchvision", lambda: torchvision_result(torch, "cuda", vision))
     runner.run("torchaudio", check_torchaudio, required=False)
 
 
-def run_cpu_checks(torch: Any, runner: Runner) -> None:
+def run_cpu_checks(
+    torch: Any, runner: Runner, vision: TorchvisionInBackground | None = None
+) -> None:
     """Run the CPU subset used with --allow-cpu."""
     runner.run("cpu conv2d fwd/bwd", lambda: "fp32 " + judge(conv_errors(torch, "cpu"), TOL_FP32))
     runner.run("cpu matmul fp32", lambda: check_matmul(torch, "cpu", "fp32", TOL_FP32, "float32"))
     runner.run("cpu matmul bf16", lambda: check_matmul(torch, "cpu", "bf16", TOL_HALF, "bfloat16"))
     runner.run("cpu sdpa fp32", lambda: check_sdpa(torch, "cpu", torch.float32))
     runner.run("cpu sdpa bf16", lambda: check_sdpa(torch, "cpu", torch.bfloat16))
-    runner.run("torchvision", lambda: check_torchvision(torch, "cpu"))
+    runner.run("torchvision", lambda: torchvision_result(torch, "cpu", vision))
     runner.run("torchaudio", check_torchaudio, required=False)
 
 
 def run_all(args: argparse.Namespace) -> Report:
     """Run every check that applies here and return the report."""
     start = time.perf_counter()
+    vision = TorchvisionInBackground()
+    try:
+        return _run_all(args, start, vision)
+    finally:
+        vision.stop()
+
+
+def _run_all(args: argparse.Namespace, start: float, vision: TorchvisionInBackground) -> Report:
     runner = Runner()
     report = runner.report
     torch_box: list[Any] = []
@@ -875,7 +969,7 @@ def run_all(args: argparse.Namespace) -> Report:
 
     cuda = runner.run("CUDA available", lambda: check_cuda_available(torch, runner))
     if cuda.status == PASS:
-        run_cuda_checks(torch, runner, args)
+        run_cuda_checks(torch, runner, args, vision)
     else:
         reason = "--allow-cpu" if args.allow_cpu else "CUDA not available"
         if args.allow_cpu:
@@ -892,7 +986,7 @@ def run_all(args: argparse.Namespace) -> Report:
                     lambda: check_expected_cca(torch_arch_list(torch), args.expect_cca),
                 )
         if args.allow_cpu:
-            run_cpu_checks(torch, runner)
+            run_cpu_checks(torch, runner, vision)
     report.seconds = time.perf_counter() - start
     return report
 
@@ -913,12 +1007,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--expect-cca", metavar="X", help="archs the build must contain, e.g. '8.6;9.0a'"
     )
+    parser.add_argument("--torchvision-worker", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the checks, print the report, return 0 when every required check passed."""
     args = parse_args(argv)
+    if args.torchvision_worker:
+        return torchvision_worker()
     report = run_all(args)
     print(report_json(report) if args.json else render_table(report), flush=True)
     return 0 if report.ok else 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -320,3 +321,30 @@ def test_all_reduce_plumbing_on_gloo() -> None:
     if not torch.distributed.is_available():
         pytest.skip("torch built without distributed")
     assert smoke.nccl_all_reduce(2, timeout=120, backend="gloo").startswith("2 ranks each got 3")
+
+
+def test_torchvision_check_runs_in_the_background_worker() -> None:
+    torch = pytest.importorskip("torch")
+    vision = smoke.TorchvisionInBackground()
+    try:
+        assert vision.proc is not None
+        outcome = vision._collect()
+        assert outcome is not None and outcome["device"] == "cpu"
+    finally:
+        vision.stop()
+    installed = importlib.util.find_spec("torchvision") is not None
+    again = smoke.TorchvisionInBackground()
+    if installed:
+        assert "torchvision" in again.result(torch, "cpu")
+    else:
+        with pytest.raises(smoke.CheckSkipped, match="not installed"):
+            again.result(torch, "cpu")
+
+
+def test_torchvision_worker_for_another_device_is_not_trusted(monkeypatch) -> None:
+    torch = pytest.importorskip("torch")
+    vision = smoke.TorchvisionInBackground()
+    vision.stop()
+    monkeypatch.setattr(vision, "_collect", lambda: {"device": "cpu", "status": "pass"})
+    monkeypatch.setattr(smoke, "check_torchvision", lambda torch, device: f"ran on {device}")
+    assert vision.result(torch, "cuda") == "ran on cuda"
