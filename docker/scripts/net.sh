@@ -55,13 +55,14 @@ with_index_token() {
 }
 pip() { with_index_token command pip "$@"; }
 
-# Point the distro's main archive at APT_MIRROR (security and vendor repositories stay as they are).
+# Point the distro's archive (any source whose path is /ubuntu or /debian) at APT_MIRROR;
+# Debian's security archive (/debian-security) and vendor repositories stay as they are.
 use_apt_mirror() {
   [[ -n ${APT_MIRROR:-} ]] || return 0
-  local pattern='https?://(archive\.ubuntu\.com|[a-z]{2}\.archive\.ubuntu\.com|deb\.debian\.org)/(ubuntu|debian)/?'
+  local pattern='https?://[^/ ]+/(ubuntu|debian)/?'
   local file
   for file in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
-    [[ -f $file ]] && sed -E -i "s#${pattern}( |$)#${APT_MIRROR%/}/\\3#g" "$file"
+    [[ -f $file ]] && sed -E -i "s#${pattern}( |$)#${APT_MIRROR%/}\\2#g" "$file"
   done
   return 0
 }

@@ -366,7 +366,7 @@ SETTINGS: tuple[Setting, ...] = (
         "TORCH_INDEX_URL",
         "",
         "index of the official torch wheels for BUILD_MODE=wheels "
-        "(empty: https://download.pytorch.org/whl/cuXYZ for CUDA_VERSION)",
+        "(empty: PyTorch's own index, …/whl/cuXYZ for CUDA_VERSION)",
         "network",
         SOURCE,
         _optional(_pattern(r"https?://\S+", "a URL such as https://host/whl/cu130")),

@@ -2,7 +2,7 @@
 user is not root and has no sudo unless asked, and Compose shares no host namespace.
 
 The build uses both secrets with unique random contents: a CA bundle (the host's, plus a comment
-line holding a marker) and an index token for PIP_INDEX_URL=https://pypi.org/simple (PyPI
+line holding a marker) and an index token for PIP_INDEX_URL=pip's default index (PyPI
 ignores the credential). A unique requirements change makes the pip step that reads both
 secrets run even when BuildKit's cache holds everything else.
 """
@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from pip._internal.models.index import PyPI
 from projects import (
     CA_BUNDLE,
     EXEC_TIMEOUT,
@@ -32,7 +33,8 @@ from torchkiln import envtask
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
 
-INDEX_URL = "https://pypi.org/simple"
+# pip's own default index, so the token test downloads through a real index.
+INDEX_URL = PyPI.simple_url
 CHUNK = 1 << 20
 
 
@@ -65,7 +67,8 @@ def test_both_secrets_were_used_and_the_log_shows_neither(secured) -> None:
     _, output, marker, token = secured
     # pip authenticated with the token (and printed it masked) in a step that ran this time.
     assert "authenticates to PIP_INDEX_URL as __token__" in output
-    assert "Looking in indexes: https://__token__:****@pypi.org/simple" in output
+    masked = INDEX_URL.replace("://", "://__token__:****@", 1)
+    assert f"Looking in indexes: {masked}" in output
     assert secret_hits(output, marker, token) == []
 
 
