@@ -53,10 +53,16 @@ def lint(session: nox.Session) -> None:
 def _in_image(session: nox.Session, module: str) -> None:
     try:
         service, args = incontainer.split_service(session.posargs)
+        image, labels = incontainer.image_labels(ROOT, service)
     except UserError as error:
         session.error(str(error))
-    command = incontainer.module_command(module, service, args)
-    session.run(*command, external=True)
+    if labels is None:  # `compose run` would start a long build without invoke build's checks
+        session.error(
+            f"image {image} of {service} is not built; run invoke build --service {service}"
+        )
+    if module == "smoke":
+        args += incontainer.expectations(labels, args)
+    session.run(*incontainer.module_command(module, service, args), external=True)
 
 
 @nox.session(python=False, default=False)

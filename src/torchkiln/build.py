@@ -5,10 +5,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import tempfile
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,10 +217,9 @@ def plan(
     )
     if built.needs_override:
         built.files = compose.compose_files(values["COMPOSE_FILE"])
-        built.override_path = str(
-            Path(tempfile.gettempdir())
-            / f"torchkiln-{values['COMPOSE_PROJECT_NAME']}-{service}-build.yaml"
-        )
+        # A name nobody can guess, created exclusively (0600) by run(), removed after the build.
+        name = f"torchkiln-{values['COMPOSE_PROJECT_NAME']}-{service}-{uuid.uuid4().hex}.yaml"
+        built.override_path = str(Path(tempfile.gettempdir()) / name)
     return built
 
 
@@ -291,7 +292,10 @@ def run(c, root: Path, built: BuildPlan) -> None:
         check_builder(c, built.builder, export_cache=bool(built.cache_to))
     if built.override_path:
         text = built.override_text()
-        Path(built.override_path).write_text(text, encoding="utf-8")
+        if not dry:
+            fd = os.open(built.override_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
         print(f"# {built.override_path} (Compose override for this build):\n{text}", end="")
     started = time.monotonic()
     with c.cd(str(root)):

@@ -11,10 +11,11 @@ from torchkiln.engine import EngineFacts
 from torchkiln.errors import UserError
 
 MIN_ENGINE = (23, 0)
-MIN_COMPOSE = (2, 0)
-# A source build of torch + vision with ccache takes about 40 GB at the engine's root.
-DISK_ERROR_GB = 20
-DISK_WARN_GB = 60
+# compose/cpu.yaml's `!reset` needs Compose 2.24.4; environment-sourced build secrets 2.23.
+MIN_COMPOSE = (2, 24, 4)
+# Free GB at the engine's root below which a build is refused / warned about, per BUILD_MODE:
+# a source build of torch + vision with its ccache takes about 40 GB, official wheels about 10.
+DISK_GB = {"source": (40, 60), "wheels": (10, 20)}
 GB = 1024**3
 
 
@@ -62,8 +63,19 @@ def check_engine(facts: EngineFacts) -> list[Row]:
         )
     else:
         rows.append(Row("engine", "ok", f"Docker Engine {facts.server_version}"))
-    if facts.compose_version and _version_or_zero(facts.compose_version)[:2] >= MIN_COMPOSE:
+    compose = _version_or_zero(facts.compose_version) if facts.compose_version else (0,)
+    floor = ".".join(map(str, MIN_COMPOSE))
+    if compose >= MIN_COMPOSE:
         rows.append(Row("compose", "ok", f"Compose {facts.compose_version}"))
+    elif facts.compose_version:
+        rows.append(
+            Row(
+                "compose",
+                "error",
+                f"Compose {facts.compose_version} is older than {floor}",
+                f"update the Compose v2 plugin (package docker-compose-plugin) to {floor} or newer",
+            )
+        )
     elif facts.compose_v1:
         rows.append(
             Row(
@@ -172,8 +184,9 @@ def check_cca(env: EnvState) -> Row:
     return Row("cca", "ok", f"{';'.join(items)} builds with CUDA {cuda}")
 
 
-def check_disk(facts: EngineFacts) -> Row:
-    """Judge free disk space at the engine's root."""
+def check_disk(facts: EngineFacts, build_mode: str = "source") -> Row:
+    """Judge free disk space at the engine's root for a build of BUILD_MODE."""
+    needed, comfortable = DISK_GB.get(build_mode, DISK_GB["source"])
     if facts.error:
         return Row("disk", "warn", "not checked: the engine is unreachable")
     if facts.free_bytes is None:
@@ -181,15 +194,14 @@ def check_disk(facts: EngineFacts) -> Row:
             "disk",
             "warn",
             f"cannot measure free space at {facts.root_dir or '?'} (remote engine?)",
-            f"make sure {DISK_WARN_GB} GB are free there",
+            f"make sure {comfortable} GB are free there",
         )
     free_gb = facts.free_bytes / GB
     detail = f"{free_gb:.0f} GB free at {facts.root_dir}"
     fix = "free space: docker builder prune; docker image prune"
-    if free_gb < DISK_ERROR_GB:
-        return Row("disk", "error", f"{detail}; a source build needs about 40 GB", fix)
-    if free_gb < DISK_WARN_GB:
-        return Row("disk", "warn", f"{detail}; a source build needs about 40 GB", fix)
+    if free_gb < comfortable:
+        status = "error" if free_gb < needed else "warn"
+        return Row("disk", status, f"{detail}; a {build_mode} build needs about {needed} GB", fix)
     return Row("disk", "ok", detail)
 
 
@@ -209,7 +221,7 @@ def diagnose(facts: EngineFacts, driver: str, env: EnvState) -> list[Row]:
         check_gpu_runtime(facts, env),
         check_driver(driver, env),
         check_cca(env),
-        check_disk(facts),
+        check_disk(facts, env.values["BUILD_MODE"] if env.values else "source"),
         check_env(env),
     ]
 
@@ -275,7 +287,7 @@ def build_blockers(
 ) -> list[Row]:
     """The doctor rows that must pass before a build starts (GPU rows only when it will run)."""
     env = EnvState(present=True, values=values)
-    rows = [*check_engine(facts), check_disk(facts)]
+    rows = [*check_engine(facts), check_disk(facts, values["BUILD_MODE"])]
     if up:
         rows.append(check_gpu_runtime(facts, env))
         if driver:  # no driver here: the image may be meant for another machine

@@ -41,7 +41,10 @@ def engine_info() -> EngineFacts:
         import docker
         from docker.errors import DockerException
 
-        client = docker.from_env(timeout=10)
+        host = context_host()
+        client = (
+            docker.DockerClient(base_url=host, timeout=10) if host else docker.from_env(timeout=10)
+        )
         info = client.info()
     except DockerException as error:
         facts.error = _short(str(error))
@@ -59,6 +62,20 @@ def engine_info() -> EngineFacts:
     ] or _cdi_files()
     facts.free_bytes = _free_bytes(facts.root_dir)
     return facts
+
+
+def context_host() -> str:
+    """Name the engine endpoint of the current Docker context ('' when DOCKER_HOST decides).
+
+    The CLI, and so Compose, follow `docker context use` and DOCKER_CONTEXT; the SDK reads only
+    DOCKER_HOST, so without this the checks would look at another engine than the build uses.
+    """
+    if os.environ.get("DOCKER_HOST"):
+        return ""
+    code, out = run_probe(
+        ["docker", "context", "inspect", "--format", "{{.Endpoints.docker.Host}}"]
+    )
+    return out.strip() if code == 0 else ""
 
 
 def plugin_versions(facts: EngineFacts) -> EngineFacts:

@@ -13,11 +13,15 @@ from torchkiln.errors import UserError
 Version = tuple[int, ...]
 
 
+class VersionError(UserError, ValueError):
+    """A text that should be a version is not one (a user error: shown as one line)."""
+
+
 def version_tuple(text: str) -> Version:
     """Parse the numeric part of '13.0.2', '2.14.1+cu130' or '580.65.06' into a tuple."""
     match = re.match(r"^\s*v?(\d+(?:\.\d+)*)", text)
     if not match:
-        raise ValueError(f"not a version: {text!r}")
+        raise VersionError(f"'{text}' is not a version; write numbers and dots, e.g. 2.14.1")
     return tuple(int(part) for part in match.group(1).split("."))
 
 
@@ -203,7 +207,10 @@ class VersionSet:
 
 
 def _torch_minor(torch: str) -> tuple[int, int]:
-    parts = version_tuple(torch)
+    try:
+        parts = version_tuple(torch)
+    except VersionError:
+        parts = ()
     if len(parts) != 3 or parts[0] != 2:
         raise UserError(f"PYTORCH_VERSION '{torch}' is not a torch 2.x release; write it as 2.14.1")
     return parts[1], parts[2]

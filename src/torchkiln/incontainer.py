@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from torchkiln import settings
 from torchkiln.errors import UserError
@@ -32,3 +35,34 @@ def module_command(module: str, service: str, args: Sequence[str]) -> list[str]:
         "docker", "compose", "run", "--rm", "--no-deps", "-T", service,
         "python", "-m", f"torchkiln.{module}", *args,
     ]  # fmt: skip
+
+
+def expectations(labels: Mapping[str, str], args: Sequence[str]) -> list[str]:
+    """Turn an image's torchkiln labels into smoke's --expect-* flags the user did not give."""
+    added: list[str] = []
+    torch = labels.get("io.torchkiln.pytorch-version", "")
+    if torch and "--expect-torch" not in args:
+        added += ["--expect-torch", torch]
+    cca = labels.get("io.torchkiln.cca", "")
+    # Only a source build is made for CCA; official wheels cover their own list of archs.
+    if cca and labels.get("io.torchkiln.build-mode") == "source" and "--expect-cca" not in args:
+        added += ["--expect-cca", cca]
+    return added
+
+
+def image_labels(root: Path, service: str) -> tuple[str, dict[str, str] | None]:
+    """Name the service's image and read its labels; None when the image is not built."""
+    listed = subprocess.run(
+        ["docker", "compose", "config", "--images", service],
+        cwd=root, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if listed.returncode != 0:
+        raise UserError(f"docker compose config failed: {listed.stderr.strip()[:300]}")
+    image = listed.stdout.strip()
+    inspected = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{json .Config.Labels}}", image],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if inspected.returncode != 0:
+        return image, None
+    return image, json.loads(inspected.stdout or "null") or {}

@@ -103,7 +103,7 @@ SETTINGS: tuple[Setting, ...] = (
         "time zone inside the containers",
         "user",
         (),
-        _pattern(r"[A-Za-z0-9_+\-/]+", "a zone name such as Europe/Berlin or UTC"),
+        _pattern(r":?[A-Za-z0-9_+\-/]+", "a zone name such as Europe/Berlin or UTC"),
     ),
     Setting(
         "PROJECT_ROOT",

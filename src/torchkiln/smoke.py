@@ -513,8 +513,8 @@ class AllReduce:
     """
 
     def __init__(self, world: int, timeout: float = NCCL_TIMEOUT_S, backend: str = "nccl") -> None:
-        # Keep NVLink multicast (NVLS) off unless the caller chose otherwise: on shared hosts it
-        # can take the GPUs out of service, and an all-reduce check does not need it.
+        # Checking the sum needs no NVLink multicast (NVLS): it stays off unless the caller set
+        # these, so the check creates no multicast objects on GPUs that other jobs may be using.
         os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
         os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
         self.world, self.timeout = world, timeout

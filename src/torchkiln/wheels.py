@@ -15,19 +15,39 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from torchkiln import __version__, build, compose, gpu, settings
+from torchkiln import __version__, build, compose, doctor, gpu, settings
 from torchkiln.errors import UserError
 
 INFO_NAME = "BUILD-INFO.json"
 
 
-def check_dest(dest: Path, force: bool) -> None:
-    """Refuse a non-empty destination unless --force."""
+def check_dest(dest: Path, force: bool, protected: list[Path]) -> None:
+    """Refuse a file, a folder that holds the project or home, or a non-empty one without --force.
+
+    --force replaces only an earlier export (wheels and BUILD-INFO.json), never other files.
+    """
     if dest.exists() and not dest.is_dir():
         raise UserError(f"--dest {dest} is a file; give a directory")
-    if dest.is_dir() and any(dest.iterdir()) and not force:
+    for keep in protected:
+        if keep == dest or dest in keep.parents:
+            raise UserError(
+                f"--dest {dest} holds {keep}; give a folder of its own, such as {keep / 'dist'}"
+            )
+    if not dest.is_dir() or not any(dest.iterdir()):
+        return
+    if not force:
         raise UserError(
             f"--dest {dest} is not empty; pass --force to replace it, or choose another --dest"
+        )
+    others = sorted(
+        item.name
+        for item in dest.iterdir()
+        if not (item.is_file() and (item.suffix == ".whl" or item.name == INFO_NAME))
+    )
+    if others:
+        raise UserError(
+            f"--dest {dest} holds more than an earlier export ({', '.join(others[:3])}); "
+            f"--force replaces only wheels and {INFO_NAME}: choose an empty --dest"
         )
 
 
@@ -103,30 +123,39 @@ def export(c, root: Path, built: build.BuildPlan, dest: Path, force: bool, doten
     service = built.service
     if service not in settings.SOURCE:
         raise UserError(f"service '{service}' has no wheels stage (it uses NGC's torch); use train")
-    check_dest(dest, force)
+    check_dest(dest, force, [root, Path.cwd(), Path.home()])
     args = compose.given_build_args(service, built.overrides, environ, dotenv)
     bundle = built.overrides.get("CA_BUNDLE") or compose.check_ca_bundle(
         built.values["CA_BUNDLE"], root
     )
-    if not c.config.run.dry:
+    dry = bool(c.config.run.dry)
+    if not dry:
+        doctor.require_ready(built.values, up=False)
         build.check_builder(c, built.builder, export_cache=False)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    try:
-        command = compose.wheels_command(
+
+    def command(staging: str) -> list[str]:
+        return compose.wheels_command(
             service,
             args,
             built.contexts,
             bundle,
-            str(staging),
+            staging,
             no_cache=built.no_cache,
             builder=built.builder,
             cache_from=built.cache_from,
         )
+
+    # The token secret is read from the environment (Compose reads .env itself; buildx does not).
+    token = {"PIP_INDEX_TOKEN": built.values["PIP_INDEX_TOKEN"]}
+    if dry:
         with c.cd(str(root)):
-            result = c.run(shlex.join(command), warn=True)
-        if c.config.run.dry:
-            return
+            c.run(shlex.join(command(str(dest.parent / f".{dest.name}-STAGING"))))
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        with c.cd(str(root)):
+            result = c.run(shlex.join(command(str(staging))), warn=True, env=token)
         if result.failed:
             raise UserError(
                 f"exporting the wheels of {service} failed (exit {result.exited}); the ERROR "

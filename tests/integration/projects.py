@@ -135,7 +135,10 @@ def make_project(tmp: Path, label: str, **values: str) -> Project:
         **values,
     }
     # The project belongs to the configured user, as a checkout on a real host does.
-    os.chown(root, int(env_values["UID"]), int(env_values["GID"]))
+    if os.geteuid() == 0:
+        os.chown(root, int(env_values["UID"]), int(env_values["GID"]))
+    else:  # without root, let the container user write into the copy all the same
+        root.chmod(0o777)
     text = "".join(f"{key}={settings.quote(value)}\n" for key, value in env_values.items())
     (root / ".env").write_text(text, encoding="utf-8")
     return Project(root=root, name=name, env=clean_environ())

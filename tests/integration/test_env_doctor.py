@@ -11,9 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from torchkiln import envfile
+from torchkiln import engine, envfile, hostfacts
 
 pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="module")
+def host_gpu() -> tuple[bool, str]:
+    """Whether this engine has an NVIDIA runtime, and the GPUs' CCA ('' without GPUs)."""
+    return engine.nvidia_runtime_present()[0], hostfacts.gpu_compute_capabilities()
+
+
 COPIED = ("tasks.py", "src", "compose", "docker", "env.example", "pyproject.toml")
 
 
@@ -56,16 +64,18 @@ def assert_one_line_refusal(result, *words: str) -> None:
         assert word in lines[0]
 
 
-def test_env_writes_host_facts_and_cpu_override(checkout, docker_engine):
+def test_env_writes_host_facts_and_cpu_override(checkout, docker_engine, host_gpu):
+    nvidia, cca = host_gpu
     result = invoke(checkout, "env")
     assert result.returncode == 0, result.stderr
     values = envfile.read(checkout / ".env")
     assert values["UID"] == str(os.getuid())
-    assert values["COMPOSE_FILE"].endswith("compose/cpu.yaml")  # this machine has no runtime
-    assert "compose/cpu.yaml" in result.stdout
+    # the CPU override exactly when the engine has no NVIDIA runtime, and said so
+    assert values["COMPOSE_FILE"].endswith("compose/cpu.yaml") is not nvidia
+    assert ("compose/cpu.yaml" in result.stdout) is not nvidia
     assert values["COMPOSE_PROJECT_NAME"] == values["COMPOSE_PROJECT_NAME"].lower()
-    assert values["CCA"] == ""  # no GPU here and no --cca
-    assert "--cca" in result.stdout
+    assert values["CCA"] == cca  # detected; empty without GPUs, then the output says how to set it
+    assert ("--cca" in result.stdout) is (cca == "")
     compose = subprocess.run(
         ["docker", "compose", "config", "--services"],
         cwd=checkout,
@@ -131,18 +141,20 @@ def test_env_for_root_and_for_another_user(checkout, docker_engine):
     assert (values["USR"], values["CCA"]) == ("bob", "9.0a")
 
 
-def test_doctor_on_this_engine(checkout, docker_engine):
+def test_doctor_on_this_engine(checkout, docker_engine, host_gpu):
     result = invoke(checkout, "doctor")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     rows = {line.split()[0]: line for line in result.stdout.splitlines() if line[:1].strip()}
     assert " ok " in rows["engine"] and " ok " in rows["compose"] and " ok " in rows["buildx"]
-    assert "ERROR" in rows["nvidia"]  # the CI machine has no NVIDIA runtime
+    assert ("ERROR" in rows["nvidia"]) is not host_gpu[0]  # an error only without a runtime
     assert "ERROR" in rows[".env"]  # no .env yet
     assert "run invoke env" in result.stdout
 
 
-def test_doctor_with_cpu_env_only_warns_about_the_runtime(checkout, docker_engine):
+def test_doctor_with_cpu_env_only_warns_about_the_runtime(checkout, docker_engine, host_gpu):
+    if host_gpu[0]:
+        pytest.skip("this engine has the NVIDIA runtime: invoke env adds no CPU override")
     assert invoke(checkout, "env", "--cca", "8.6").returncode == 0
     result = invoke(checkout, "doctor")
     rows = {line.split()[0]: line for line in result.stdout.splitlines() if line[:1].strip()}

@@ -126,9 +126,26 @@ def test_wheels_command_exports_the_wheels_stage() -> None:
 
 def test_non_empty_dest_is_refused_without_force(tmp_path: Path) -> None:
     (tmp_path / "old.whl").write_text("")
+    (tmp_path / wheels.INFO_NAME).write_text("{}")
     with pytest.raises(UserError, match="not empty"):
-        wheels.check_dest(tmp_path, force=False)
-    wheels.check_dest(tmp_path, force=True)
+        wheels.check_dest(tmp_path, force=False, protected=[])
+    wheels.check_dest(tmp_path, force=True, protected=[])
+
+
+def test_force_replaces_only_an_earlier_export(tmp_path: Path) -> None:
+    (tmp_path / "old.whl").write_text("")
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"holds more than an earlier export \(notes.txt\)"):
+        wheels.check_dest(tmp_path, force=True, protected=[])
+
+
+@pytest.mark.parametrize("where", ["itself", "parent"])
+def test_dest_holding_the_project_or_home_is_refused(tmp_path: Path, where: str) -> None:
+    project = tmp_path / "checkout"
+    project.mkdir()
+    dest = project if where == "itself" else tmp_path
+    with pytest.raises(UserError, match=f"holds {project}"):
+        wheels.check_dest(dest, force=True, protected=[project])
 
 
 def test_build_info_lists_each_wheel_with_its_hash(tmp_path: Path) -> None:

@@ -38,8 +38,9 @@ def test_all_good_passes():
         ({"buildx_version": ""}, "buildx", "error"),
         ({"runtimes": ["runc"]}, "nvidia runtime", "error"),
         ({"runtimes": ["runc"], "cdi_devices": ["nvidia.com/gpu=all"]}, "nvidia runtime", "ok"),
-        ({"free_bytes": 5 * doctor.GB}, "disk", "error"),
-        ({"free_bytes": 40 * doctor.GB}, "disk", "warn"),
+        ({"free_bytes": 25 * doctor.GB}, "disk", "error"),
+        ({"free_bytes": 45 * doctor.GB}, "disk", "warn"),
+        ({"compose_version": "2.21.0"}, "compose", "error"),
         ({"free_bytes": None}, "disk", "warn"),
     ],
     ids=[
@@ -51,6 +52,7 @@ def test_all_good_passes():
         "cdi",
         "low-disk",
         "tight-disk",
+        "old-compose",
         "remote-disk",
     ],
 )
@@ -129,3 +131,10 @@ def test_build_blocked_by_engine_disk_and_old_driver():
     assert doctor.build_blockers(low, "", values(), up=False)[0].check == "disk"
     old = doctor.build_blockers(EngineFacts(**GOOD), "535.54.03", values(), up=True)
     assert [row.check for row in old] == ["driver"]
+
+
+def test_wheels_mode_needs_less_disk():
+    facts = EngineFacts(**{**GOOD, "free_bytes": 25 * doctor.GB})
+    assert doctor.check_disk(facts, "source").status == "error"
+    assert doctor.check_disk(facts, "wheels").status == "ok"
+    assert doctor.check_disk(facts, "source").detail.endswith("a source build needs about 40 GB")

@@ -129,3 +129,14 @@ def test_torchaudio_past_its_last_release_is_refused():
 
 def test_newer_torchvision_patch_than_torch_patch():
     assert gpu.resolve_versions("2.14.0", torchvision="0.29.2").torchvision == "0.29.2"
+
+
+@pytest.mark.parametrize("torch", ["latest", "2.14", "v3.0.0"])
+def test_torch_that_is_no_release_is_one_line(torch):
+    with pytest.raises(UserError, match=f"PYTORCH_VERSION '{torch}' is not a torch 2.x release"):
+        gpu.resolve_versions(torch)
+
+
+def test_version_error_is_a_user_error():
+    with pytest.raises(UserError, match="'abc' is not a version"):
+        gpu.version_tuple("abc")

@@ -30,3 +30,27 @@ def test_module_command_runs_once_without_deps_and_tty():
     assert command[:3] == ["docker", "compose", "run"]
     assert {"--rm", "--no-deps", "-T"} <= set(command)
     assert command[-4:] == ["python", "-m", "torchkiln.smoke", "--allow-cpu"]
+
+
+SOURCE_LABELS = {
+    "io.torchkiln.pytorch-version": "2.14.1",
+    "io.torchkiln.cca": "8.6;9.0",
+    "io.torchkiln.build-mode": "source",
+}
+
+
+def test_labels_become_expectations():
+    assert incontainer.expectations(SOURCE_LABELS, []) == [
+        "--expect-torch", "2.14.1", "--expect-cca", "8.6;9.0",
+    ]  # fmt: skip
+
+
+def test_wheels_mode_expects_no_cca_and_user_flags_win():
+    wheels = {**SOURCE_LABELS, "io.torchkiln.build-mode": "wheels"}
+    assert incontainer.expectations(wheels, []) == ["--expect-torch", "2.14.1"]
+    given = ["--expect-torch", "2.14.0", "--expect-cca", "9.0"]
+    assert incontainer.expectations(SOURCE_LABELS, given) == []
+
+
+def test_ngc_image_has_no_expectations():
+    assert incontainer.expectations({"io.torchkiln.ngc-image": "x"}, []) == []
