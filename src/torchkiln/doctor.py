@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from torchkiln import gpu, settings
@@ -214,13 +214,28 @@ def check_env(env: EnvState) -> Row:
     return Row(".env", "ok", "present and valid")
 
 
+def cuda_variants(env: EnvState) -> list[tuple[str, EnvState]]:
+    """The settings as each service builds them: train always uses the default CUDA_VERSION."""
+    if env.values is None:
+        return [("", env)]
+    default = settings.BY_NAME["CUDA_VERSION"].default
+    if env.values["CUDA_VERSION"] == default:
+        return [("", env)]
+    train = replace(env, values={**env.values, "CUDA_VERSION": default})
+    return [("", train), (" (full)", env)]
+
+
 def diagnose(facts: EngineFacts, driver: str, env: EnvState) -> list[Row]:
     """Run every check over the gathered facts."""
+    gpu_rows = [
+        replace(row, check=row.check + label)
+        for label, variant in cuda_variants(env)
+        for row in (check_driver(driver, variant), check_cca(variant))
+    ]
     return [
         *check_engine(facts),
         check_gpu_runtime(facts, env),
-        check_driver(driver, env),
-        check_cca(env),
+        *gpu_rows,
         check_disk(facts, env.values["BUILD_MODE"] if env.values else "source"),
         check_env(env),
     ]

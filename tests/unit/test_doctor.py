@@ -138,3 +138,11 @@ def test_wheels_mode_needs_less_disk():
     assert doctor.check_disk(facts, "source").status == "error"
     assert doctor.check_disk(facts, "wheels").status == "ok"
     assert doctor.check_disk(facts, "source").detail.endswith("a source build needs about 40 GB")
+
+
+def test_full_cuda_is_checked_beside_train_default():
+    env = state(CCA="10.0", CUDA_VERSION="12.4.1")
+    rows = rows_by_check(EngineFacts(**GOOD), env=env)
+    assert rows["cca"].status == "ok"  # train builds 10.0 with the default CUDA 13
+    assert rows["cca (full)"].status == "error"  # full would need CUDA >= 12.8
+    assert "driver (full)" in rows
