@@ -74,14 +74,20 @@ def plan_env(
         value = chosen.get(name)
         return fact if value is None else value
 
-    uid, gid = pick("UID", str(host.uid)), pick("GID", str(host.gid))
+    # Run as root but asked for another UID (sudo invoke env --uid 1234): root's own group and
+    # names cannot serve that user, so they fall back to the UID and the default name.
+    uid = pick("UID", str(host.uid))
+    root_facts = host.uid == 0 and uid != "0"
+    gid = pick("GID", uid if root_facts else str(host.gid))
     settings.validate({"UID": uid, "GID": gid})
     if uid == "0":
         user, group, gid = "root", "root", "0"
         notes.append("UID 0: the container user is root, and no user is created")
     else:
-        user = _name(pick("USR", host.user), "USR", notes, explicit=chosen.get("USR") is not None)
-        group = _name(pick("GRP", host.group), "GRP", notes, explicit=chosen.get("GRP") is not None)
+        fallback = settings.BY_NAME["USR"].default if root_facts else host.user
+        user = _name(pick("USR", fallback), "USR", notes, explicit=chosen.get("USR") is not None)
+        fallback = user if root_facts else host.group
+        group = _name(pick("GRP", fallback), "GRP", notes, explicit=chosen.get("GRP") is not None)
     cca = pick("CCA", detected_cca)
     cuda = chosen.get("CUDA_VERSION") or settings.BY_NAME["CUDA_VERSION"].default
     if cca and chosen.get("CCA") is not None:

@@ -410,6 +410,19 @@ def validate(values: Mapping[str, str], names: Iterable[str] | None = None) -> N
         setting = BY_NAME.get(name)
         if setting and setting.check:
             setting.check(name, values[name])
+    _check_user(values)
+
+
+def _check_user(values: Mapping[str, str]) -> None:
+    # A non-root container user cannot take root's name or group: the image would have to
+    # delete root to create it.
+    if values.get("UID", "0") == "0":
+        return
+    for name in ("USR", "GRP"):
+        if values.get(name) == "root":
+            raise UserError(f"{name} 'root' needs UID 0; use your own name, or set UID=0 for root")
+    if values.get("GID") == "0":
+        raise UserError("GID '0' is the root group; use your own group id (id -g), or UID=0")
 
 
 def build_args(service: str) -> list[str]:

@@ -123,3 +123,17 @@ def test_invoke_env_never_writes_the_index_token():
     text = envtask.render(plan(PIP_INDEX_TOKEN="s3cr3t-from-environment"))
     assert "s3cr3t-from-environment" not in text
     assert not envtask.holds_secret(text)
+
+
+def test_root_asking_for_another_uid_gets_no_root_names():
+    root = HostUser(0, 0, "root", "root")
+    result = plan(host=root, UID="1234")
+    values = result.values
+    assert (values["UID"], values["GID"], values["USR"], values["GRP"]) == (
+        "1234",
+        "1234",
+        "user",
+        "user",
+    )
+    named = plan(host=root, UID="1234", USR="alice").values
+    assert (named["USR"], named["GRP"]) == ("alice", "alice")

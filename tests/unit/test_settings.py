@@ -91,3 +91,13 @@ def test_build_args_per_service():
     assert "CCA" in settings.build_args("train")
     assert "NGC_YEAR" in settings.build_args("ngc")
     assert "TZ" not in settings.build_args("train")  # run-time only
+
+
+@pytest.mark.parametrize(
+    ("values", "shown"),
+    [({"USR": "root"}, "USR 'root'"), ({"GRP": "root"}, "GRP 'root'"), ({"GID": "0"}, "GID '0'")],
+)
+def test_non_root_user_cannot_take_roots_names(values, shown):
+    with pytest.raises(UserError, match=shown):
+        settings.resolve(flags={"UID": "1234", **values})
+    settings.resolve(flags={"UID": "0", **values})  # root itself is fine
