@@ -31,11 +31,6 @@ class Setting:
     services: tuple[str, ...] = ()
     check: Callable[[str, str], None] | None = None
 
-    @property
-    def build_arg(self) -> bool:
-        """Tell whether the Dockerfiles receive this setting as an ARG."""
-        return bool(self.services)
-
 
 def _pattern(regex: str, form: str) -> Callable[[str, str], None]:
     compiled = re.compile(regex)
