@@ -6,7 +6,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from invoke import Context, Exit, task
+from invoke import Context, Exit
+from invoke import task as invoke_task
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "src"))  # the checkout's package, even before pip install -e .
@@ -14,10 +15,20 @@ sys.path.insert(0, str(ROOT / "src"))  # the checkout's package, even before pip
 from torchkiln.taskkit import user_errors  # noqa: E402
 
 
+def task(*args, **kwargs):
+    """invoke's @task without automatic short flags: they took -h from --cache-from and made
+    '-_' of --no-up; -h stays help on every task."""
+    if args and callable(args[0]):
+        return invoke_task(args[0], auto_shortflags=False)
+    return invoke_task(*args, auto_shortflags=False, **kwargs)
+
+
 @task(
     help={
         "cca": "GPU compute capabilities, e.g. 8.6 or '8.6;9.0' (default: detected)",
-        "force": "rewrite an existing .env, keeping the old one as .env.<timestamp>",
+        "force": "rewrite an existing .env, keeping your own settings and the old file as "
+        ".env.<timestamp>",
+        "cpu": "build for the CPU: official CPU wheels on a plain Ubuntu image, no CUDA",
         "uid": "container user id (default: yours)",
         "gid": "container group id (default: yours)",
         "usr": "container user name (default: yours, made valid)",
@@ -28,6 +39,7 @@ def env(
     c: Context,
     cca: str | None = None,
     force: bool = False,
+    cpu: bool = False,
     uid: str | None = None,
     gid: str | None = None,
     usr: str | None = None,
@@ -39,12 +51,8 @@ def env(
     from torchkiln import envtask
 
     flags = {"CCA": cca, "UID": uid, "GID": gid, "USR": usr, "GRP": grp}
-    chosen = {
-        name: value if value is not None else os.environ.get(name) for name, value in flags.items()
-    }
-    chosen["CUDA_VERSION"] = os.environ.get("CUDA_VERSION")
     with user_errors():
-        for line in envtask.run(ROOT, chosen, force):
+        for line in envtask.write_env(ROOT, flags, os.environ, force, cpu):
             print(line)
 
 
@@ -54,7 +62,7 @@ def doctor(c: Context) -> None:
     from torchkiln import doctor as checks
 
     with user_errors():
-        table, failed = checks.run(ROOT)
+        table, failed = checks.check_host(ROOT)
     print(table)
     if failed:
         raise Exit("doctor: fix the ERROR rows above, then run invoke doctor again", code=1)
@@ -63,13 +71,13 @@ def doctor(c: Context) -> None:
 SERVICE_HELP = "compose service: train (default), full or ngc"
 
 
-def _build_plan(c: Context, service: str, **options):
+def _build_plan(options):
     import os
 
     from torchkiln import build as builder
 
     dotenv = builder.read_dotenv(ROOT)
-    return builder.plan(ROOT, service, environ=os.environ, dotenv=dotenv, **options), dotenv
+    return builder.plan(ROOT, options, environ=os.environ, dotenv=dotenv)
 
 
 REGISTRY_HELP = {
@@ -116,12 +124,9 @@ def build(
     """Validate, build the service's image, start it, and print a summary."""
     from torchkiln import build as build_module
 
+    options = build_module.BuildOptions.from_flags(locals())
     with user_errors():
-        options = dict(cca=cca, torch=torch, sources=source or [], wheelhouse=wheelhouse)
-        options.update(ca_bundle=ca_bundle, no_cache=no_cache, up=not no_up, builder=builder)
-        options.update(cache_from=cache_from, cache_to=cache_to, push=push)
-        plan, _ = _build_plan(c, service, **options)
-        build_module.run(c, ROOT, plan)
+        build_module.build_service(c, _build_plan(options))
 
 
 @task(
@@ -131,11 +136,11 @@ def build(
         **REGISTRY_HELP,
         "service": "train (default) or full",
         "dest": "directory for the wheels and BUILD-INFO.json (default: dist)",
-        "cca": "as for invoke build (the same settings reuse the build's cache)",
-        "torch": "as for invoke build",
-        "force": "replace a non-empty --dest",
-        "source": "NAME=DIR: local checkout, as for invoke build; repeatable",
-        "wheelhouse": "directory of wheels, as for invoke build",
+        "cca": "as for invoke build (default: the last build's)",
+        "torch": "as for invoke build (default: the last build's)",
+        "force": "replace an earlier export in --dest (nothing else is ever deleted)",
+        "source": "NAME=DIR: local checkout, as for invoke build (default: the last build's)",
+        "wheelhouse": "directory of wheels, as for invoke build (default: the last build's)",
         "ca_bundle": "CA bundle file, as for invoke build",
     },
 )
@@ -155,22 +160,36 @@ def wheels(
     """Export the built wheels with BUILD-INFO.json (sha256, versions, CCA, CUDA, base image)."""
     import os
 
+    from torchkiln import build as build_module
     from torchkiln import wheels as exporter
 
+    given = build_module.BuildOptions.from_flags(locals())
     with user_errors():
-        options = dict(cca=cca, torch=torch, sources=source or [], wheelhouse=wheelhouse)
-        options.update(ca_bundle=ca_bundle, builder=builder, cache_from=cache_from)
-        plan, dotenv = _build_plan(c, service, **options)
-        exporter.export(c, ROOT, plan, Path(dest).resolve(), force, dotenv, os.environ)
+        options, note = build_module.with_recorded_inputs(ROOT, given)
+        if note:
+            print(note)
+        proxies = {name: os.environ[name] for name in exporter.PROXY_NAMES if name in os.environ}
+        plan = _build_plan(options)
+        exporter.export_wheels(c, ROOT, plan, Path(dest).resolve(), force, proxies)
+
+
+def _built(c: Context, service: str) -> str:
+    """Check the service name and that its image exists (skipped by invoke --dry)."""
+    from torchkiln import compose, incontainer
+
+    compose.check_service(service)
+    if not c.config.run.dry:
+        incontainer.require_built(ROOT, service)
+    return service
 
 
 @task(help={"service": SERVICE_HELP})
 def up(c: Context, service: str = "train") -> None:
-    """Start the service's container in the background (building it if missing)."""
+    """Start the service's container in the background (its image must be built)."""
     from torchkiln import compose
 
     with user_errors(), c.cd(str(ROOT)):
-        c.run(shlex.join(compose.up_command(compose.check_service(service))))
+        c.run(shlex.join(compose.up_command(_built(c, service))))
 
 
 @task(help={"volumes": "also remove the project's volumes"})
@@ -188,13 +207,30 @@ def shell(c: Context, service: str = "train") -> None:
     from torchkiln import compose
 
     with user_errors(), c.cd(str(ROOT)):
-        c.run(shlex.join(compose.shell_command(compose.check_service(service))), pty=True)
+        c.run(shlex.join(compose.shell_command(_built(c, service))), pty=True)
 
 
 @task(help={"service": SERVICE_HELP, "follow": "keep printing new lines"})
 def logs(c: Context, service: str = "train", follow: bool = False) -> None:
-    """Show the service's logs."""
+    """Show the service's logs (and where the last build's log is when it logged nothing)."""
     from torchkiln import compose
 
     with user_errors(), c.cd(str(ROOT)):
-        c.run(shlex.join(compose.logs_command(compose.check_service(service), follow)))
+        shown = c.run(shlex.join(compose.logs_command(_built(c, service), follow)), warn=True)
+        if shown is not None and shown.ok and not shown.stdout.strip():
+            print(compose.no_logs_note(service, ROOT))
+
+
+@task(
+    help={
+        "cache": "also remove the BuildKit cache of torchkiln builds (ccache, pip, layers)",
+        "dist": "also remove the wheels an invoke wheels export left in dist/",
+    }
+)
+def clean(c: Context, cache: bool = False, dist: bool = False) -> None:
+    """Remove this project's containers and images (untagged ones too); nothing of others'."""
+    from torchkiln import clean as cleaner
+
+    with user_errors(), c.cd(str(ROOT)):
+        for line in cleaner.clean_project(c, ROOT, cache, ROOT / "dist" if dist else None):
+            print(line)

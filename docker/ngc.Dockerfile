@@ -17,6 +17,7 @@ ARG GRP=user
 # hadolint ignore=DL3064
 ARG PASSWORDLESS_SUDO=0
 ARG PROJECT_ROOT=/opt/project
+ARG COMPOSE_PROJECT_NAME=torchkiln
 
 FROM scratch AS runtime-scripts
 COPY docker/scripts/net.sh docker/scripts/setup-user.sh docker/scripts/install-wheels.sh /
@@ -35,13 +36,13 @@ ARG GRP
 # hadolint ignore=DL3064
 ARG PASSWORDLESS_SUDO
 ARG PROJECT_ROOT
-RUN --mount=type=cache,target=/var/cache/apt,sharing=locked \
-    --mount=type=cache,target=/var/lib/apt,sharing=locked \
+RUN --mount=type=cache,id=torchkiln-apt-cache,target=/var/cache/apt,sharing=locked \
+    --mount=type=cache,id=torchkiln-apt-lists,target=/var/lib/apt,sharing=locked \
     --mount=type=secret,id=ca_bundle \
     --mount=type=bind,from=runtime-scripts,target=/opt/torchkiln-scripts \
     /opt/torchkiln-scripts/setup-user.sh
 # NGC's Python is the system one (Ubuntu marks it externally managed); torch stays pinned.
-RUN --mount=type=cache,target=/root/.cache/pip \
+RUN --mount=type=cache,id=torchkiln-pip,target=/root/.cache/pip \
     --mount=type=secret,id=ca_bundle \
     --mount=type=secret,id=pip_index_token \
     --mount=type=bind,from=runtime-scripts,target=/opt/torchkiln-scripts \
@@ -53,11 +54,16 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     after=$(python -c 'import torch; print(torch.__version__, torch.__file__)'); \
     [ "$before" = "$after" ] || { echo "ERROR: torch changed: $before -> $after" >&2; exit 1; }; \
     /opt/torchkiln-scripts/link-package.sh
-COPY --chown=${UID}:${GID} src/torchkiln /opt/torchkiln/torchkiln
+# Only the in-image code: the entry modules and torchkiln.inimage (stdlib + torch).
+COPY --chown=${UID}:${GID} src/torchkiln/__init__.py src/torchkiln/smoke.py src/torchkiln/bench.py \
+     /opt/torchkiln/torchkiln/
+COPY --chown=${UID}:${GID} src/torchkiln/inimage/ /opt/torchkiln/torchkiln/inimage/
 ARG NGC_YEAR
 ARG NGC_MONTH
 ARG NGC_IMAGE
+ARG COMPOSE_PROJECT_NAME
 LABEL org.opencontainers.image.title="torchkiln ngc" \
+      io.torchkiln.project="${COMPOSE_PROJECT_NAME}" \
       org.opencontainers.image.description="NGC PyTorch ${NGC_YEAR}.${NGC_MONTH} with your user" \
       org.opencontainers.image.source="https://github.com/torchkiln/torchkiln" \
       org.opencontainers.image.licenses="MIT" \

@@ -6,34 +6,18 @@ set -euo pipefail
 # shellcheck source=docker/scripts/net.sh
 source "$(dirname "$0")/net.sh"
 source_dir=$1 prefix=$2
-if [[ -z ${CCA:-} ]]; then
-  echo "ERROR: CCA is empty; run invoke env on the GPU host or pass --cca 8.6" >&2
+# The arch lists come ready-made from invoke build (its one CCA parser): GPU_TARGET in magma's
+# names ('sm_86 sm_90a'), CMAKE_CUDA_ARCHITECTURES with -real where no PTX is wanted.
+if [[ -z ${MAGMA_GPU_TARGET:-} || -z ${CUDA_ARCHITECTURES:-} ]]; then
+  echo "ERROR: MAGMA_GPU_TARGET/CUDA_ARCHITECTURES are empty; build with invoke build --cca 8.6" >&2
   exit 1
 fi
 # magma's CPU side needs BLAS/LAPACK.
 apt_install libopenblas-dev
-
-# CCA '8.6 9.0a 12.0+PTX' -> GPU_TARGET 'sm_86 sm_90a sm_120' (magma's own names) and
-# CMAKE_CUDA_ARCHITECTURES '86-real;90a-real;120' (SASS for each, PTX only where +PTX asks).
-read -ra items <<<"${CCA//[;,]/ }"
-gpu_target=() cuda_architectures=() min_arch=
-for item in "${items[@]}"; do
-  arch=${item%+[Pp][Tt][Xx]}
-  number=${arch/./}
-  gpu_target+=("sm_$number")
-  if [[ $arch == "$item" ]]; then
-    cuda_architectures+=("$number-real")
-  else
-    cuda_architectures+=("$number")
-  fi
-  digits=${number%a}
-  if [[ -z $min_arch ]] || ((digits < min_arch)); then
-    min_arch=$digits
-  fi
-done
-architectures=$(IFS=';' && echo "${cuda_architectures[*]}")
+# The oldest arch, for MAGMA_CUDA_ARCH_MIN: the smallest number in CUDA_ARCHITECTURES.
+min_arch=$(grep -o '[0-9]\+' <<<"$CUDA_ARCHITECTURES" | sort -n | head -1)
 MAX_JOBS=${MAX_JOBS:-$(nproc)}
-echo "torchkiln: magma GPU_TARGET='${gpu_target[*]}' CMAKE_CUDA_ARCHITECTURES='$architectures'"
+echo "torchkiln: magma GPU_TARGET='$MAGMA_GPU_TARGET' CMAKE_CUDA_ARCHITECTURES='$CUDA_ARCHITECTURES'"
 
 if [[ ! -f $source_dir/CMake.src.cuda && -f $source_dir/Makefile ]]; then
   # magma's README: a repository checkout generates the other precisions with `make generate`.
@@ -48,8 +32,8 @@ cmake -S "$source_dir" -B "$build_dir" -G Ninja \
   -DBUILD_SHARED_LIBS=OFF \
   -DMAGMA_ENABLE_CUDA=ON \
   -DUSE_FORTRAN=OFF \
-  -DGPU_TARGET="${gpu_target[*]}" \
-  -DCMAKE_CUDA_ARCHITECTURES="$architectures" \
+  -DGPU_TARGET="$MAGMA_GPU_TARGET" \
+  -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCHITECTURES" \
   -DMAGMA_CUDA_ARCH_MIN="${min_arch}0" \
   -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache
 # The libraries only: magma's testers would double the build time.

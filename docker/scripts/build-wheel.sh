@@ -11,11 +11,12 @@ if [[ ! -e $source_dir/setup.py && ! -e $source_dir/pyproject.toml ]]; then
   echo "torchkiln: $source_dir is empty; nothing to build"
   exit 0
 fi
-if [[ -z ${CCA:-} ]]; then
-  echo "ERROR: CCA is empty; run invoke env on the GPU host or pass --cca 8.6" >&2
+# TORCH_CUDA_ARCH_LIST comes ready-made from invoke build (its one CCA parser), never from here.
+if [[ -z ${TORCH_CUDA_ARCH_LIST:-} ]]; then
+  echo "ERROR: TORCH_CUDA_ARCH_LIST is empty; build with invoke build --cca 8.6 (it derives it" \
+    "from CCA), or pass --build-arg TORCH_CUDA_ARCH_LIST" >&2
   exit 1
 fi
-TORCH_CUDA_ARCH_LIST=$(tr ' ,' ';;' <<<"$CCA" | tr -s ';')
 MAX_JOBS=${MAX_JOBS:-$(nproc)}
 export TORCH_CUDA_ARCH_LIST MAX_JOBS USE_CUDNN USE_NCCL USE_FLASH_ATTENTION USE_MEM_EFF_ATTENTION DEBUG
 export CCACHE_DIR=/root/.cache/ccache

@@ -1,21 +1,21 @@
 """`invoke build`: validate in seconds, build the service through Compose, start it, summarise.
 
-`plan` is pure (settings in, commands out); `run` is the thin edge that executes them.
+`plan` is pure (options and settings in, commands out); `build_service` is the thin edge that
+executes them.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
+import json
 import re
 import shlex
-import tempfile
 import time
-import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from torchkiln import compose, doctor, envfile, gpu, settings
+from torchkiln import compose, doctor, envfile, gpu, runner, settings
 from torchkiln.errors import UserError
 
 IMAGE_SETTING = {"train": "TRAIN_IMAGE_NAME", "full": "FULL_IMAGE_NAME", "ngc": "NGC_IMAGE_NAME"}
@@ -23,29 +23,83 @@ _CCACHE_LINE = re.compile(r"torchkiln-ccache: hits=(\d+) misses=(\d+)")
 
 
 @dataclass
+class BuildOptions:
+    """What `invoke build` and `invoke wheels` were asked for on the command line."""
+
+    service: str = "train"
+    cca: str | None = None
+    torch: str | None = None
+    sources: list[str] = field(default_factory=list)
+    wheelhouse: str | None = None
+    ca_bundle: str | None = None
+    no_cache: bool = False
+    up: bool = True
+    builder: str | None = None
+    cache_from: str | bool | None = None
+    cache_to: str | bool | None = None
+    push: bool = False
+
+    # The inputs that decide what the build stages compile: `invoke wheels` reuses a build's.
+    INPUTS = ("cca", "torch", "sources", "wheelhouse", "ca_bundle")
+
+    @classmethod
+    def from_flags(cls, flags: Mapping[str, object]) -> BuildOptions:
+        """Make options from a task's parameters (`--source` is repeatable, `--no-up` negates)."""
+        known = {name: flags[name] for name in cls.__dataclass_fields__ if name in flags}
+        known["sources"] = list(flags.get("source") or [])
+        if "no_up" in flags:
+            known["up"] = not flags["no_up"]
+        return cls(**known)
+
+    def inputs(self) -> dict[str, object]:
+        """The options that decide the build's stages, for the record."""
+        return {name: value for name, value in asdict(self).items() if name in self.INPUTS}
+
+
+@dataclass
 class BuildPlan:
     """Everything `invoke build` will do, decided before anything runs."""
 
-    service: str
+    root: Path
+    options: BuildOptions
     values: dict[str, str]
-    overrides: dict[str, str]
+    build_args: dict[str, str]
     contexts: dict[str, str]
+    ca_bundle: str
     image: str
-    no_cache: bool = False
-    up: bool = True
-    override_path: str = ""
-    files: list[str] = field(default_factory=list)
-    builder: str = ""
+    files: list[str]
     cache_from: list[str] = field(default_factory=list)
     cache_to: list[str] = field(default_factory=list)
     push_ref: str = ""
 
     @property
+    def service(self) -> str:
+        """The Compose service built."""
+        return self.options.service
+
+    @property
+    def builder(self) -> str:
+        """The buildx builder ('' for the current one)."""
+        return self.values["BUILDX_BUILDER"]
+
+    @property
+    def override_path(self) -> str:
+        """This build's Compose override, relative to the checkout."""
+        return f"{compose.STATE_DIR}/build-{self.service}.yaml"
+
+    @property
+    def record_path(self) -> Path:
+        """Where the build's inputs are recorded for `invoke wheels`."""
+        return self.root / compose.STATE_DIR / f"build-{self.service}.json"
+
+    @property
     def build(self) -> list[str]:
         """The build command."""
-        files = [*self.files, self.override_path] if self.override_path else None
         return compose.build_command(
-            self.service, self.overrides, no_cache=self.no_cache, files=files, builder=self.builder
+            self.service,
+            [*self.files, self.override_path],
+            no_cache=self.options.no_cache,
+            builder=self.builder,
         )
 
     @property
@@ -54,49 +108,38 @@ class BuildPlan:
         return compose.push_command(self.push_ref) if self.push_ref else []
 
     @property
-    def needs_override(self) -> bool:
-        """Tell whether the build needs a Compose override file (contexts, cache or tags)."""
-        return bool(self.contexts or self.cache_from or self.cache_to or self.push_ref)
-
-    @property
     def start(self) -> list[str]:
         """The command that starts the built service."""
-        return compose.up_command(self.service, self.overrides)
+        return compose.up_command(self.service)
 
     def override_text(self) -> str:
-        """The Compose override: named contexts, registry cache, push tag ('' for none)."""
-        if not self.needs_override:
-            return ""
+        """The Compose override: every build arg, named contexts, registry cache, push tag."""
         return compose.override_text(
             self.service,
+            self.build_args,
             self.contexts,
+            ca_bundle=self.ca_bundle,
             cache_from=self.cache_from,
             cache_to=self.cache_to,
             tags=[self.push_ref] if self.push_ref else [],
         )
 
 
-def _given(name: str, environ: Mapping[str, str], dotenv: Mapping[str, str | None]) -> bool:
-    return environ.get(name) is not None or dotenv.get(name) is not None
-
-
-def resolve_flags(
-    cca: str | None,
-    torch: str | None,
-    ca_bundle: str | None,
-    environ: Mapping[str, str],
-    dotenv: Mapping[str, str | None],
+def settings_flags(
+    options: BuildOptions, environ: Mapping[str, str], dotenv: Mapping[str, str | None]
 ) -> dict[str, str]:
     """Turn the task's flags into settings; --torch picks torchvision unless one is set."""
     flags: dict[str, str] = {}
-    if cca is not None:
-        flags["CCA"] = cca
-    if torch is not None:
-        flags["PYTORCH_VERSION"] = torch
-        if not _given("TORCHVISION_VERSION", environ, dotenv):
-            flags["TORCHVISION_VERSION"] = gpu.matching_torchvision(torch)
-    if ca_bundle is not None:
-        flags["CA_BUNDLE"] = ca_bundle
+    if options.cca is not None:
+        flags["CCA"] = options.cca
+    if options.torch is not None:
+        flags["PYTORCH_VERSION"] = options.torch
+        if "TORCHVISION_VERSION" not in settings.layered(environ, dotenv):
+            flags["TORCHVISION_VERSION"] = gpu.matching_torchvision(options.torch)
+    if options.ca_bundle is not None:
+        flags["CA_BUNDLE"] = options.ca_bundle
+    if options.builder is not None:
+        flags["BUILDX_BUILDER"] = options.builder
     return flags
 
 
@@ -137,12 +180,6 @@ def registry_plan(
     return imports, exports, image_ref if push else ""
 
 
-def build_cuda(service: str, values: Mapping[str, str]) -> str:
-    """The CUDA version the service's image really gets (train uses the Dockerfile default)."""
-    setting = settings.BY_NAME["CUDA_VERSION"]
-    return values["CUDA_VERSION"] if service in setting.services else setting.default
-
-
 def validate(service: str, values: Mapping[str, str]) -> None:
     """Refuse, in seconds, what would fail hours into the build."""
     if service not in settings.SOURCE:
@@ -151,84 +188,90 @@ def validate(service: str, values: Mapping[str, str]) -> None:
         values["PYTORCH_VERSION"], values["TORCHVISION_VERSION"], values["TORCHAUDIO_VERSION"]
     )
     if values["BUILD_MODE"] == "source":
-        gpu.check_cca_for_cuda(values["CCA"], build_cuda(service, values))
+        gpu.check_cca_for_cuda(
+            values["CCA"], compose.service_values(service, values)["CUDA_VERSION"]
+        )
 
 
 def plan(
     root: Path,
-    service: str,
+    options: BuildOptions,
     *,
-    cca: str | None = None,
-    torch: str | None = None,
-    sources: Sequence[str] = (),
-    wheelhouse: str | None = None,
-    ca_bundle: str | None = None,
-    no_cache: bool = False,
-    up: bool = True,
-    builder: str | None = None,
-    cache_from: str | bool | None = None,
-    cache_to: str | bool | None = None,
-    push: bool = False,
     environ: Mapping[str, str],
     dotenv: Mapping[str, str | None],
+    cwd: Path | None = None,
 ) -> BuildPlan:
     """Resolve and check every input, and decide the commands; runs nothing."""
-    compose.check_service(service)
-    flags = resolve_flags(cca, torch, ca_bundle, environ, dotenv)
-    if builder is not None:
-        flags["BUILDX_BUILDER"] = builder
+    cwd = cwd or Path.cwd()
+    service = compose.check_service(options.service)
+    flags = settings_flags(options, environ, dotenv)
     values = settings.resolve(flags, environ, dotenv)
     validate(service, values)
     cache_imports, cache_exports, push_ref = registry_plan(
-        service, values["REGISTRY_IMAGE"], cache_from, cache_to, push
+        service, values["REGISTRY_IMAGE"], options.cache_from, options.cache_to, options.push
     )
     contexts: dict[str, str] = {}
-    if sources or wheelhouse:
+    if options.sources or options.wheelhouse:
         if service not in settings.SOURCE:
             raise UserError(
                 f"--source/--wheelhouse apply to the train and full services, not '{service}'"
             )
-        contexts.update(compose.parse_sources(sources, Path.cwd()))
-        if wheelhouse:
-            contexts[compose.WHEELHOUSE_CONTEXT] = compose.check_wheelhouse(wheelhouse, Path.cwd())
-    # Build args only: the builder is a command-line option, the bundle a secret.
-    overrides = {
-        name: value for name, value in flags.items() if name not in ("CA_BUNDLE", "BUILDX_BUILDER")
-    }
+        contexts.update(compose.parse_sources(options.sources, cwd))
+        if options.wheelhouse:
+            contexts[compose.WHEELHOUSE_CONTEXT] = compose.check_wheelhouse(options.wheelhouse, cwd)
     # A --ca-bundle path is relative to where you are; one in .env to the repository.
     bundle = compose.check_ca_bundle(
-        values["CA_BUNDLE"], Path.cwd() if "CA_BUNDLE" in flags else root
+        values["CA_BUNDLE"], cwd if options.ca_bundle is not None else root
     )
-    if (bundle and bundle != values["CA_BUNDLE"]) or "CA_BUNDLE" in flags:
-        # Compose reads relative secret paths from compose/; hand it the absolute path.
-        overrides["CA_BUNDLE"] = bundle
-    built = BuildPlan(
-        service=service,
+    return BuildPlan(
+        root=root,
+        options=options,
         values=values,
-        overrides=overrides,
+        build_args=compose.build_arg_values(service, values),
         contexts=contexts,
+        ca_bundle=bundle,
         image=settings.effective(values)[IMAGE_SETTING[service]],
-        no_cache=no_cache,
-        up=up,
-        builder=values["BUILDX_BUILDER"],
+        files=compose.compose_files(values["COMPOSE_FILE"]),
         cache_from=cache_imports,
         cache_to=cache_exports,
         push_ref=push_ref,
     )
-    if built.needs_override:
-        built.files = compose.compose_files(values["COMPOSE_FILE"])
-        # A name nobody can guess, created exclusively (0600) by run(), removed after the build.
-        name = f"torchkiln-{values['COMPOSE_PROJECT_NAME']}-{service}-{uuid.uuid4().hex}.yaml"
-        built.override_path = str(Path(tempfile.gettempdir()) / name)
-    return built
+
+
+def with_recorded_inputs(root: Path, given: BuildOptions) -> tuple[BuildOptions, str]:
+    """Fill the inputs `invoke wheels` was not given from the last build of the service, so
+    the export reproduces that build's stages (and reuses its cache); say which were taken."""
+    record = root / compose.STATE_DIR / f"build-{given.service}.json"
+    try:
+        inputs = json.loads(record.read_text(encoding="utf-8"))["inputs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return given, ""
+    taken: dict[str, object] = {}
+    for name in BuildOptions.INPUTS:
+        mine, theirs = getattr(given, name), inputs.get(name)
+        if (mine is None or mine == []) and theirs not in (None, []):
+            taken[name] = theirs
+    if not taken:
+        return given, ""
+    options = replace(given, **taken)
+    shown = ", ".join(
+        f"--{name.replace('_', '-').removesuffix('s')} {' '.join(v) if isinstance(v, list) else v}"
+        for name, v in taken.items()
+    )
+    return options, f"as the last invoke build --service {given.service}: {shown}"
 
 
 def read_dotenv(root: Path) -> dict[str, str | None]:
     """Read the repository's .env, which `invoke build` needs (Compose reads it too)."""
-    path = root / compose.ENV_FILE
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; run invoke env first (it writes UID, GID, CCA …)")
-    return envfile.read(path)
+    file = envfile.path(root)
+    if not file.exists() and not file.is_symlink():
+        raise UserError(f"{file} does not exist; run invoke env first (it writes UID, GID, CCA …)")
+    values = envfile.read(file)
+    if not values:
+        raise UserError(
+            f"{file} sets nothing; run invoke env --force to write it from this host's facts"
+        )
+    return values
 
 
 def ccache_rate(log: str) -> str:
@@ -254,7 +297,7 @@ def summary(built: BuildPlan, seconds: float, size_bytes: int, log: str) -> str:
         *(f"cache to:    {spec}" for spec in built.cache_to),
         "next:",
         f"  docker compose exec {service} zsh"
-        if built.up
+        if built.options.up
         else f"  docker compose up --detach {service}",
         f"  nox -s smoke -- --service {service}",
         f"  invoke wheels --service {service}",
@@ -281,35 +324,54 @@ def check_builder(c, builder: str, *, export_cache: bool) -> None:
         raise UserError(problem)
 
 
-def run(c, root: Path, built: BuildPlan) -> None:
-    """Execute a plan with invoke's context (respecting `invoke --dry`) and print the summary."""
+def write_state(built: BuildPlan) -> None:
+    """Write the build's Compose override and the record of its inputs into .torchkiln/."""
+    state = built.root / compose.STATE_DIR
+    try:
+        state.mkdir(exist_ok=True)
+        envfile.write_atomic(built.root / built.override_path, built.override_text(), 0o600)
+        record = {"service": built.service, "inputs": built.options.inputs()}
+        envfile.write_atomic(built.record_path, json.dumps(record, indent=2) + "\n", 0o600)
+    except OSError as error:
+        raise UserError(
+            f"cannot write {state} ({error.strerror}); make the checkout writable for you"
+        ) from None
+
+
+def save_log(built: BuildPlan, output: str) -> None:
+    """Keep the build's output beside its override, for invoke logs and for bug reports."""
+    log = built.root / compose.STATE_DIR / f"build-{built.service}.log"
+    # The build's own output is on the terminal; the copy is a convenience.
+    with contextlib.suppress(OSError):
+        log.write_text(output, encoding="utf-8")
+
+
+def build_service(c, built: BuildPlan) -> None:
+    """Execute a plan (respecting `invoke --dry`) and print the summary."""
     dry = bool(c.config.run.dry)
+    # Engine, plugins, disk, and (when the container will start here) GPU runtime and driver:
+    # refused in seconds rather than after a long build, by --dry as by the real build.
+    doctor.require_ready(compose.service_values(built.service, built.values), built.options.up)
     if not dry:
-        # Engine, plugins, disk, and (when the container will start here) GPU runtime and
-        # driver: refused in seconds rather than after a long build.
-        cuda = build_cuda(built.service, built.values)
-        doctor.require_ready({**built.values, "CUDA_VERSION": cuda}, built.up)
         check_builder(c, built.builder, export_cache=bool(built.cache_to))
-    if built.override_path:
-        text = built.override_text()
-        if not dry:
-            fd = os.open(built.override_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-        print(f"# {built.override_path} (Compose override for this build):\n{text}", end="")
-    started = time.monotonic()
-    with c.cd(str(root)):
-        try:
-            result = c.run(shlex.join(built.build), warn=True)
-        finally:
-            if built.override_path:  # only the build reads it; up/shell use plain Compose
-                Path(built.override_path).unlink(missing_ok=True)
-        if result is not None and result.failed:
-            raise UserError(
-                f"docker compose build {built.service} failed (exit {result.exited}); the "
-                f"ERROR lines above name the step; fix it and run invoke build again"
-            )
+    write_state(built)
+    print(f"# {built.override_path} (this build's settings, sources and cache):")
+    print(built.override_text(), end="")
+    if dry:
+        with c.cd(str(built.root)):
+            for command in (built.build, built.push, built.start if built.options.up else []):
+                if command:
+                    c.run(shlex.join(command))
+        return
+    with runner.checkout_lock(built.root, "build"):
+        print(f"$ {shlex.join(built.build)}", flush=True)
+        started = time.monotonic()
+        result = runner.stream(built.build, built.root)
+        save_log(built, result.output)
+        if result.failed:
+            raise UserError(failure_line(f"docker compose build {built.service}", result))
         elapsed = time.monotonic() - started
+    with c.cd(str(built.root)):
         if built.push:
             pushed = c.run(shlex.join(built.push), warn=True)
             if pushed is not None and pushed.failed:
@@ -318,22 +380,36 @@ def run(c, root: Path, built: BuildPlan) -> None:
                     f"docker push {built.push_ref} failed; run docker login {registry}, and "
                     f"check that REGISTRY_IMAGE names a repository you may push to"
                 )
-        if built.up:
+        if built.options.up:
             started_up = c.run(shlex.join(built.start), warn=True)
             if started_up is not None and started_up.failed:
-                raise UserError(
-                    f"docker compose up {built.service} failed; with no NVIDIA runtime, add "
-                    f"compose/cpu.yaml to COMPOSE_FILE in .env (invoke env --force does)"
-                )
-    if dry:
-        return
-    inspected = c.run(
-        shlex.join(["docker", "image", "inspect", "--format", "{{.Size}}", built.image]),
-        hide=True,
-        warn=True,
-    )
+                raise UserError(up_failure_line(built.service, started_up.stderr))
+        inspected = c.run(
+            shlex.join(["docker", "image", "inspect", "--format", "{{.Size}}", built.image]),
+            hide=True,
+            warn=True,
+        )
     size = int(inspected.stdout.strip() or 0) if inspected.ok else 0
-    print(summary(built, elapsed, size, result.stdout + result.stderr))
+    print(summary(built, elapsed, size, result.output))
+
+
+def failure_line(what: str, result: runner.Streamed) -> str:
+    """Say that a build failed, pointing at BuildKit's ERROR lines only when there are some."""
+    errors = [line for line in result.output.splitlines() if "ERROR" in line]
+    where = "the ERROR lines above name the step" if errors else "its last lines above say why"
+    return f"{what} failed (exit {result.code}); {where}; fix it and run the command again"
+
+
+def up_failure_line(service: str, stderr: str) -> str:
+    """Name the cause of a failed `docker compose up` from what Compose said."""
+    text = " ".join(stderr.split())
+    if re.search(r"nvidia|could not select device driver|gpu", text, re.IGNORECASE):
+        return (
+            f"docker compose up {service} failed: no NVIDIA runtime for the GPU reservation; "
+            f"install the NVIDIA Container Toolkit, or add compose/cpu.yaml to COMPOSE_FILE "
+            f"in .env (invoke env --force does)"
+        )
+    return f"docker compose up {service} failed: {text[-300:] or 'no message'}"
 
 
 _STEP_HEADER = re.compile(r"^#(\d+) (\[(?:\S+ )?([a-z0-9_.-]+) \d+/\d+\] (\w+).*)$", re.MULTILINE)

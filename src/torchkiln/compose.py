@@ -1,8 +1,10 @@
 """Docker Compose and BuildKit command lines, built as lists by pure functions (no processes).
 
-Build args reach Compose by name only (the compose file lists them); their values come from the
-process environment or `.env`, so a flag becomes an `env NAME=value` prefix of the command: the
-printed command is exactly what runs, and Compose applies the same precedence as the settings.
+`invoke build` hands Compose every build arg of the service, resolved, normalised and checked by
+the settings model, in an override file (`.torchkiln/build-<service>.yaml`) that also names the
+local sources, the registry cache and the CA bundle: what was checked is exactly what the build
+gets, and the printed command runs as printed. The compose file lists the same args by name, so
+a plain `docker compose build` takes them from `.env`.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from torchkiln import settings
+from torchkiln import envfile, gpu, settings
 from torchkiln.errors import UserError
 
 # Predefined BuildKit args passed through by every service (not settings: they are the host's).
 PROXY_ARGS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
-ENV_FILE = ".env"
+COMPOSE_FILE = "compose/compose.yaml"
+CPU_COMPOSE_FILE = "compose/cpu.yaml"
+# invoke build's own files in the checkout: the override of each build, the lock, the record.
+STATE_DIR = ".torchkiln"
 DOCKERFILES = {
     "train": "docker/Dockerfile",
     "full": "docker/Dockerfile",
@@ -33,7 +38,7 @@ SOURCE_CONTEXTS = {
 # The files that mark a checkout's root: magma builds with CMake, the others with pip.
 SOURCE_MARKERS = {"magma": ("CMakeLists.txt",)}
 WHEELHOUSE_CONTEXT = "wheelhouse"
-# The build secret holding PIP_INDEX_TOKEN (compose/docker-compose.yaml, docker/scripts/net.sh).
+# The build secret holding PIP_INDEX_TOKEN (compose/compose.yaml, docker/scripts/net.sh).
 INDEX_TOKEN_SECRET = "pip_index_token"
 WHEELS_TARGET = "wheels"
 
@@ -98,16 +103,47 @@ def check_ca_bundle(value: str, cwd: Path) -> str:
     return str(path)
 
 
+def service_values(service: str, values: Mapping[str, str]) -> dict[str, str]:
+    """The settings as a service's image really gets them, ${NAME} references expanded.
+
+    A setting the service is not given keeps its default (train always builds the default
+    CUDA_VERSION, distro and so on, whatever .env says for full).
+    """
+    mine = {
+        setting.name: values[setting.name]
+        if service in setting.services or not setting.services
+        else setting.default
+        for setting in settings.SETTINGS
+    }
+    return settings.effective(mine)
+
+
+def build_arg_values(service: str, values: Mapping[str, str]) -> dict[str, str]:
+    """Every build arg of a service with the value the checks saw, plus the CCA-derived lists."""
+    mine = service_values(service, values)
+    args = {name: mine[name] for name in settings.build_args(service)}
+    if "CCA" in args:
+        args.update(gpu.cca_build_args(args["CCA"]))
+    return args
+
+
+def _escaped(value: str) -> str:
+    # Compose interpolates ${…} in every file it reads; '$$' is a literal '$'.
+    return value.replace("$", "$$")
+
+
 def override_text(
     service: str,
+    args: Mapping[str, str],
     contexts: Mapping[str, str],
     *,
+    ca_bundle: str = "",
     cache_from: Sequence[str] = (),
     cache_to: Sequence[str] = (),
     tags: Sequence[str] = (),
 ) -> str:
-    """Render the Compose override: named contexts, registry cache, extra tags (JSON is YAML)."""
-    build: dict[str, object] = {}
+    """Render the build's Compose override: args, named contexts, cache, tags (JSON is YAML)."""
+    build: dict[str, object] = {"args": {name: _escaped(value) for name, value in args.items()}}
     if contexts:
         build["additional_contexts"] = dict(contexts)
     if cache_from:
@@ -116,7 +152,9 @@ def override_text(
         build["cache_to"] = list(cache_to)
     if tags:
         build["tags"] = list(tags)
-    document = {"services": {service: {"build": build}}}
+    document: dict[str, object] = {"services": {service: {"build": build}}}
+    if ca_bundle:
+        document["secrets"] = {"ca_bundle": {"file": ca_bundle}}
     return json.dumps(document, indent=2) + "\n"
 
 
@@ -182,32 +220,23 @@ def push_command(reference: str) -> list[str]:
     return ["docker", "push", reference]
 
 
-def env_prefix(overrides: Mapping[str, str]) -> list[str]:
-    """Prefix a command with `env NAME=value …` for the settings given as flags."""
-    if not overrides:
-        return []
-    return ["env", *(f"{name}={value}" for name, value in sorted(overrides.items()))]
-
-
-def compose_prefix(files: list[str] | None = None) -> list[str]:
+def compose_prefix(files: Sequence[str] = ()) -> list[str]:
     """Start a Compose command; explicit files replace COMPOSE_FILE and need --env-file .env."""
     if not files:
         return ["docker", "compose"]
     file_args = [arg for name in files for arg in ("-f", name)]
-    return ["docker", "compose", "--env-file", ENV_FILE, *file_args]
+    return ["docker", "compose", "--env-file", envfile.NAME, *file_args]
 
 
 def build_command(
     service: str,
-    overrides: Mapping[str, str],
+    files: Sequence[str],
     *,
     no_cache: bool = False,
-    files: list[str] | None = None,
     builder: str = "",
 ) -> list[str]:
     """Build a service's image through Compose, with plain progress for the summary."""
     return [
-        *env_prefix(overrides),
         *compose_prefix(files),
         "--progress",
         "plain",
@@ -218,9 +247,9 @@ def build_command(
     ]
 
 
-def up_command(service: str, overrides: Mapping[str, str] | None = None) -> list[str]:
-    """Start (or recreate) a service's container in the background."""
-    return [*env_prefix(overrides or {}), "docker", "compose", "up", "--detach", service]
+def up_command(service: str) -> list[str]:
+    """Start (or recreate) a service's container from its built image; never build here."""
+    return ["docker", "compose", "up", "--detach", "--no-build", service]
 
 
 def down_command(volumes: bool = False) -> list[str]:
@@ -238,21 +267,18 @@ def logs_command(service: str, follow: bool = False) -> list[str]:
     return ["docker", "compose", "logs", *(["--follow"] if follow else []), service]
 
 
-def given_build_args(
-    service: str,
-    flags: Mapping[str, str],
-    environ: Mapping[str, str],
-    dotenv: Mapping[str, str | None],
-) -> dict[str, str]:
-    """Name the build args Compose would pass: those set by flag, environment or .env."""
-    values: dict[str, str] = {}
-    for name in [*settings.build_args(service), *PROXY_ARGS]:
-        for layer in (flags, environ, dotenv):
-            value = layer.get(name)
-            if value is not None:
-                values[name] = value
-                break
-    return values
+def no_logs_note(service: str, root: Path) -> str:
+    """Say why a service's log is empty, and where the last build's log is."""
+    log = Path(STATE_DIR) / f"build-{service}.log"
+    where = (
+        f"the last invoke build's log is {log}"
+        if (root / log).is_file()
+        else "no invoke build log is kept here yet"
+    )
+    return (
+        f"{service} has logged nothing: it runs zsh, waiting for docker compose exec {service} "
+        f"zsh; {where}"
+    )
 
 
 def wheels_command(

@@ -36,6 +36,7 @@ class EnvState:
     present: bool
     values: Mapping[str, str] | None  # resolved settings; None when they could not be resolved
     problem: str = ""
+    warnings: tuple[str, ...] = ()  # names .env sets that no setting has
 
 
 def check_engine(facts: EngineFacts) -> list[Row]:
@@ -141,6 +142,8 @@ def check_driver(driver: str, env: EnvState) -> Row:
     if env.values is None:
         return Row("driver", "warn", "not checked: the settings could not be read")
     cuda = env.values["CUDA_VERSION"]
+    if env.values.get("CUDA_FROM") == "none":
+        return Row("driver", "ok", "CUDA_FROM=none: a CPU image needs no driver")
     try:
         minimum = gpu.min_driver_for_cuda(cuda)
     except UserError as error:
@@ -167,6 +170,8 @@ def check_cca(env: EnvState) -> Row:
     """Judge CCA against the CUDA version the image compiles with."""
     if env.values is None:
         return Row("cca", "warn", "not checked: the settings could not be read")
+    if env.values.get("CUDA_FROM") == "none":
+        return Row("cca", "ok", "CUDA_FROM=none: a CPU image compiles no GPU code")
     if env.values["BUILD_MODE"] == "wheels":
         return Row("cca", "ok", "BUILD_MODE=wheels: official wheels cover all GPUs")
     cca, cuda = env.values["CCA"], env.values["CUDA_VERSION"]
@@ -181,7 +186,7 @@ def check_cca(env: EnvState) -> Row:
         items = gpu.check_cca_for_cuda(cca, cuda)
     except UserError as error:
         return Row("cca", "error", str(error), "set CCA in .env or pass --cca")
-    return Row("cca", "ok", f"{';'.join(items)} builds with CUDA {cuda}")
+    return Row("cca", "ok", f"{';'.join(map(str, items))} builds with CUDA {cuda}")
 
 
 def check_disk(facts: EngineFacts, build_mode: str = "source") -> Row:
@@ -198,7 +203,9 @@ def check_disk(facts: EngineFacts, build_mode: str = "source") -> Row:
         )
     free_gb = facts.free_bytes / GB
     detail = f"{free_gb:.0f} GB free at {facts.root_dir}"
-    fix = "free space: docker builder prune; docker image prune"
+    fix = (
+        "free space: invoke clean removes this project's images and, with --cache, its build cache"
+    )
     if free_gb < comfortable:
         status = "error" if free_gb < needed else "warn"
         return Row("disk", status, f"{detail}; a {build_mode} build needs about {needed} GB", fix)
@@ -206,11 +213,13 @@ def check_disk(facts: EngineFacts, build_mode: str = "source") -> Row:
 
 
 def check_env(env: EnvState) -> Row:
-    """Judge whether .env exists and holds valid settings."""
+    """Judge whether .env exists and holds valid settings, and name keys no setting has."""
     if not env.present:
         return Row(".env", "error", ".env is missing", "run invoke env")
     if env.problem:
-        return Row(".env", "error", env.problem, "fix that line, or run invoke env --force")
+        return Row(".env", "error", env.problem, "fix it, or run invoke env --force")
+    if env.warnings:
+        return Row(".env", "warn", "; ".join(env.warnings), "rename or remove those lines in .env")
     return Row(".env", "ok", "present and valid")
 
 
@@ -269,16 +278,21 @@ def env_state(
     dotenv: Mapping[str, str | None] | None, environ: Mapping[str, str], problem: str = ""
 ) -> EnvState:
     """Resolve settings from a read .env (None when absent) into an EnvState."""
+    from torchkiln import envfile
+
     if problem:
         return EnvState(present=True, values=None, problem=problem)
+    if dotenv is not None and not dotenv:
+        return EnvState(present=True, values=None, problem=".env sets nothing")
     try:
         values = settings.resolve({}, environ, dotenv or {})
     except UserError as error:
         return EnvState(present=dotenv is not None, values=None, problem=str(error))
-    return EnvState(present=dotenv is not None, values=values)
+    warnings = tuple(envfile.unknown_names(dotenv or {}))
+    return EnvState(present=dotenv is not None, values=values, warnings=warnings)
 
 
-def run(root: Path) -> tuple[str, bool]:
+def check_host(root: Path) -> tuple[str, bool]:
     """Gather the host's and engine's facts, check them; return the table and whether it failed."""
     import os
 
@@ -287,9 +301,9 @@ def run(root: Path) -> tuple[str, bool]:
     facts = engine.engine_info()
     if not facts.error:
         engine.plugin_versions(facts)
-    path = root / ".env"
+    file = envfile.path(root)
     try:
-        dotenv = envfile.read(path) if path.exists() else None
+        dotenv = envfile.read(file) if file.exists() or file.is_symlink() else None
         state = env_state(dotenv, os.environ)
     except UserError as error:
         state = env_state(None, os.environ, problem=str(error))

@@ -1,16 +1,48 @@
-"""Reading and writing `.env`: parse errors as file:line, atomic writes, timestamped backups."""
+"""`.env`, the one file of settings: where it is, reading it (errors as file:line, unknown keys
+named), rendering it from the settings model, writing it atomically with a backup, and keeping
+it private when it holds a credential."""
 
 from __future__ import annotations
 
+import difflib
 import io
 import os
+import re
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from torchkiln import settings
 from torchkiln.errors import UserError
 
+NAME = ".env"
+# Names .env may hold besides the settings: Compose's own and the proxy variables.
+OTHER_NAMES = {
+    "COMPOSE_PATH_SEPARATOR",
+    "COMPOSE_PROFILES",
+    "DOCKER_HOST",
+    "DOCKER_CONTEXT",
+    *(
+        name
+        for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+        for name in (proxy, proxy.lower())
+    ),
+}
+# user:password@ in a URL, or a set NAME=value whose name says secret: such a .env is readable
+# by its owner only.
+_CREDENTIAL = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
+_SECRET_SETTING = re.compile(
+    r"^[ \t]*(?:export[ \t]+)?\w*(?:TOKEN|PASSWORD|SECRET)\w*[ \t]*=[ \t]*(\S.*)$",
+    re.IGNORECASE | re.MULTILINE,
+)
 
-def parse(text: str, path: Path) -> dict[str, str | None]:
+
+def path(root: Path) -> Path:
+    """The project's .env (Compose reads the same file)."""
+    return root / NAME
+
+
+def parse(text: str, source: Path) -> dict[str, str | None]:
     """Parse .env text with python-dotenv; refuse the first line it cannot read."""
     from dotenv.main import DotEnv
     from dotenv.parser import parse_stream
@@ -20,44 +52,140 @@ def parse(text: str, path: Path) -> dict[str, str | None]:
             line = binding.original.line
             shown = binding.original.string.strip()
             raise UserError(
-                f"{path}:{line}: cannot read '{shown}'; write NAME=value (quote values with "
+                f"{source}:{line}: cannot read '{shown}'; write NAME=value (quote values with "
                 f"spaces), or run invoke env --force to rewrite .env"
             )
     values = DotEnv(dotenv_path=None, stream=io.StringIO(text), interpolate=True).dict()
     return dict(values)
 
 
-def read(path: Path) -> dict[str, str | None]:
-    """Read a .env file; an absent file is empty."""
+def read(file: Path) -> dict[str, str | None]:
+    """Read a .env file; an absent file is empty; any other problem is one line with a fix."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
         return {}
+    except IsADirectoryError:
+        raise UserError(
+            f"{file} is a directory, not a settings file; move it away, then run invoke env"
+        ) from None
+    except PermissionError:
+        raise UserError(
+            f"{file} cannot be read (permission denied); make it yours (chown) or run "
+            f"invoke env --force as the user who builds"
+        ) from None
     except UnicodeDecodeError as error:
-        raise UserError(f"{path}: not UTF-8 text ({error.reason}); fix or remove it") from None
-    return parse(text, path)
+        raise UserError(f"{file}: not UTF-8 text ({error.reason}); fix or remove it") from None
+    except OSError as error:
+        raise UserError(f"{file} cannot be read ({error.strerror}); fix or remove it") from None
+    return parse(text, file)
 
 
-def backup_name(path: Path, now: float | None = None) -> Path:
+def unknown_names(values: Mapping[str, str | None]) -> list[str]:
+    """Describe each name in .env that no setting has, with the closest known one."""
+    known = set(settings.BY_NAME) | OTHER_NAMES
+    notes = []
+    for name in values:
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, sorted(settings.BY_NAME), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else "; see env.example for the names"
+        notes.append(f"{name} is not a torchkiln setting and is ignored{hint}")
+    return notes
+
+
+def quote(value: str) -> str:
+    """Quote a .env value when Compose and python-dotenv would otherwise misread it."""
+    if value and re.fullmatch(r"[A-Za-z0-9_./:;@+,=${}-]+", value):
+        return value
+    if "'" in value:
+        raise UserError(f"value {value!r} contains a single quote, which .env cannot hold")
+    return f"'{value}'"
+
+
+def render(values: Mapping[str, str], written: Iterable[str], header: str) -> str:
+    """Render a .env: settings in `written` as NAME=value, the others as commented defaults."""
+    chosen = set(written)
+    lines = [header.rstrip(), ""]
+    for group, title in settings.GROUP_TITLES.items():
+        lines.append(f"# --- {title}")
+        for setting in settings.SETTINGS:
+            if setting.group != group:
+                continue
+            lines.append(f"# {setting.meaning}")
+            if setting.name in chosen:
+                lines.append(f"{setting.name}={quote(values[setting.name])}")
+            else:
+                lines.append(f"# {setting.name}={quote(setting.default)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+EXAMPLE_HEADER = """\
+# torchkiln settings. `invoke env` writes .env from this list and the host's facts.
+# Precedence: command-line flag > process environment > .env > the defaults shown here.
+# Uncomment a line to change it; `invoke doctor` checks the result."""
+
+
+def render_example() -> str:
+    """Render env.example: every setting with its default, commented out."""
+    return render({}, (), EXAMPLE_HEADER)
+
+
+def holds_secret(text: str) -> bool:
+    """Tell whether .env text holds a credential: user:password@ in a URL, or a non-empty
+    value of a setting named like *TOKEN*, *PASSWORD* or *SECRET* (comments do not count)."""
+    if _CREDENTIAL.search(text):
+        return True
+    return any(value.strip().strip("'\"").strip() for value in _SECRET_SETTING.findall(text))
+
+
+def backup_name(file: Path, now: float | None = None) -> Path:
     """Name a free backup path such as .env.20261126-031000 beside the file."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
-    candidate = path.with_name(f"{path.name}.{stamp}")
+    candidate = file.with_name(f"{file.name}.{stamp}")
     counter = 1
     while candidate.exists():
-        candidate = path.with_name(f"{path.name}.{stamp}-{counter}")
+        candidate = file.with_name(f"{file.name}.{stamp}-{counter}")
         counter += 1
     return candidate
 
 
-def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+def write_atomic(file: Path, text: str, mode: int = 0o644) -> None:
     """Write a file through a temporary sibling and a rename, so it is never half-written."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary = file.with_name(f".{file.name}.tmp-{os.getpid()}")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.chmod(temporary, mode)
-        os.replace(temporary, path)
+        os.replace(temporary, file)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def write(file: Path, text: str, force: bool, now: float | None = None) -> Path | None:
+    """Write .env (0600 when it holds a credential); with force keep the old file as a
+    timestamped backup, which is returned. Filesystem errors are one line naming the path."""
+    backup = None
+    try:
+        if file.exists() or file.is_symlink():
+            if not force:
+                raise FileExistsError(file)
+            if not file.is_file():
+                raise UserError(
+                    f"{file} is not a regular file; move it away, then run invoke env again"
+                )
+            backup = backup_name(file, now)
+            backup.write_bytes(file.read_bytes())
+            backup.chmod(file.stat().st_mode & 0o777)
+        write_atomic(file, text, 0o600 if holds_secret(text) else 0o644)
+    except (PermissionError, OSError) as error:
+        if isinstance(error, FileExistsError):
+            raise
+        raise UserError(
+            f"cannot write {file} ({error.strerror or error}); make the checkout writable for "
+            f"you, or run from a copy you own"
+        ) from None
+    return backup

@@ -8,12 +8,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torchkiln import envfile, gpu, settings
+from torchkiln import compose, envfile, gpu, settings
 from torchkiln.errors import UserError
 from torchkiln.hostfacts import HostUser
 
-BASE_COMPOSE = "compose/docker-compose.yaml"
-CPU_COMPOSE = "compose/cpu.yaml"
+BASE_COMPOSE = compose.COMPOSE_FILE
+CPU_COMPOSE = compose.CPU_COMPOSE_FILE
 WRITTEN = (
     "UID",
     "GID",
@@ -27,13 +27,6 @@ WRITTEN = (
     "FULL_IMAGE_NAME",
     "NGC_IMAGE_NAME",
 )
-# user:password@ in a URL, or a set NAME=value whose name says secret: such a .env is readable
-# by its owner only.
-_CREDENTIAL = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
-_SECRET_SETTING = re.compile(
-    r"^[ \t]*(?:export[ \t]+)?\w*(?:TOKEN|PASSWORD|SECRET)\w*[ \t]*=[ \t]*(\S.*)$",
-    re.IGNORECASE | re.MULTILINE,
-)
 
 
 @dataclass
@@ -42,6 +35,11 @@ class EnvPlan:
 
     values: dict[str, str]
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def written(self) -> list[str]:
+        """The settings .env sets (the others stay commented defaults)."""
+        return list(self.values)
 
 
 def container_name(name: str) -> str:
@@ -66,9 +64,13 @@ def plan_env(
     nvidia_reason: str,
     checkout: str,
     chosen: Mapping[str, str | None],
+    kept: Mapping[str, str] | None = None,
+    cpu: bool = False,
 ) -> EnvPlan:
-    """Decide .env's values: `chosen` (flags, then environment) beats host facts."""
+    """Decide .env's values: `chosen` (flags, then environment) beats host facts; `kept` are
+    the user's own settings of the .env being replaced, carried over unless chosen anew."""
     notes: list[str] = []
+    chosen = settings.normalize({k: v for k, v in chosen.items() if v is not None})
 
     def pick(name: str, fact: str) -> str:
         value = chosen.get(name)
@@ -91,9 +93,8 @@ def plan_env(
     cca = pick("CCA", detected_cca)
     cuda = chosen.get("CUDA_VERSION") or settings.BY_NAME["CUDA_VERSION"].default
     if cca and chosen.get("CCA") is not None:
-        cca = ";".join(gpu.check_cca_for_cuda(cca, cuda))
+        gpu.check_cca_for_cuda(cca, cuda)
     elif cca:
-        cca = gpu.torch_cuda_arch_list(cca)
         try:
             gpu.check_cca_for_cuda(cca, cuda)
         except UserError as error:
@@ -101,7 +102,8 @@ def plan_env(
     else:
         notes.append(
             "no GPU found and no --cca: CCA is left empty; set it with "
-            "invoke env --force --cca 8.6 (your GPU's compute capability)"
+            "invoke env --force --cca 8.6 (your GPU's compute capability), or build for the "
+            "CPU with invoke env --force --cpu (official CPU wheels, no CUDA)"
         )
     compose_file = BASE_COMPOSE
     if not nvidia:
@@ -125,8 +127,28 @@ def plan_env(
         "FULL_IMAGE_NAME": pick("FULL_IMAGE_NAME", f"{project}/full:latest"),
         "NGC_IMAGE_NAME": pick("NGC_IMAGE_NAME", f"{project}/ngc:latest"),
     }
+    if cpu:
+        values.update(CPU_SETTINGS)
+        values["COMPOSE_FILE"] = pick("COMPOSE_FILE", f"{BASE_COMPOSE}:{CPU_COMPOSE}")
+        notes.append(
+            "--cpu: official CPU wheels on a plain Ubuntu image, no CUDA (minutes, about "
+            "1.5 GB); check it with nox -s smoke -- --allow-cpu"
+        )
+    for name, value in (kept or {}).items():
+        if name not in values and name not in chosen:
+            values[name] = value
     settings.validate(values)
     return EnvPlan(values, notes)
+
+
+# What --cpu sets: official CPU wheels (no compile, no CUDA) on a plain image whose python3 is
+# the default PYTHON_VERSION.
+CPU_SETTINGS = {
+    "BUILD_MODE": "wheels",
+    "CUDA_FROM": "none",
+    "BUILD_IMAGE": "ubuntu:24.04",
+    "TRAIN_IMAGE": "ubuntu:24.04",
+}
 
 
 def _name(value: str, setting: str, notes: list[str], explicit: bool) -> str:
@@ -148,61 +170,77 @@ def render(plan: EnvPlan, now: float | None = None) -> str:
         "# Precedence: command-line flag > process environment > this file > defaults.\n"
         "# Change a value here or uncomment a default; invoke doctor checks the result."
     )
-    return settings.render_env(plan.values, WRITTEN, header)
+    return envfile.render(plan.values, plan.written, header)
 
 
-def holds_secret(text: str) -> bool:
-    """Tell whether .env text holds a credential: user:password@ in a URL, or a non-empty
-    value of a setting named like *TOKEN*, *PASSWORD* or *SECRET* (comments do not count)."""
-    if _CREDENTIAL.search(text):
-        return True
-    return any(value.strip().strip("'\"").strip() for value in _SECRET_SETTING.findall(text))
+def carried_over(old: Mapping[str, str | None]) -> tuple[dict[str, str], list[str]]:
+    """Split the settings of a .env being replaced into those to keep and notes on the rest.
+
+    Host facts (WRITTEN) are detected anew; every other setting the user set is kept; names
+    that are no setting are dropped, each named (they stay in the backup).
+    """
+    kept = {
+        name: value
+        for name, value in old.items()
+        if name in settings.BY_NAME and name not in WRITTEN and value is not None
+    }
+    dropped = [name for name in old if name not in settings.BY_NAME and name not in WRITTEN]
+    notes = [f"kept your {name}={value}" for name, value in kept.items()]
+    notes += [f"dropped {name}, which is no torchkiln setting" for name in dropped]
+    return kept, notes
 
 
-def write(path: Path, text: str, force: bool, now: float | None = None) -> Path | None:
-    """Write .env; with force keep the old file as a timestamped backup, which is returned."""
-    backup = None
-    if path.exists():
-        if not force:
-            raise FileExistsError(path)
-        backup = envfile.backup_name(path, now)
-        backup.write_bytes(path.read_bytes())
-        backup.chmod(path.stat().st_mode & 0o777)
-    mode = 0o600 if holds_secret(text) else 0o644
-    envfile.write_atomic(path, text, mode)
-    return backup
-
-
-def run(root: Path, chosen: Mapping[str, str | None], force: bool) -> list[str]:
-    """Write root/.env from host facts and `chosen` values; return the lines to print."""
+def write_env(
+    root: Path,
+    flags: Mapping[str, str | None],
+    environ: Mapping[str, str],
+    force: bool,
+    cpu: bool = False,
+) -> list[str]:
+    """Write root/.env from host facts, flags and the environment; return the lines to print."""
     from torchkiln import engine, hostfacts
 
+    chosen = settings.layered(
+        flags, {name: environ[name] for name in (*flags, "CUDA_VERSION") if name in environ}
+    )
     _check_chosen(chosen)
-    path = root / ".env"
-    if path.exists() and not force:
+    file = envfile.path(root)
+    if (file.exists() or file.is_symlink()) and not force:
         return [
-            f"{path.name} exists and was left untouched; invoke env --force rewrites it "
+            f"{file.name} exists and was left untouched; invoke env --force rewrites it "
             "(keeping a backup)"
         ]
+    kept: dict[str, str] = {}
+    kept_notes: list[str] = []
+    if force and file.exists():
+        try:
+            kept, kept_notes = carried_over(envfile.read(file))
+        except UserError as error:
+            kept_notes = [f"the old {file.name} could not be read, so nothing was kept: {error}"]
     cca = "" if chosen.get("CCA") is not None else hostfacts.gpu_compute_capabilities()
     nvidia, reason = engine.nvidia_runtime_present()
     plan = plan_env(
-        hostfacts.host_user(), hostfacts.host_timezone(), cca, nvidia, reason, root.name, chosen
+        hostfacts.host_user(),
+        hostfacts.host_timezone(),
+        cca,
+        nvidia,
+        reason,
+        root.name,
+        chosen,
+        kept,
+        cpu,
     )
-    backup = write(path, render(plan), force)
+    backup = envfile.write(file, render(plan), force)
     lines = [
-        f"wrote {path.name}: "
+        f"wrote {file.name}: "
         + ", ".join(f"{name}={plan.values[name]}" for name in ("UID", "GID", "USR", "CCA", "TZ"))
     ]
     if backup:
-        lines.append(f"kept the previous {path.name} as {backup.name}")
-    lines += [f"note: {note}" for note in plan.notes]
+        lines.append(f"kept the previous {file.name} as {backup.name}")
+    lines += [f"note: {note}" for note in [*kept_notes, *plan.notes]]
     lines.append("next: invoke doctor, then invoke build")
     return lines
 
 
-def _check_chosen(chosen: Mapping[str, str | None]) -> None:
-    given = {name: value for name, value in chosen.items() if value is not None}
-    if given.get("CCA") is not None:
-        gpu.parse_cca(given["CCA"])
-    settings.validate({name: value for name, value in given.items() if name != "CCA"})
+def _check_chosen(chosen: Mapping[str, str]) -> None:
+    settings.validate(settings.normalize(chosen))

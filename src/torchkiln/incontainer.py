@@ -66,3 +66,13 @@ def image_labels(root: Path, service: str) -> tuple[str, dict[str, str] | None]:
     if inspected.returncode != 0:
         return image, None
     return image, json.loads(inspected.stdout or "null") or {}
+
+
+def require_built(root: Path, service: str) -> str:
+    """Refuse a service whose image is not built (Compose would start an unchecked build)."""
+    image, labels = image_labels(root, service)
+    if labels is None:
+        raise UserError(
+            f"image {image} of {service} is not built; run invoke build --service {service}"
+        )
+    return image

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from torchkiln import settings
-from torchkiln.envtask import BASE_COMPOSE, CPU_COMPOSE
+from torchkiln import envfile, settings
+from torchkiln.compose import COMPOSE_FILE as BASE_COMPOSE
+from torchkiln.compose import CPU_COMPOSE_FILE as CPU_COMPOSE
 
 
 def dockerfiles(root: Path) -> list[str]:
@@ -31,7 +32,7 @@ def defaults_env_file() -> Iterator[str]:
     """Yield an env file with every setting at its default, as a fresh `invoke env` gives."""
     values = {setting.name: setting.default for setting in settings.SETTINGS}
     values["CCA"] = "8.6"
-    text = settings.render_env(values, values, "# every setting at its default, for linting")
+    text = envfile.render(values, values, "# every setting at its default, for linting")
     with tempfile.NamedTemporaryFile("w", suffix=".env", delete=False) as handle:
         handle.write(text)
     try:

@@ -1,8 +1,11 @@
 """The settings model: every variable a user can set, declared once with default and check.
 
 `.env`, `env.example`, the build args Compose passes and the Dockerfile ARG defaults are all
-derived from (or tested against) the table below. Precedence, highest first:
-command-line flag > process environment > `.env` > default.
+derived from (or tested against) the table below. Each value is normalised once here (spaces
+stripped, CCA spelled one way) and validated in that form, and that form is what reaches `.env`,
+the build args, the image labels and BUILD-INFO.json. Precedence, highest first:
+command-line flag > process environment > `.env` > default; `layered` is the one place that
+applies it.
 """
 
 from __future__ import annotations
@@ -11,12 +14,15 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from torchkiln import gpu
 from torchkiln.errors import UserError
+from torchkiln.inimage import archs
 
 SERVICES = ("train", "full", "ngc")
-ALL = SERVICES
 SOURCE = ("train", "full")
+
+
+def _strip(value: str) -> str:
+    return value.strip()
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,8 @@ class Setting:
     # Services whose image build receives it as a build arg; () for run-time-only settings.
     services: tuple[str, ...] = ()
     check: Callable[[str, str], None] | None = None
+    # Turns any accepted spelling into the one form that is validated and used.
+    normalize: Callable[[str], str] = _strip
 
 
 def _pattern(regex: str, form: str) -> Callable[[str, str], None]:
@@ -50,9 +58,11 @@ def _optional(check: Callable[[str, str], None]) -> Callable[[str, str], None]:
     return maybe
 
 
-def _cca(name: str, value: str) -> None:
-    if value:
-        gpu.parse_cca(value)
+def _cca(value: str) -> str:
+    try:
+        return archs.normalize_cca(value)
+    except archs.CCAError as error:
+        raise UserError(str(error)) from None
 
 
 def _choice(*choices: str) -> Callable[[str, str], None]:
@@ -63,7 +73,23 @@ def _choice(*choices: str) -> Callable[[str, str], None]:
     return check
 
 
-_ID = _pattern(r"\d{1,10}", "a number such as 1000 (see the output of id)")
+# useradd accepts ids up to 2^32 - 2; (uid_t) -1 means "no id" to the kernel.
+ID_MAX = 2**32 - 2
+
+
+def _id(name: str, value: str) -> None:
+    if not re.fullmatch(r"\d{1,10}", value) or int(value) > ID_MAX:
+        raise UserError(
+            f"{name} '{value}' is not a user or group id; write a number from 0 to {ID_MAX}, "
+            f"such as 1000 (see the output of id)"
+        )
+
+
+def _id_form(value: str) -> str:
+    value = value.strip()
+    return str(int(value)) if value.isdigit() else value  # '01000' is id 1000
+
+
 # Linux user/group names as useradd accepts them; lower-case so they double as project names.
 _NAME = _pattern(r"[a-z_][a-z0-9_-]{0,31}", "lower-case letters, digits, '_' or '-' (e.g. alice)")
 _VERSION3 = _pattern(r"\d+\.\d+\.\d+", "three numbers, e.g. 2.14.1")
@@ -78,18 +104,19 @@ SETTINGS: tuple[Setting, ...] = (
         "1000",
         "container user's id (your host id, so files you create are yours)",
         "user",
-        ALL,
-        _ID,
+        SERVICES,
+        _id,
+        _id_form,
     ),
-    Setting("GID", "1000", "container user's group id", "user", ALL, _ID),
-    Setting("USR", "user", "container user name (root when UID is 0)", "user", ALL, _NAME),
-    Setting("GRP", "user", "container user's group name", "user", ALL, _NAME),
+    Setting("GID", "1000", "container user's group id", "user", SERVICES, _id, _id_form),
+    Setting("USR", "user", "container user name (root when UID is 0)", "user", SERVICES, _NAME),
+    Setting("GRP", "user", "container user's group name", "user", SERVICES, _NAME),
     Setting(
         "PASSWORDLESS_SUDO",
         "0",
         "1 gives the container user sudo without a password",
         "user",
-        ALL,
+        SERVICES,
         _BOOL,
     ),
     Setting(
@@ -105,22 +132,22 @@ SETTINGS: tuple[Setting, ...] = (
         "/opt/project",
         "where the repository is mounted in the container",
         "user",
-        ALL,
+        SERVICES,
         _pattern(r"/[A-Za-z0-9_./-]*", "an absolute path such as /opt/project"),
     ),
     # --- Compose ------------------------------------------------------------------------
     Setting(
         "COMPOSE_FILE",
-        "compose/docker-compose.yaml",
+        "compose/compose.yaml",
         "compose files, ':'-separated (invoke env adds compose/cpu.yaml without a GPU runtime)",
         "compose",
     ),
     Setting(
         "COMPOSE_PROJECT_NAME",
         "torchkiln",
-        "Compose project name (lower-case)",
+        "Compose project name (lower-case); its images carry it as a label for invoke clean",
         "compose",
-        (),
+        SERVICES,
         _PROJECT,
     ),
     Setting(
@@ -171,18 +198,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "CCA",
         "",
-        "GPU compute capabilities to build for, e.g. 8.6 or '8.6;9.0'",
+        "GPU compute capabilities to build for: 8.6, '8.6;9.0', 9.0a, 10.0f, 12.0+PTX",
         "gpu",
         SOURCE,
+        None,
         _cca,
     ),
     Setting(
         "BUILD_MODE",
         "source",
-        "source: compile PyTorch; wheels: install official wheels",
+        "source: compile PyTorch, torchvision, torchaudio for CCA; torch-wheel: official torch "
+        "wheel, torchvision/torchaudio compiled for CCA (minutes); wheels: official wheels only",
         "build",
         SOURCE,
-        _choice("source", "wheels"),
+        _choice("source", "torch-wheel", "wheels"),
     ),
     Setting(
         "PYTORCH_VERSION",
@@ -211,10 +240,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "MAX_JOBS",
         "",
-        "parallel compile jobs; empty: all cores",
+        "parallel compile jobs; empty: the cores, at most one per 3 GB of memory",
         "build",
         SOURCE,
         _optional(_pattern(r"[1-9]\d{0,3}", "a positive number such as 8")),
+    ),
+    Setting(
+        "CCACHE_MAXSIZE",
+        "40G",
+        "size of the compile cache (a PyTorch build fills about 25 GB)",
+        "build",
+        SOURCE,
+        _pattern(r"\d+(\.\d+)?[KMGT]i?", "a size such as 40G"),
     ),
     Setting("USE_CUDNN", "1", "build with cuDNN", "build", SOURCE, _BOOL),
     Setting("USE_NCCL", "1", "build with NCCL (multi-GPU)", "build", SOURCE, _BOOL),
@@ -252,6 +289,15 @@ SETTINGS: tuple[Setting, ...] = (
         _VERSION3,
     ),
     # --- the stack under it (the full service exposes these) ----------------------------
+    Setting(
+        "CUDA_FROM",
+        "image",
+        "where CUDA comes from: image (the nvidia/cuda devel base), pypi (NVIDIA's wheels "
+        "from the Python index, on any apt-based base), none (CPU only: BUILD_MODE=wheels)",
+        "stack",
+        SOURCE,
+        _choice("image", "pypi", "none"),
+    ),
     Setting(
         "CUDA_VERSION",
         "13.0.2",
@@ -339,7 +385,7 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         "Debian/Ubuntu mirror URL replacing the image's apt sources",
         "network",
-        ALL,
+        SERVICES,
         _optional(_pattern(r"https?://\S+", "a URL such as https://host/ubuntu")),
     ),
     Setting(
@@ -347,7 +393,7 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         "Python package index URL (empty: pip's default)",
         "network",
-        ALL,
+        SERVICES,
         _optional(_pattern(r"https?://\S+", "a URL such as https://host/simple")),
     ),
     Setting(
@@ -371,6 +417,10 @@ SETTINGS: tuple[Setting, ...] = (
 
 BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
 
+# Build args computed from CCA (gpu.cca_build_args), never set by hand: the compile steps get
+# ready-made arch lists and do not parse CCA themselves.
+DERIVED_BUILD_ARGS = ("TORCH_CUDA_ARCH_LIST", "CUDA_ARCHITECTURES", "MAGMA_GPU_TARGET")
+
 _REFERENCE = re.compile(r"\$\{([A-Z_]+)\}")
 
 
@@ -379,28 +429,37 @@ def expand(value: str, values: Mapping[str, str]) -> str:
     return _REFERENCE.sub(lambda match: values.get(match.group(1), ""), value)
 
 
+def layered(*layers: Mapping[str, str | None] | None) -> dict[str, str]:
+    """Merge sources by precedence, highest first: a name takes the first value that is set."""
+    merged: dict[str, str] = {}
+    for layer in reversed([layer for layer in layers if layer]):
+        merged.update({name: value for name, value in layer.items() if value is not None})
+    return merged
+
+
+def normalize(values: Mapping[str, str]) -> dict[str, str]:
+    """Put each known setting into its one form (unknown names pass unchanged)."""
+    return {
+        name: BY_NAME[name].normalize(value) if name in BY_NAME else value
+        for name, value in values.items()
+    }
+
+
 def resolve(
     flags: Mapping[str, str | None] | None = None,
     environ: Mapping[str, str] | None = None,
     dotenv: Mapping[str, str | None] | None = None,
 ) -> dict[str, str]:
-    """Combine the sources by precedence (flag > environment > .env > default) and validate."""
-    layers = [flags or {}, environ or {}, dotenv or {}]
-    values: dict[str, str] = {}
-    for setting in SETTINGS:
-        chosen = setting.default
-        for layer in layers:
-            candidate = layer.get(setting.name)
-            if candidate is not None:
-                chosen = candidate
-                break
-        values[setting.name] = chosen
+    """Every setting by precedence (flag > environment > .env > default), normalised, checked."""
+    given = layered(flags, environ, dotenv)
+    values = {setting.name: given.get(setting.name, setting.default) for setting in SETTINGS}
+    values = normalize(values)
     validate(values)
     return values
 
 
 def validate(values: Mapping[str, str], names: Iterable[str] | None = None) -> None:
-    """Run each setting's check; raise UserError for the first bad value."""
+    """Run each setting's check on normalised values; raise UserError for the first bad one."""
     for name in names or values:
         setting = BY_NAME.get(name)
         if setting and setting.check:
@@ -438,41 +497,3 @@ GROUP_TITLES = {
     "stack": "The stack under it (the full service passes these; train uses the defaults)",
     "network": "Downloads behind mirrors and proxies",
 }
-
-
-def render_env(values: Mapping[str, str], written: Iterable[str], header: str) -> str:
-    """Render a .env: settings in `written` as NAME=value, the others as commented defaults."""
-    chosen = set(written)
-    lines = [header.rstrip(), ""]
-    for group, title in GROUP_TITLES.items():
-        lines.append(f"# --- {title}")
-        for setting in SETTINGS:
-            if setting.group != group:
-                continue
-            lines.append(f"# {setting.meaning}")
-            if setting.name in chosen:
-                lines.append(f"{setting.name}={quote(values[setting.name])}")
-            else:
-                lines.append(f"# {setting.name}={quote(setting.default)}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def quote(value: str) -> str:
-    """Quote a .env value when Compose and python-dotenv would otherwise misread it."""
-    if value and re.fullmatch(r"[A-Za-z0-9_./:;@+,=${}-]+", value):
-        return value
-    if "'" in value:
-        raise UserError(f"value {value!r} contains a single quote, which .env cannot hold")
-    return f"'{value}'"
-
-
-EXAMPLE_HEADER = """\
-# torchkiln settings. `invoke env` writes .env from this list and the host's facts.
-# Precedence: command-line flag > process environment > .env > the defaults shown here.
-# Uncomment a line to change it; `invoke doctor` checks the result."""
-
-
-def render_example() -> str:
-    """Render env.example: every setting with its default, commented out."""
-    return render_env({}, (), EXAMPLE_HEADER)

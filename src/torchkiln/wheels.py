@@ -1,7 +1,9 @@
-"""`invoke wheels`: export the image's `wheels` stage to the host, atomically, with BUILD-INFO.json.
+"""`invoke wheels`: export the image's `wheels` stage to the host, with BUILD-INFO.json.
 
-The stage goes through BuildKit's local output into a temporary sibling of the destination,
-which is renamed into place only once the wheels and their BUILD-INFO.json are complete.
+The stage goes through BuildKit's local output into a temporary sibling of the destination.
+BUILD-INFO.json describes the wheels as they are (versions and CUDA read from the wheels
+themselves), and is the marker of an export: `--force` replaces only the files an earlier
+BUILD-INFO.json lists, and never touches anything else in the folder or the folder's mode.
 """
 
 from __future__ import annotations
@@ -9,23 +11,42 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import os
+import re
 import shlex
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from torchkiln import __version__, build, compose, doctor, gpu, settings
+from torchkiln import __version__, build, compose, doctor, runner, settings
 from torchkiln.errors import UserError
 
 INFO_NAME = "BUILD-INFO.json"
+PROXY_NAMES = compose.PROXY_ARGS
 
 
-def check_dest(dest: Path, force: bool, protected: list[Path]) -> None:
-    """Refuse a file, a folder that holds the project or home, or a non-empty one without --force.
+def earlier_export(dest: Path) -> list[str] | None:
+    """The files of an earlier export in dest (its BUILD-INFO.json and the wheels it lists,
+    each still there with the hash it recorded); None when dest holds no intact export."""
+    info = dest / INFO_NAME
+    try:
+        recorded = json.loads(info.read_text(encoding="utf-8"))
+        entries = recorded["wheels"]
+        files = [str(entry["file"]) for entry in entries]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    for entry, name in zip(entries, files, strict=True):
+        path = dest / name
+        if "/" in name or not path.is_file() or sha256(path) != entry.get("sha256"):
+            return None
+    return [INFO_NAME, *files]
 
-    --force replaces only an earlier export (wheels and BUILD-INFO.json), never other files.
-    """
+
+def check_dest(dest: Path, force: bool, protected: list[Path]) -> list[str]:
+    """Refuse a destination that is not ours to fill; return the earlier export's files that
+    --force will replace ([] when dest is new or empty)."""
     if dest.exists() and not dest.is_dir():
         raise UserError(f"--dest {dest} is a file; give a directory")
     for keep in protected:
@@ -33,22 +54,34 @@ def check_dest(dest: Path, force: bool, protected: list[Path]) -> None:
             raise UserError(
                 f"--dest {dest} holds {keep}; give a folder of its own, such as {keep / 'dist'}"
             )
-    if not dest.is_dir() or not any(dest.iterdir()):
-        return
+    try:
+        present = sorted(item.name for item in dest.iterdir()) if dest.is_dir() else []
+    except OSError as error:
+        raise UserError(
+            f"--dest {dest} cannot be read ({error.strerror}); choose another"
+        ) from None
+    if not present:
+        return []
     if not force:
         raise UserError(
-            f"--dest {dest} is not empty; pass --force to replace it, or choose another --dest"
+            f"--dest {dest} is not empty; pass --force to replace an earlier export there, or "
+            f"choose another --dest"
         )
-    others = sorted(
-        item.name
-        for item in dest.iterdir()
-        if not (item.is_file() and (item.suffix == ".whl" or item.name == INFO_NAME))
-    )
+    replaced = earlier_export(dest)
+    if replaced is None:
+        raise UserError(
+            f"--dest {dest} holds no intact earlier export (no {INFO_NAME} whose wheels match), "
+            f"so --force would delete your files ({', '.join(present[:3])}); choose an empty "
+            f"--dest"
+        )
+    others = [name for name in present if name not in replaced]
     if others:
         raise UserError(
-            f"--dest {dest} holds more than an earlier export ({', '.join(others[:3])}); "
-            f"--force replaces only wheels and {INFO_NAME}: choose an empty --dest"
+            f"--dest {dest} holds files that are not part of the earlier export "
+            f"({', '.join(others[:3])}); --force replaces only that export: move them or "
+            f"choose another --dest"
         )
+    return replaced
 
 
 def sha256(path: Path) -> str:
@@ -58,6 +91,22 @@ def sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+_CUDA_LINE = re.compile(r"^cuda\s*(?::[^=]*)?=\s*['\"]?([^'\"\s]*)", re.MULTILINE)
+
+
+def wheel_cuda(path: Path) -> str | None:
+    """Read the CUDA version a torch wheel was built with from its torch/version.py ('' for a
+    CPU build); None for wheels that do not say."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            text = archive.read("torch/version.py").decode(errors="replace")
+    except (KeyError, OSError, zipfile.BadZipFile):
+        return None
+    match = _CUDA_LINE.search(text)
+    value = match.group(1) if match else ""
+    return "" if value in ("None", "") else value
 
 
 def wheel_entry(path: Path) -> dict[str, str]:
@@ -73,20 +122,29 @@ def build_info(
     base_image_digest: str,
     now: datetime.datetime | None = None,
 ) -> dict[str, object]:
-    """Assemble BUILD-INFO.json from the wheels and the settings that made them."""
-    effective = settings.effective(values)
+    """Describe the exported wheels as they are, and the settings that made them."""
+    mine = compose.service_values(service, values)
     entries = [wheel_entry(path) for path in sorted(wheels)]
+    torch = next((path for path in wheels if path.name.startswith("torch-")), None)
+    cuda = wheel_cuda(torch) if torch else None
+    compiled = mine["BUILD_MODE"] == "source" and bool(cuda)
     moment = now or datetime.datetime.now(datetime.timezone.utc)
     return {
         "service": service,
-        "build_mode": values["BUILD_MODE"],
+        "build_mode": mine["BUILD_MODE"],
         "wheels": entries,
         "versions": {entry["name"]: entry["version"] for entry in entries},
-        "cca": values["CCA"],
-        "torch_cuda_arch_list": gpu.torch_cuda_arch_list(values["CCA"]) if values["CCA"] else "",
-        "cuda_version": build.build_cuda(service, values),
-        "python_version": values["PYTHON_VERSION"],
-        "base_image": effective["BUILD_IMAGE"],
+        # From torch's own version.py: None for a CPU-only torch.
+        "cuda_version": cuda or None,
+        # The archs this build compiled for; official wheels carry their own list.
+        "cca": mine["CCA"] if compiled else None,
+        "torch_cuda_arch_list": compose.build_arg_values(service, values).get(
+            "TORCH_CUDA_ARCH_LIST"
+        )
+        if compiled
+        else None,
+        "python_version": mine["PYTHON_VERSION"],
+        "base_image": mine["BUILD_IMAGE"],
         "base_image_digest": base_image_digest,
         "date": moment.isoformat(timespec="seconds"),
         "torchkiln_version": __version__,
@@ -107,40 +165,55 @@ def image_digest(c, image: str) -> str:
     return digests[0] if digests else facts.get("Id", "")
 
 
-def place(staging: Path, dest: Path) -> None:
-    """Move a finished staging directory to dest, replacing what --force allowed."""
-    if dest.exists():
-        retired = dest.with_name(f".{dest.name}.old-{staging.name}")
-        dest.rename(retired)
-        staging.rename(dest)
-        shutil.rmtree(retired)
-    else:
-        staging.rename(dest)
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
-def export(c, root: Path, built: build.BuildPlan, dest: Path, force: bool, dotenv, environ) -> None:
+def place(staging: Path, dest: Path, replaced: list[str]) -> None:
+    """Move the finished export into dest: a new folder by rename (with the user's umask),
+    an existing one file by file, replacing only the earlier export's files."""
+    mask = _umask()
+    for item in staging.iterdir():
+        item.chmod(0o666 & ~mask)
+    if not dest.exists():
+        staging.chmod(0o777 & ~mask)
+        staging.rename(dest)
+        return
+    for name in replaced:
+        (dest / name).unlink(missing_ok=True)
+    # BUILD-INFO.json last: the folder is an export again only once every wheel is in place.
+    for item in sorted(staging.iterdir(), key=lambda path: path.name == INFO_NAME):
+        item.rename(dest / item.name)
+
+
+def export_wheels(
+    c,
+    root: Path,
+    built: build.BuildPlan,
+    dest: Path,
+    force: bool,
+    proxies: Mapping[str, str],
+) -> None:
     """Build the wheels stage into a staging directory, describe it, move it into place."""
     service = built.service
     if service not in settings.SOURCE:
         raise UserError(f"service '{service}' has no wheels stage (it uses NGC's torch); use train")
-    check_dest(dest, force, [root, Path.cwd(), Path.home()])
-    args = compose.given_build_args(service, built.overrides, environ, dotenv)
-    bundle = built.overrides.get("CA_BUNDLE") or compose.check_ca_bundle(
-        built.values["CA_BUNDLE"], root
-    )
+    replaced = check_dest(dest, force, [root, Path.cwd(), Path.home()])
     dry = bool(c.config.run.dry)
+    doctor.require_ready(compose.service_values(service, built.values), up=False)
     if not dry:
-        doctor.require_ready(built.values, up=False)
         build.check_builder(c, built.builder, export_cache=False)
 
     def command(staging: str) -> list[str]:
         return compose.wheels_command(
             service,
-            args,
+            {**built.build_args, **proxies},
             built.contexts,
-            bundle,
+            built.ca_bundle,
             staging,
-            no_cache=built.no_cache,
+            no_cache=built.options.no_cache,
             builder=built.builder,
             cache_from=built.cache_from,
         )
@@ -151,27 +224,29 @@ def export(c, root: Path, built: build.BuildPlan, dest: Path, force: bool, doten
         with c.cd(str(root)):
             c.run(shlex.join(command(str(dest.parent / f".{dest.name}-STAGING"))))
         return
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
-        with c.cd(str(root)):
-            result = c.run(shlex.join(command(str(staging))), warn=True, env=token)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    except OSError as error:
+        raise UserError(
+            f"cannot write into {dest.parent} ({error.strerror}); choose a --dest you may write"
+        ) from None
+    try:
+        with runner.checkout_lock(root, "wheels"):
+            result = runner.stream(command(str(staging)), root, token)
         if result.failed:
-            raise UserError(
-                f"exporting the wheels of {service} failed (exit {result.exited}); the ERROR "
-                f"lines above name the step"
-            )
+            raise UserError(build.failure_line(f"exporting the wheels of {service}", result))
         wheels = sorted(staging.glob("*.whl"))
         if not wheels:
             raise UserError(f"the wheels stage of {service} holds no wheel; check BUILD_MODE")
-        digest = image_digest(c, settings.effective(built.values)["BUILD_IMAGE"])
+        digest = image_digest(c, compose.service_values(service, built.values)["BUILD_IMAGE"])
         info = build_info(wheels, service, built.values, digest)
         (staging / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        place(staging, dest)
+        place(staging, dest, replaced)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    ran = build.executed_steps(result.stdout + result.stderr)
+    ran = build.executed_steps(result.output)
     print(f"steps run: {len(ran)} (the others from cache)")
     print(f"{len(wheels)} wheels and {INFO_NAME} in {dest}:")
     for entry in info["wheels"]:

@@ -1,10 +1,14 @@
 """Test projects on the real engine: temporary copies of the repository with their own .env,
-Compose project and image tags, built on local/debian:bookworm (CI has no registry), with the
-host's CA bundle as the build secret. Shared by the integration tests; fixtures are in conftest.
+Compose project and image tags, built on a plain Debian 12 image with the host's CA bundle as the
+build secret. Shared by the integration tests; fixtures are in conftest.
+
+The base image is public Debian 12 by default (pulled when missing); TORCHKILN_TEST_BASE_IMAGE
+names a local replacement, as CI does where no registry is reachable.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -13,11 +17,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from torchkiln import build as builder
-from torchkiln import settings
+from torchkiln import envfile, settings
 
 REPO = Path(__file__).resolve().parents[2]
-BASE = "local/debian:bookworm"
+BASE = os.environ.get("TORCHKILN_TEST_BASE_IMAGE") or "debian:bookworm"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 TIMEOUT = 1500
 EXEC_TIMEOUT = 120
@@ -108,14 +114,41 @@ def copy_repository(target: Path) -> None:
             shutil.copy2(source, target / name)
 
 
+@functools.cache
+def base_image_problem() -> str | None:
+    """Say why the test base image is unusable (absent and not pullable), None when it is here."""
+    if subprocess.run(["docker", "image", "inspect", BASE], capture_output=True).returncode == 0:
+        return None
+    pulled = subprocess.run(
+        ["docker", "pull", "--quiet", BASE], capture_output=True, text=True, timeout=600
+    )
+    if pulled.returncode == 0:
+        return None
+    reason = " ".join(pulled.stderr.split())[-200:]
+    return (
+        f"test base image {BASE} is not here and cannot be pulled ({reason}); set "
+        f"TORCHKILN_TEST_BASE_IMAGE to a local Debian 12 image"
+    )
+
+
+def require_base_image() -> None:
+    """Skip (or, with TORCHKILN_REQUIRE_DOCKER=1, fail) when the base image is unusable."""
+    problem = base_image_problem()
+    if problem and os.environ.get("TORCHKILN_REQUIRE_DOCKER") == "1":
+        pytest.fail(problem, pytrace=False)
+    if problem:
+        pytest.skip(problem)
+
+
 def make_project(tmp: Path, label: str, **values: str) -> Project:
-    """Create a project copy whose .env builds on local/debian:bookworm with no GPU runtime."""
+    """Create a project copy whose .env builds on the Debian base with no GPU runtime."""
+    require_base_image()
     name = f"tktest-{label}-{uuid.uuid4().hex[:8]}"
     root = tmp / name
     root.mkdir()
     copy_repository(root)
     env_values = {
-        "COMPOSE_FILE": "compose/docker-compose.yaml:compose/cpu.yaml",
+        "COMPOSE_FILE": "compose/compose.yaml:compose/cpu.yaml",
         "COMPOSE_PROJECT_NAME": name,
         "UID": "1234",
         "GID": "1234",
@@ -139,7 +172,7 @@ def make_project(tmp: Path, label: str, **values: str) -> Project:
         os.chown(root, int(env_values["UID"]), int(env_values["GID"]))
     else:  # without root, let the container user write into the copy all the same
         root.chmod(0o777)
-    text = "".join(f"{key}={settings.quote(value)}\n" for key, value in env_values.items())
+    text = "".join(f"{key}={envfile.quote(value)}\n" for key, value in env_values.items())
     (root / ".env").write_text(text, encoding="utf-8")
     return Project(root=root, name=name, env=clean_environ())
 

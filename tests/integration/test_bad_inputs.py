@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 from projects import EXEC_TIMEOUT, Project, make_project, remove_project
 
-from torchkiln import doctor, engine, settings
+from torchkiln import doctor, engine, envfile, settings
 from torchkiln.errors import UserError
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
 
-CPU_COMPOSE = "compose/docker-compose.yaml:compose/cpu.yaml"
+CPU_COMPOSE = "compose/compose.yaml:compose/cpu.yaml"
 
 
 @dataclass
@@ -77,7 +77,7 @@ CASES = {
     "no-nvidia-runtime": Case(
         ["build"],
         ["nvidia runtime", "NVIDIA Container Toolkit"],
-        dotenv={"COMPOSE_FILE": "compose/docker-compose.yaml"},
+        dotenv={"COMPOSE_FILE": "compose/compose.yaml"},
     ),
     "old-driver": Case(["build"], ["driver 550.54.15", "580.65.06"], wrap="old-driver"),
     "wheels-dest-not-empty": Case(["wheels", "--dest", "dist"], ["dist", "--force"]),
@@ -198,7 +198,7 @@ def test_bad_input_is_one_line_and_changes_nothing(project, tmp_path: Path, name
     env_path = made.root / ".env"
     text = good_env
     for key, value in case.dotenv.items():
-        text += f"{key}={settings.quote(value)}\n"
+        text += f"{key}={envfile.quote(value)}\n"
     if case.extra_dotenv_line:
         text += case.extra_dotenv_line + "\n"
     env_path.write_text(text)
@@ -231,4 +231,4 @@ def test_low_disk_is_refused_before_a_build(monkeypatch: pytest.MonkeyPatch) -> 
         doctor.require_ready(values, up=True)
     message = str(caught.value)
     assert message.startswith("disk: 5 GB free")
-    assert "docker builder prune" in message and "\n" not in message
+    assert "invoke clean" in message and "\n" not in message

@@ -165,7 +165,7 @@ def test_devcontainer_writes_env_then_refuses_a_missing_image(
         assert json.loads(result.stdout.strip().splitlines()[-1])["outcome"] == "error"
         assert "is not built yet; run invoke build" in output, output[-4000:]
         assert "Traceback" not in output
-        assert "COMPOSE_FILE=compose/docker-compose.yaml" in (checkout / ".env").read_text()
+        assert "COMPOSE_FILE=compose/compose.yaml" in (checkout / ".env").read_text()
         leftovers = subprocess.run(
             ["docker", "compose", "ps", "--all", "--quiet"],
             cwd=checkout,

@@ -83,7 +83,7 @@ def test_env_writes_host_facts_and_cpu_override(checkout, docker_engine, host_gp
         text=True,
         timeout=60,
     )
-    if (checkout / "compose" / "docker-compose.yaml").exists():
+    if (checkout / "compose" / "compose.yaml").exists():
         # plain `docker compose` works from the root with no -f / -p, thanks to .env
         assert compose.returncode == 0, compose.stderr
         assert "train" in compose.stdout.split()

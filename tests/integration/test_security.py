@@ -29,7 +29,7 @@ from projects import (
     remove_project,
 )
 
-from torchkiln import envtask
+from torchkiln import envfile
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
 
@@ -158,7 +158,7 @@ def test_passwordless_sudo_only_when_asked(secured) -> None:
 
 @pytest.mark.parametrize(
     "files",
-    [["compose/docker-compose.yaml"], ["compose/docker-compose.yaml", "compose/cpu.yaml"]],
+    [["compose/compose.yaml"], ["compose/compose.yaml", "compose/cpu.yaml"]],
     ids=["gpu", "cpu"],
 )
 def test_compose_shares_no_host_namespace(repo: Path, tmp_path: Path, files: list[str]) -> None:
@@ -204,7 +204,7 @@ def test_invoke_env_keeps_the_token_out_of_env(tmp_path: Path) -> None:
         assert_ok(result)
         text = (project.root / ".env").read_text()
         assert token not in text
-        assert not envtask.holds_secret(text)
+        assert not envfile.holds_secret(text)
         assert (project.root / ".env").stat().st_mode & 0o777 == 0o644
     finally:
         remove_project(project)

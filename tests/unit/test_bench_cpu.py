@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from torchkiln import bench
+from torchkiln.inimage import bench
 
 
 def test_gemm_flops() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from invoke import Config, MockContext, Result
 
-from torchkiln import build, compose
+from torchkiln import build, compose, doctor
 from torchkiln.errors import UserError
 
 REPOSITORY = "registry.example.com/team/torchkiln"
@@ -19,7 +19,13 @@ CONTAINER_DRIVER = "Name:   kiln\nDriver: docker-container\n"
 
 
 def make_plan(tmp_path: Path, dotenv: dict | None = None, **options) -> build.BuildPlan:
-    return build.plan(tmp_path, "train", environ={}, dotenv={**DOTENV, **(dotenv or {})}, **options)
+    return build.plan(
+        tmp_path,
+        build.BuildOptions(**options),
+        environ={},
+        dotenv={**DOTENV, **(dotenv or {})},
+        cwd=tmp_path,
+    )
 
 
 @pytest.mark.parametrize(
@@ -71,11 +77,9 @@ def test_bare_flags_use_the_registry_image_setting(tmp_path: Path) -> None:
     assert plan.cache_to == [f"type=registry,ref={REPOSITORY}:train-cache,mode=max"]
     assert plan.push == ["docker", "push", f"{REPOSITORY}:train"]
     document = json.loads(plan.override_text())["services"]["train"]["build"]
-    assert document == {
-        "cache_from": plan.cache_from,
-        "cache_to": plan.cache_to,
-        "tags": [f"{REPOSITORY}:train"],
-    }
+    assert document["cache_from"] == plan.cache_from
+    assert document["cache_to"] == plan.cache_to
+    assert document["tags"] == [f"{REPOSITORY}:train"]
     assert plan.build[plan.build.index(plan.override_path) - 1] == "-f"
 
 
@@ -84,22 +88,27 @@ def test_builder_comes_from_flag_environment_or_dotenv(tmp_path: Path) -> None:
     assert make_plan(tmp_path, {"BUILDX_BUILDER": "team"}).builder == "team"
     plan = make_plan(tmp_path, {"BUILDX_BUILDER": "team"}, builder="kiln")
     assert plan.build[-3:] == ["--builder", "kiln", "train"]
-    assert plan.build[0] != "env", "the builder is an option, not a build arg"
+    assert "BUILDX_BUILDER" not in plan.build_args, "the builder is an option, not a build arg"
 
 
-def test_dry_run_prints_build_push_and_up(tmp_path: Path) -> None:
+def test_dry_run_prints_build_push_and_up(tmp_path: Path, monkeypatch) -> None:
     plan = make_plan(
         tmp_path, {"REGISTRY_IMAGE": REPOSITORY}, builder="kiln", cache_to=True, push=True
     )
+    checked = []
+    monkeypatch.setattr(doctor, "require_ready", lambda values, up: checked.append(up))
     context = MockContext(config=Config(overrides={"run": {"dry": True}}), run=Result())
-    build.run(context, tmp_path, plan)
+    build.build_service(context, plan)
+    assert checked == [True], "--dry refuses what the real build refuses"
     commands = [call.args[0] for call in context.run.call_args_list]
     assert commands == [
-        "docker compose --env-file .env -f compose/docker-compose.yaml -f "
+        "docker compose --env-file .env -f compose/compose.yaml -f "
         f"{plan.override_path} --progress plain build --builder kiln train",
         f"docker push {REPOSITORY}:train",
-        "docker compose up --detach train",
+        "docker compose up --detach --no-build train",
     ]
+    # The printed command runs as printed: the override it names exists.
+    assert (tmp_path / plan.override_path).is_file()
 
 
 @pytest.mark.parametrize(

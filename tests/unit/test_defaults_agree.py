@@ -1,9 +1,9 @@
 """The Dockerfiles, the compose files and the settings model never disagree on a default.
 
-Compose passes build args by name only, so an unset setting falls back to the Dockerfile's ARG
-default: that default must be the settings model's, and each service must list exactly the
-settings that its image receives. A default written twice and drifting is the bug this prevents
-(a "rebuild" that silently recompiles PyTorch for two hours).
+A plain `docker compose build` passes build args by name only, so an unset setting falls back to
+the Dockerfile's ARG default: that default must be the settings model's, and each service must
+list exactly the settings that its image receives. A default written twice and drifting is the
+bug this prevents (a "rebuild" that silently recompiles PyTorch for two hours).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ DOCKERFILES = {
     "full": "docker/Dockerfile",
     "ngc": "docker/ngc.Dockerfile",
 }
-COMPOSE = REPO / "compose" / "docker-compose.yaml"
+COMPOSE = REPO / "compose" / "compose.yaml"
 _ARG = re.compile(r"^ARG\s+([A-Za-z_][A-Za-z0-9_]*)(?:=(.*))?$")
 
 
@@ -48,24 +48,44 @@ def arg_lines(text: str) -> tuple[dict[str, str], list[tuple[str, str | None]]]:
 
 
 def compose_args(text: str) -> dict[str, list[str]]:
-    """Read each service's `args:` list (names only) from the compose file, without a YAML lib."""
+    """Read each service's build args (names only) from the compose file, without a YAML lib.
+
+    Args are mappings of names with no value; `&anchor` blocks at the top level and `<<: *anchor`
+    merges (or `args: *anchor`) are followed, in order.
+    """
+    anchors: dict[str, list[str]] = {}
     services: dict[str, list[str]] = {}
+    target: list[str] | None = None
+    indent = 0
     service = ""
-    collecting = False
     for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        depth = len(line) - len(line.lstrip())
+        if target is not None and depth < indent:
+            target = None
+        anchor = re.match(r"^x-[a-z-]+: &([a-z-]+)\s*$", line)
+        if anchor:
+            target, indent = anchors.setdefault(anchor[1], []), 2
+            continue
         service_match = re.match(r"^  ([a-z]+):\s*$", line)
-        if service_match:
-            service, collecting = service_match[1], False
+        if service_match and target is None:
+            service = service_match[1]
             continue
-        if re.match(r"^      args:\s*$", line):
-            collecting = True
-            services[service] = []
+        args = re.match(r"^      args:\s*(?:\*([a-z-]+))?\s*$", line)
+        if args:
+            services[service] = list(anchors[args[1]]) if args[1] else []
+            target, indent = (None, 0) if args[1] else (services[service], 8)
             continue
-        item = re.match(r"^        - ([A-Za-z_]+)\s*$", line)
-        if collecting and item:
-            services[service].append(item[1])
-        elif collecting and line.strip():
-            collecting = False
+        if target is None:
+            continue
+        merge = re.match(r"^\s+<<: \*([a-z-]+)\s*$", line)
+        if merge:
+            target.extend(anchors[merge[1]])
+            continue
+        key = re.match(r"^\s+([A-Za-z_]+):\s*$", line)
+        if key and depth == indent:
+            target.append(key[1])
     return services
 
 
@@ -79,6 +99,9 @@ def test_parsers_see_the_files() -> None:
 def test_dockerfile_arg_defaults_equal_the_settings(dockerfile: str) -> None:
     global_args, stage_args = arg_lines((REPO / dockerfile).read_text())
     for name, default in global_args.items():
+        if name in settings.DERIVED_BUILD_ARGS:
+            assert default == "", f"{dockerfile}: ARG {name} is derived from CCA; no default"
+            continue
         assert name in settings.BY_NAME, f"{dockerfile}: ARG {name} is not a setting"
         assert default == settings.BY_NAME[name].default, (
             f"{dockerfile}: ARG {name}={default!r} but settings.py says "
@@ -99,7 +122,11 @@ def test_every_build_arg_is_declared_in_the_dockerfile(service: str) -> None:
 @pytest.mark.parametrize("service", settings.SERVICES)
 def test_compose_args_are_the_settings_build_args(service: str) -> None:
     listed = compose_args(COMPOSE.read_text())[service]
-    assert listed == [*settings.build_args(service), *PROXY_ARGS]
+    expected = [*settings.build_args(service), *PROXY_ARGS]
+    if service in settings.SOURCE:
+        expected += settings.DERIVED_BUILD_ARGS
+    assert sorted(listed) == sorted(expected)
+    assert len(listed) == len(set(listed)), "an arg is listed twice"
 
 
 def test_compose_defaults_equal_the_settings() -> None:
@@ -129,5 +156,7 @@ def test_drift_is_caught() -> None:
     text = (REPO / DOCKERFILES["train"]).read_text().replace("ARG USE_NCCL=1", "ARG USE_NCCL=0")
     global_args, _ = arg_lines(text)
     assert global_args["USE_NCCL"] != settings.BY_NAME["USE_NCCL"].default
-    compose_text = COMPOSE.read_text().replace("        - CCA\n", "", 1)
-    assert compose_args(compose_text)["train"] != [*settings.build_args("train"), *PROXY_ARGS]
+    listed = compose_args(COMPOSE.read_text())
+    assert "CCA" in listed["train"] and "DEBUG" in listed["full"] and "DEBUG" not in listed["train"]
+    compose_text = COMPOSE.read_text().replace("  CCA:\n", "", 1)
+    assert "CCA" not in compose_args(compose_text)["train"]

@@ -76,7 +76,7 @@ def test_engine_down_is_one_row_and_no_crash():
 
 
 def test_cpu_override_turns_missing_runtime_into_a_warning():
-    env = state(COMPOSE_FILE="compose/docker-compose.yaml:compose/cpu.yaml")
+    env = state(COMPOSE_FILE="compose/compose.yaml:compose/cpu.yaml")
     facts = EngineFacts(**{**GOOD, "runtimes": ["runc"]})
     assert rows_by_check(facts, env=env)["nvidia runtime"].status == "warn"
 
@@ -119,7 +119,7 @@ def test_build_blocked_without_runtime_unless_cpu_override_or_no_up():
     facts = EngineFacts(**{**GOOD, "runtimes": ["runc"]})
     blocked = doctor.build_blockers(facts, "", values(), up=True)
     assert [row.check for row in blocked] == ["nvidia runtime"]
-    cpu = values(COMPOSE_FILE="compose/docker-compose.yaml:compose/cpu.yaml")
+    cpu = values(COMPOSE_FILE="compose/compose.yaml:compose/cpu.yaml")
     assert doctor.build_blockers(facts, "", cpu, up=True) == []
     assert doctor.build_blockers(facts, "", values(), up=False) == []
 

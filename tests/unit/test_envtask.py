@@ -19,7 +19,7 @@ def test_host_facts_become_settings():
     assert result.values["USR"] == "alice"
     assert result.values["CCA"] == "8.6"
     assert result.values["TZ"] == "Europe/Berlin"
-    assert result.values["COMPOSE_FILE"] == "compose/docker-compose.yaml"
+    assert result.values["COMPOSE_FILE"] == "compose/compose.yaml"
     assert result.values["COMPOSE_PROJECT_NAME"] == "torchkiln-alice"
     assert result.values["TRAIN_IMAGE_NAME"] == "torchkiln-alice/train:latest"
     assert result.notes == []
@@ -27,7 +27,7 @@ def test_host_facts_become_settings():
 
 def test_no_nvidia_runtime_adds_cpu_override_and_says_so():
     result = plan(nvidia=False)
-    assert result.values["COMPOSE_FILE"] == "compose/docker-compose.yaml:compose/cpu.yaml"
+    assert result.values["COMPOSE_FILE"] == "compose/compose.yaml:compose/cpu.yaml"
     assert any("compose/cpu.yaml" in note for note in result.notes)
 
 
@@ -85,16 +85,16 @@ def test_write_refuses_existing_without_force_and_backs_up_with_force(tmp_path):
     path = tmp_path / ".env"
     path.write_text("USR=old\n")
     with pytest.raises(FileExistsError):
-        envtask.write(path, "USR=new\n", force=False)
+        envfile.write(path, "USR=new\n", force=False)
     assert path.read_text() == "USR=old\n"
-    backup = envtask.write(path, "USR=new\n", force=True)
+    backup = envfile.write(path, "USR=new\n", force=True)
     assert backup is not None and backup.read_text() == "USR=old\n"
     assert path.read_text() == "USR=new\n"
 
 
 def test_secret_like_values_make_env_private(tmp_path):
     path = tmp_path / ".env"
-    envtask.write(path, "PIP_INDEX_URL=https://me:token@index.example/simple\n", force=False)
+    envfile.write(path, "PIP_INDEX_URL=https://me:token@index.example/simple\n", force=False)
     assert path.stat().st_mode & 0o777 == 0o600
 
 
@@ -112,9 +112,9 @@ def test_secret_like_values_make_env_private(tmp_path):
     ids=["token", "password", "secret", "url", "empty", "comment", "plain"],
 )
 def test_secret_like_settings_make_env_private(tmp_path, text, private):
-    assert envtask.holds_secret(text) is private
+    assert envfile.holds_secret(text) is private
     path = tmp_path / ".env"
-    envtask.write(path, text, force=False)
+    envfile.write(path, text, force=False)
     assert path.stat().st_mode & 0o777 == (0o600 if private else 0o644)
 
 
@@ -122,7 +122,7 @@ def test_invoke_env_never_writes_the_index_token():
     """The token is a build secret read from the environment; .env gets no copy of it."""
     text = envtask.render(plan(PIP_INDEX_TOKEN="s3cr3t-from-environment"))
     assert "s3cr3t-from-environment" not in text
-    assert not envtask.holds_secret(text)
+    assert not envfile.holds_secret(text)
 
 
 def test_root_asking_for_another_uid_gets_no_root_names():

@@ -63,26 +63,26 @@ def test_expand_follows_references_like_docker_arg():
 
 
 def test_env_example_is_generated_from_the_model():
-    assert (REPO / "env.example").read_text() == settings.render_example(), (
+    assert (REPO / "env.example").read_text() == envfile.render_example(), (
         "env.example drifted from settings.py; regenerate it with "
-        "python -c 'from torchkiln import settings; print(settings.render_example(), end=\"\")'"
+        "python -c 'from torchkiln import envfile; print(envfile.render_example(), end=\"\")'"
     )
 
 
 def test_env_example_reads_back_to_the_defaults(tmp_path):
     values = {setting.name: setting.default for setting in settings.SETTINGS}
-    text = settings.render_env(values, values, "# all set")
+    text = envfile.render(values, values, "# all set")
     path = tmp_path / ".env"
     path.write_text(text)
     assert envfile.read(path) == settings.effective(values)  # ${NAME} expands as in Compose
 
 
 def test_quote_only_when_needed():
-    assert settings.quote("8.6;9.0") == "8.6;9.0"
-    assert settings.quote("") == "''"
-    assert settings.quote("a b") == "'a b'"
+    assert envfile.quote("8.6;9.0") == "8.6;9.0"
+    assert envfile.quote("") == "''"
+    assert envfile.quote("a b") == "'a b'"
     with pytest.raises(UserError):
-        settings.quote("it's")
+        envfile.quote("it's")
 
 
 def test_build_args_per_service():

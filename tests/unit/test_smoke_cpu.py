@@ -1,4 +1,5 @@
-"""Unit tests for torchkiln.smoke: the pure rules, and whole runs on a CPU-only torch."""
+"""Unit tests for the in-image checks: probes, report, numerics, workers, and whole runs of
+`python -m torchkiln.smoke` / `torchkiln.bench` on a CPU-only torch."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from torchkiln import bench, smoke
+from torchkiln.inimage import bench, numerics, probe, report, smoke, workers
 
-SRC = Path(smoke.__file__).resolve().parents[1]
+SRC = Path(smoke.__file__).resolve().parents[2]
 
 
 def run_module(
@@ -33,86 +34,7 @@ def run_module(
     )
 
 
-# --- arch_covers ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("cap", "archs", "expected"),
-    [
-        ((9, 0), ["sm_80", "sm_90"], "SASS sm_90"),
-        ((9, 0), ["sm_90a"], "SASS sm_90a"),
-        ((12, 0), ["sm_90", "sm_120"], "SASS sm_120"),
-        ((8, 6), ["sm_80"], "SASS sm_80 (binary-compatible with 8.6)"),
-        ((9, 0), ["sm_80", "compute_80"], "PTX JIT from compute_80"),
-        ((12, 0), ["sm_90", "compute_90", "compute_75"], "PTX JIT from compute_90"),
-        ((9, 0), ["compute_90a"], "PTX JIT from compute_90a"),
-    ],
-)
-def test_arch_covers_says_how(cap: tuple[int, int], archs: list[str], expected: str) -> None:
-    assert smoke.arch_covers(cap, archs) == expected
-
-
-@pytest.mark.parametrize(
-    ("cap", "archs"),
-    [
-        ((9, 0), []),
-        ((12, 0), ["sm_90a"]),  # 'a' code runs on exactly one chip
-        ((10, 0), ["sm_90a", "compute_90a"]),  # 'a' PTX does not JIT forward either
-        ((8, 0), ["sm_86"]),  # newer minor's SASS does not run on an older chip
-        ((8, 0), ["compute_86"]),  # nor does newer PTX
-        ((12, 0), ["sm_100", "sm_90"]),  # SASS never crosses a major
-        ((7, 5), ["sm_80", "sm_90", "compute_90"]),
-    ],
-)
-def test_arch_covers_refuses(cap: tuple[int, int], archs: list[str]) -> None:
-    assert smoke.arch_covers(cap, archs) is None
-
-
-# --- parse_expected_cca -----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("8.6", ["sm_86"]),
-        ("8.6;9.0", ["sm_86", "sm_90"]),
-        ("8.6 9.0", ["sm_86", "sm_90"]),
-        (" 8.6, 9.0 ;", ["sm_86", "sm_90"]),
-        ("9.0a", ["sm_90a"]),
-        ("12.0+PTX", ["sm_120", "compute_120"]),
-        ("8.0;8.6;9.0+PTX", ["sm_80", "sm_86", "sm_90", "compute_90"]),
-        ("8.6;8.6", ["sm_86"]),
-    ],
-)
-def test_parse_expected_cca(text: str, expected: list[str]) -> None:
-    assert smoke.parse_expected_cca(text) == expected
-
-
-@pytest.mark.parametrize("text", ["", " ; ", "sm_86", "86", "8.6.1", "9.0b", "8.6+ptx"])
-def test_parse_expected_cca_refuses(text: str) -> None:
-    with pytest.raises(ValueError):
-        smoke.parse_expected_cca(text)
-
-
-# --- drivers ----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("driver", "cuda", "too_old"),
-    [
-        ("570.86.15", "13.0", True),
-        ("580.65.06", "13.0", False),
-        ("580.159.04", "13.0", False),
-        ("525.60.13", "12.8", False),
-        ("520.61.05", "12.1", True),
-        ("450.80.02", "11.8", False),
-        ("418.126.02", "11.0", True),
-        ("535.104.05", "12", False),
-        ("400.00", "14.0", False),  # a CUDA major not in the table: no verdict, not "too old"
-    ],
-)
-def test_driver_too_old(driver: str, cuda: str, too_old: bool) -> None:
-    assert smoke.driver_too_old(driver, cuda) is too_old
+# --- probes ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -132,7 +54,7 @@ def test_driver_too_old(driver: str, cuda: str, too_old: bool) -> None:
     ],
 )
 def test_parse_driver_version(text: str, version: str | None) -> None:
-    assert smoke.parse_driver_version(text) == version
+    assert probe.parse_driver_version(text) == version
 
 
 # --- diagnose ---------------------------------------------------------------------------------
@@ -164,68 +86,61 @@ HEALTHY = {
     ],
 )
 def test_diagnose_order(changes: dict, expected: str) -> None:
-    assert expected in smoke.diagnose(**{**HEALTHY, **changes})
-
-
-def test_driver_table_matches_the_gpu_facts() -> None:
-    # smoke keeps its own copy (in-image modules import only stdlib and torch); it must agree.
-    from torchkiln import gpu
-
-    assert smoke.MIN_DRIVER == gpu.MIN_DRIVER
+    assert expected in probe.diagnose(**{**HEALTHY, **changes})
 
 
 # --- report -----------------------------------------------------------------------------------
 
 
 def test_report_ok_ignores_skips_warnings_and_optional_failures() -> None:
-    report = smoke.Report(
+    result = report.Report(
         checks=[
-            smoke.Check("a", smoke.PASS, ""),
-            smoke.Check("b", smoke.SKIP, "1 GPU: all-reduce needs 2"),
-            smoke.Check("c", smoke.WARN, "PTX JIT"),
-            smoke.Check("d", smoke.FAIL, "broken", required=False),
+            report.Check("a", report.PASS, ""),
+            report.Check("b", report.SKIP, "1 GPU: all-reduce needs 2"),
+            report.Check("c", report.WARN, "PTX JIT"),
+            report.Check("d", report.FAIL, "broken", required=False),
         ]
     )
-    assert report.ok
-    report.checks.append(smoke.Check("e", smoke.FAIL, "broken"))
-    assert not report.ok
-    data = json.loads(smoke.report_json(report))
+    assert result.ok
+    result.checks.append(report.Check("e", report.FAIL, "broken"))
+    assert not result.ok
+    data = json.loads(report.report_json(result))
     assert data["ok"] is False
     assert {c["name"] for c in data["checks"]} == set("abcde")
     assert set(data["checks"][0]) == {"name", "status", "detail", "seconds", "required"}
-    assert "FAILED: e" in smoke.render_table(report)
+    assert "FAILED: e" in report.render_table(result)
 
 
 def test_judge_never_passes_nan() -> None:
-    assert "1.0e-03" in smoke.judge({"x": 1e-3}, 1e-2)
+    assert "1.0e-03" in numerics.judge({"x": 1e-3}, 1e-2)
     for bad in (float("nan"), float("inf"), 0.5):
-        with pytest.raises(smoke.CheckFailed):
-            smoke.judge({"x": bad}, 1e-2)
+        with pytest.raises(report.CheckFailed):
+            numerics.judge({"x": bad}, 1e-2)
 
 
 def test_runner_turns_exceptions_into_rows() -> None:
-    runner = smoke.Runner()
+    runner = report.Runner()
 
     def boom() -> str:
         raise RuntimeError("line one\n  line two")
 
     def skip() -> str:
-        raise smoke.CheckSkipped("not here")
+        raise report.CheckSkipped("not here")
 
     assert runner.run("boom", boom).detail == "RuntimeError: line one line two"
-    assert runner.run("skip", skip).status == smoke.SKIP
-    assert runner.run("ok", lambda: "fine").status == smoke.PASS
+    assert runner.run("skip", skip).status == report.SKIP
+    assert runner.run("ok", lambda: "fine").status == report.PASS
 
 
 def test_cudnn_version_format() -> None:
-    assert smoke.format_cudnn_version(91002) == "9.10.2"
-    assert smoke.format_cudnn_version(8907) == "8.9.7"
-    assert bench.format_cudnn_version(91300) == "9.13.0"
+    assert probe.format_cudnn_version(91002) == "9.10.2"
+    assert probe.format_cudnn_version(8907) == "8.9.7"
+    assert probe.format_cudnn_version(91300) == "9.13.0"
 
 
 def test_public_version() -> None:
-    assert smoke.public_version("2.11.0+cu130") == "2.11.0"
-    assert smoke.public_version("2.11.0") == "2.11.0"
+    assert probe.public_version("2.11.0+cu130") == "2.11.0"
+    assert probe.public_version("2.11.0") == "2.11.0"
 
 
 # --- whole runs -------------------------------------------------------------------------------
@@ -289,7 +204,7 @@ def test_smoke_without_gpu_fails_with_diagnosis() -> None:
 
 def test_smoke_table_and_expectations() -> None:
     torch = no_gpu_torch()
-    version = smoke.public_version(torch.__version__)
+    version = probe.public_version(torch.__version__)
     result = run_module(
         "torchkiln.smoke", "--allow-cpu", "--expect-torch", version, "--expect-cca", "9.0"
     )
@@ -320,12 +235,14 @@ def test_all_reduce_plumbing_on_gloo() -> None:
     torch = pytest.importorskip("torch")
     if not torch.distributed.is_available():
         pytest.skip("torch built without distributed")
-    assert smoke.nccl_all_reduce(2, timeout=120, backend="gloo").startswith("2 ranks each got 3")
+    assert (
+        workers.AllReduce(2, timeout=120, backend="gloo").result().startswith("2 ranks each got 3")
+    )
 
 
 def test_torchvision_check_runs_in_the_background_worker() -> None:
     torch = pytest.importorskip("torch")
-    vision = smoke.TorchvisionInBackground()
+    vision = workers.TorchvisionInBackground()
     try:
         assert vision.proc is not None
         outcome = vision._collect()
@@ -333,18 +250,18 @@ def test_torchvision_check_runs_in_the_background_worker() -> None:
     finally:
         vision.stop()
     installed = importlib.util.find_spec("torchvision") is not None
-    again = smoke.TorchvisionInBackground()
+    again = workers.TorchvisionInBackground()
     if installed:
         assert "torchvision" in again.result(torch, "cpu")
     else:
-        with pytest.raises(smoke.CheckSkipped, match="not installed"):
+        with pytest.raises(report.CheckSkipped, match="not installed"):
             again.result(torch, "cpu")
 
 
 def test_torchvision_worker_for_another_device_is_not_trusted(monkeypatch) -> None:
     torch = pytest.importorskip("torch")
-    vision = smoke.TorchvisionInBackground()
+    vision = workers.TorchvisionInBackground()
     vision.stop()
     monkeypatch.setattr(vision, "_collect", lambda: {"device": "cpu", "status": "pass"})
-    monkeypatch.setattr(smoke, "check_torchvision", lambda torch, device: f"ran on {device}")
+    monkeypatch.setattr(workers, "check_torchvision", lambda torch, device: f"ran on {device}")
     assert vision.result(torch, "cuda") == "ran on cuda"

@@ -1,0 +1,229 @@
+"""Checks that run in other processes, started early so their start-up overlaps the rest: the
+NCCL all-reduce (one process per GPU) and the torchvision check (`python -m
+torchkiln.inimage.workers torchvision`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from torchkiln.inimage.numerics import random_boxes, reference_nms
+from torchkiln.inimage.report import RAISED, CheckFailed, CheckSkipped, one_line, outcome
+
+NCCL_TIMEOUT_S = 60.0
+
+# How long the background torchvision check may take before it is redone in this process.
+TORCHVISION_TIMEOUT_S = 90
+
+
+def free_port() -> int:
+    """Find a TCP port on the loopback interface that nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# Run with `python -c`, one process per GPU, so the parent's CUDA context is never forked.
+NCCL_WORKER = r"""
+import datetime, json, os, sys
+import torch
+import torch.distributed as dist
+rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+backend = os.environ["TORCHKILN_BACKEND"]
+device = "cuda" if backend == "nccl" else "cpu"
+if device == "cuda":
+    torch.cuda.set_device(rank)
+dist.init_process_group(
+    backend, rank=rank, world_size=world,
+    timeout=datetime.timedelta(seconds=float(os.environ["TORCHKILN_NCCL_TIMEOUT"])),
+)
+t = torch.full((1 << 20,), float(rank + 1), device=device)
+dist.all_reduce(t)
+if device == "cuda":
+    torch.cuda.synchronize()
+want = world * (world + 1) / 2
+ok = bool((t == want).all().item())
+print(json.dumps({"rank": rank, "ok": ok, "min": t.min().item(), "max": t.max().item()}))
+dist.destroy_process_group()
+sys.exit(0 if ok else 3)
+"""
+
+
+class AllReduce:
+    """All-reduce (rank+1) over `world` GPUs in `world` processes, started at construction.
+
+    Starting the ranks before the other checks lets their torch import and NCCL set-up overlap
+    with them; `result()` then waits. backend="gloo" runs the same processes on the CPU, so the
+    plumbing is testable without GPUs.
+    """
+
+    def __init__(self, world: int, timeout: float = NCCL_TIMEOUT_S, backend: str = "nccl") -> None:
+        # Checking the sum needs no NVLink multicast (NVLS): it stays off unless the caller set
+        # these, so the check creates no multicast objects on GPUs that other jobs may be using.
+        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+        os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
+        self.world, self.timeout = world, timeout
+        self.start = time.monotonic()
+        self.procs: list[tuple[subprocess.Popen[bytes], Any]] = []
+        port = free_port()
+        try:
+            for rank in range(world):
+                env = dict(os.environ)
+                env.update(
+                    MASTER_ADDR="127.0.0.1",
+                    MASTER_PORT=str(port),
+                    RANK=str(rank),
+                    LOCAL_RANK=str(rank),
+                    WORLD_SIZE=str(world),
+                    TORCHKILN_NCCL_TIMEOUT=str(int(timeout)),
+                    TORCHKILN_BACKEND=backend,
+                )
+                # Files, not pipes: a chatty NCCL_DEBUG cannot fill a pipe and stall a rank.
+                log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in result()
+                proc = subprocess.Popen(
+                    [sys.executable, "-c", NCCL_WORKER], env=env, stdout=log, stderr=log
+                )
+                self.procs.append((proc, log))
+        except BaseException:
+            self._stop()
+            raise
+
+    def _stop(self) -> None:
+        for proc, _ in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    def result(self) -> str:
+        """Wait for the ranks; return a summary, or raise CheckFailed naming the failing rank."""
+        try:
+            # Poll rather than wait on each in turn: when one rank dies the others would block
+            # in the rendezvous until the timeout, so stop at the first failure.
+            while any(proc.poll() is None for proc, _ in self.procs):
+                if any(proc.poll() not in (None, 0) for proc, _ in self.procs):
+                    break
+                if time.monotonic() - self.start > self.timeout:
+                    raise CheckFailed(
+                        f"all-reduce over {self.world} ranks did not finish within "
+                        f"{self.timeout:.0f} s"
+                    )
+                time.sleep(0.05)
+        finally:
+            self._stop()
+        try:
+            # Report the rank that failed on its own before those killed because of it.
+            ordered = sorted(enumerate(self.procs), key=lambda item: item[1][0].returncode < 0)
+            for rank, (proc, log) in ordered:
+                log.seek(0)
+                text = log.read().decode(errors="replace")
+                parsed = [line for line in text.splitlines() if line.startswith('{"rank"')]
+                if proc.returncode != 0 or not parsed:
+                    lines = [line for line in text.splitlines() if line.strip()]
+                    tail = lines[-1] if lines else "no output"
+                    raise CheckFailed(
+                        f"rank {rank} exited {proc.returncode}: {one_line(tail, 300)}"
+                    )
+        finally:
+            for _, log in self.procs:
+                log.close()
+        want = self.world * (self.world + 1) // 2
+        seconds = time.monotonic() - self.start
+        return f"{self.world} ranks each got {want} (= 1+...+{self.world}) in {seconds:.1f} s"
+
+
+def import_optional(name: str) -> Any:
+    """Import torchvision/torchaudio; skip when absent, fail when present but broken."""
+    try:
+        return __import__(name)
+    except ModuleNotFoundError as exc:
+        if exc.name == name:
+            raise CheckSkipped(f"{name} not installed") from exc
+        raise
+
+
+def check_torchvision(torch: Any, device: str) -> str:
+    """Check torchvision's NMS on a device gives the same keep list as on the CPU."""
+    torchvision = import_optional("torchvision")
+    boxes, scores = random_boxes(torch, 1000)
+    keep_cpu = torchvision.ops.nms(boxes, scores, 0.5).tolist()
+    if keep_cpu != reference_nms(torch, boxes, scores, 0.5):
+        raise CheckFailed("nms on the CPU disagrees with a plain greedy NMS")
+    if device != "cpu":
+        keep = torchvision.ops.nms(boxes.to(device), scores.to(device), 0.5).cpu().tolist()
+        if keep != keep_cpu:
+            raise CheckFailed(f"nms on {device} kept {len(keep)} boxes, on the CPU {len(keep_cpu)}")
+    return f"torchvision {torchvision.__version__}; nms on {device} kept {len(keep_cpu)}/1000 boxes"
+
+
+class TorchvisionInBackground:
+    """The torchvision check in a second process, started before this one imports torch.
+
+    Importing torchvision takes seconds; a second process does it (and its own torch import) on
+    other cores while this one runs the other checks, so smoke stays well under 15 s.
+    """
+
+    def __init__(self) -> None:
+        # The directory holding the torchkiln package, wherever this copy of it lives.
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        try:
+            self.proc: subprocess.Popen[str] | None = subprocess.Popen(
+                [sys.executable, "-m", "torchkiln.inimage.workers", "torchvision"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+        except OSError:
+            self.proc = None
+
+    def result(self, torch: Any, device: str) -> str:
+        """Take the worker's verdict for `device`, or check in this process when it has none."""
+        verdict = self._collect()
+        if not verdict or verdict.get("device") != device:
+            return check_torchvision(torch, device)
+        raised = RAISED.get(verdict["status"])
+        if raised:
+            raise raised(verdict["detail"])
+        return str(verdict["detail"])
+
+    def stop(self) -> None:
+        """End the worker when its answer is not needed (no early exit leaves it running)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def _collect(self) -> dict[str, Any] | None:
+        if self.proc is None:
+            return None
+        try:
+            out, _ = self.proc.communicate(timeout=TORCHVISION_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            return None
+        lines = [line for line in out.splitlines() if line.startswith("{")]
+        try:
+            return json.loads(lines[-1]) if lines else None
+        except ValueError:
+            return None
+
+
+def torchvision_worker() -> int:
+    """Run only the torchvision check, on CUDA when it works, and print it as one JSON line."""
+    import torch
+
+    device = "cuda" if torch.version.cuda is not None and torch.cuda.is_available() else "cpu"
+    status, detail = outcome(lambda: check_torchvision(torch, device))
+    print(json.dumps({"device": device, "status": status, "detail": detail}), flush=True)
+    return 0
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["torchvision"]:
+    sys.exit(torchvision_worker())
