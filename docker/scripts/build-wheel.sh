@@ -1,7 +1,7 @@
 #!/bin/bash
 # Build the wheel of the source tree $1 into $2 with pip (no build isolation: the build uses what
-# is installed, plus the wheels in $3 such as torch for torchvision), for the GPUs in CCA; print
-# ccache's statistics afterwards.
+# is installed, plus the wheels in $3 such as torch for torchvision), for the archs in
+# TORCH_CUDA_ARCH_LIST; print the parallelism and ccache's statistics for invoke build's summary.
 set -euo pipefail
 # shellcheck source=docker/scripts/net.sh
 source "$(dirname "$0")/net.sh"
@@ -11,16 +11,47 @@ if [[ ! -e $source_dir/setup.py && ! -e $source_dir/pyproject.toml ]]; then
   echo "torchkiln: $source_dir is empty; nothing to build"
   exit 0
 fi
-# TORCH_CUDA_ARCH_LIST comes ready-made from invoke build (its one CCA parser), never from here.
-if [[ -z ${TORCH_CUDA_ARCH_LIST:-} ]]; then
-  echo "ERROR: TORCH_CUDA_ARCH_LIST is empty; build with invoke build --cca 8.6 (it derives it" \
-    "from CCA), or pass --build-arg TORCH_CUDA_ARCH_LIST" >&2
-  exit 1
+name=$(basename "$source_dir")
+
+if [[ ${USE_CUDA:-1} != 0 ]]; then
+  # TORCH_CUDA_ARCH_LIST comes ready-made from invoke build (its one CCA parser), never from here.
+  if [[ -z ${TORCH_CUDA_ARCH_LIST:-} ]]; then
+    echo "ERROR: TORCH_CUDA_ARCH_LIST is empty; build with invoke build --cca 8.6 (it derives" \
+      "it from CCA), or pass --build-arg TORCH_CUDA_ARCH_LIST" >&2
+    exit 1
+  fi
+  if ! command -v "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" >/dev/null; then
+    echo "ERROR: no nvcc at ${CUDA_HOME:-/usr/local/cuda}/bin: BUILD_IMAGE has no CUDA toolkit;" \
+      "use an nvidia/cuda devel image, or CUDA_FROM=pypi on any apt-based image" >&2
+    exit 1
+  fi
+  export TORCH_CUDA_ARCH_LIST
+else
+  unset TORCH_CUDA_ARCH_LIST
 fi
-MAX_JOBS=${MAX_JOBS:-$(nproc)}
-export TORCH_CUDA_ARCH_LIST MAX_JOBS USE_CUDNN USE_NCCL USE_FLASH_ATTENTION USE_MEM_EFF_ATTENTION DEBUG
-export CCACHE_DIR=/root/.cache/ccache
-echo "torchkiln: TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS"
+
+# Parallel jobs: MAX_JOBS, else the cores, but at most one per 4 GB of memory (a CUDA translation
+# unit takes 2 to 5 GB; more jobs than memory allows ends in the OOM killer hours in).
+cores=$(nproc)
+memory_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)
+limit=$(cat /sys/fs/cgroup/memory.max 2>/dev/null || echo max)
+if [[ $limit =~ ^[0-9]+$ ]] && ((limit / 1024 < memory_kb)); then
+  memory_kb=$((limit / 1024))
+fi
+by_memory=$((memory_kb / (4 * 1024 * 1024)))
+((by_memory >= 1)) || by_memory=1
+if [[ -n ${MAX_JOBS:-} ]]; then
+  why="MAX_JOBS"
+else
+  MAX_JOBS=$((cores < by_memory ? cores : by_memory))
+  why="$cores cores, $((memory_kb / 1024 / 1024)) GB memory: one job per 4 GB"
+fi
+export MAX_JOBS
+echo "torchkiln-jobs: $name MAX_JOBS=$MAX_JOBS ($why)"
+echo "torchkiln: TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-none (CPU)} FORCE_CUDA=${FORCE_CUDA:-}"
+export USE_CUDNN USE_NCCL USE_FLASH_ATTENTION USE_MEM_EFF_ATTENTION DEBUG
+export CCACHE_DIR=/root/.cache/ccache CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-40G}
+
 # BUILD_MAGMA=1 mounts magma's prefix at /opt/magma (empty otherwise): PyTorch's FindMAGMA
 # looks in MAGMA_HOME, other find_package calls in CMAKE_PREFIX_PATH.
 if compgen -G '/opt/magma/lib/libmagma.*' >/dev/null; then
@@ -28,18 +59,43 @@ if compgen -G '/opt/magma/lib/libmagma.*' >/dev/null; then
   export CMAKE_PREFIX_PATH=${CMAKE_PREFIX_PATH:+$CMAKE_PREFIX_PATH:}/opt/magma
   echo "torchkiln: USE_MAGMA=1 MAGMA_HOME=$MAGMA_HOME"
 fi
-if [[ -n $preinstall ]]; then
-  pip install "$preinstall"/*.whl
+
+# What the build needs installed, as --no-build-isolation expects: the torch it builds against
+# (with its dependencies), the tree's requirement lists and its pyproject build requirements.
+if compgen -G "$preinstall/*.whl" >/dev/null; then
+  pip install "${wheelhouse_options[@]}" "$preinstall"/*.whl
 fi
-if [[ -f $source_dir/requirements.txt ]]; then
-  pip install -r "$source_dir/requirements.txt"
+for list in requirements-build.txt requirements.txt; do
+  if [[ -f $source_dir/$list ]]; then
+    pip install "${wheelhouse_options[@]}" --requirement "$source_dir/$list"
+  fi
+done
+mapfile -t build_requires < <(python - "$source_dir/pyproject.toml" <<'PY'
+import re, sys
+try:
+    import tomllib
+    with open(sys.argv[1], "rb") as handle:
+        requires = tomllib.load(handle).get("build-system", {}).get("requires", [])
+except FileNotFoundError:
+    requires = []
+except ModuleNotFoundError:  # Python 3.10 reads no TOML: the tree's requirement lists must do
+    requires = []
+# The torch family is what $3 installed; the index must never swap it.
+for requirement in requires:
+    if re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0].lower() not in ("torch", "torchvision", "torchaudio"):
+        print(requirement)
+PY
+)
+if ((${#build_requires[@]})); then
+  pip install "${wheelhouse_options[@]}" "${build_requires[@]}"
 fi
+
 ccache --zero-stats >/dev/null
 # `command pip`: no index is needed here, so the compile never sees the index token.
 command pip wheel --no-build-isolation --no-deps --wheel-dir "$wheel_dir" "$source_dir"
 ccache --show-stats
 # One machine-readable line for invoke build's summary.
-ccache --print-stats | awk -F'\t' '
+ccache --print-stats | awk -F'\t' -v name="$name" '
   /^(direct|preprocessed)_cache_hit\t/ {hits += $2}
   /^cache_miss\t/ {misses += $2}
-  END {printf "torchkiln-ccache: hits=%d misses=%d\n", hits, misses}'
+  END {printf "torchkiln-ccache: %s hits=%d misses=%d\n", name, hits, misses}'

@@ -6,14 +6,10 @@ set -euo pipefail
 # shellcheck source=docker/scripts/net.sh
 source "$(dirname "$0")/net.sh"
 what=$1 path=$2
-index_options=()
-if compgen -G '/wheelhouse/*.whl' >/dev/null; then
-  index_options=(--no-index --find-links /wheelhouse)
-fi
 case $what in
   wheels)
     if compgen -G "$path/*.whl" >/dev/null; then
-      pip install "${index_options[@]}" "$path"/*.whl
+      pip install "${wheelhouse_options[@]}" "$path"/*.whl
     fi
     ;;
   requirements)
@@ -27,7 +23,7 @@ for name in ("torch", "torchvision", "torchaudio", "triton"):
         pass
 PY
     cat /tmp/torch-constraints.txt
-    pip install "${index_options[@]}" --constraint /tmp/torch-constraints.txt --requirement "$path"
+    pip install "${wheelhouse_options[@]}" --constraint /tmp/torch-constraints.txt --requirement "$path"
     rm /tmp/torch-constraints.txt
     ;;
   *)

@@ -9,6 +9,11 @@ if [[ -s $ca_bundle ]]; then
   apt_options+=(-o "Acquire::https::CAInfo=$ca_bundle")
 fi
 [[ -n ${PIP_INDEX_URL:-} ]] || unset PIP_INDEX_URL
+# A non-empty local wheelhouse (invoke build --wheelhouse DIR) replaces every index: air-gapped.
+wheelhouse_options=()
+if compgen -G '/wheelhouse/*.whl' >/dev/null; then
+  wheelhouse_options=(--no-index --find-links /wheelhouse)
+fi
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 
 # The index token secret becomes the password of PIP_INDEX_URL (user __token__ unless the URL

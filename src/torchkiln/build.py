@@ -19,7 +19,8 @@ from torchkiln import compose, doctor, envfile, gpu, runner, settings
 from torchkiln.errors import UserError
 
 IMAGE_SETTING = {"train": "TRAIN_IMAGE_NAME", "full": "FULL_IMAGE_NAME", "ngc": "NGC_IMAGE_NAME"}
-_CCACHE_LINE = re.compile(r"torchkiln-ccache: hits=(\d+) misses=(\d+)")
+_CCACHE_LINE = re.compile(r"torchkiln-ccache: (?:\S+ )?hits=(\d+) misses=(\d+)")
+_JOBS_LINE = re.compile(r"^(?:#\d+ [\d.]+ )?torchkiln-jobs: (.+)$", re.MULTILINE)
 
 
 @dataclass
@@ -184,13 +185,25 @@ def validate(service: str, values: Mapping[str, str]) -> None:
     """Refuse, in seconds, what would fail hours into the build."""
     if service not in settings.SOURCE:
         return
+    mine = compose.service_values(service, values)
     gpu.resolve_versions(
-        values["PYTORCH_VERSION"], values["TORCHVISION_VERSION"], values["TORCHAUDIO_VERSION"]
+        mine["PYTORCH_VERSION"], mine["TORCHVISION_VERSION"], mine["TORCHAUDIO_VERSION"]
     )
-    if values["BUILD_MODE"] == "source":
-        gpu.check_cca_for_cuda(
-            values["CCA"], compose.service_values(service, values)["CUDA_VERSION"]
+    cuda_from, mode, cuda = mine["CUDA_FROM"], mine["BUILD_MODE"], mine["CUDA_VERSION"]
+    if cuda_from == "pypi" and gpu.version_tuple(cuda)[0] < 13:
+        raise UserError(
+            f"CUDA_FROM=pypi needs CUDA 13 or newer, not CUDA_VERSION {cuda} (NVIDIA's CUDA 12 "
+            f"wheels have another layout); use CUDA_FROM=image for CUDA 12"
         )
+    if cuda_from == "none" or mode == "wheels":
+        return
+    for item in gpu.check_cca_for_cuda(mine["CCA"], cuda):
+        if item.suffix == "f":
+            raise UserError(
+                f"CCA '{item}': torchvision, torchaudio and extensions build with "
+                f"torch.utils.cpp_extension, which has no family-specific targets; write "
+                f"{item.base} (or list each GPU of the family, e.g. '10.0;10.3')"
+            )
 
 
 def plan(
@@ -292,6 +305,7 @@ def summary(built: BuildPlan, seconds: float, size_bytes: int, log: str) -> str:
         f"image:       {built.image} ({size_bytes / 1e9:.2f} GB)",
         f"build time:  {seconds:.0f} s",
         f"ccache:      {ccache_rate(log)}",
+        *(f"jobs:        {line}" for line in dict.fromkeys(_JOBS_LINE.findall(log))),
         f"steps run:   {len(executed_steps(log))} (the others from cache)",
         *([f"pushed:      {built.push_ref}"] if built.push_ref else []),
         *(f"cache to:    {spec}" for spec in built.cache_to),

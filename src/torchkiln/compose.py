@@ -123,7 +123,8 @@ def build_arg_values(service: str, values: Mapping[str, str]) -> dict[str, str]:
     mine = service_values(service, values)
     args = {name: mine[name] for name in settings.build_args(service)}
     if "CCA" in args:
-        args.update(gpu.cca_build_args(args["CCA"]))
+        # A CPU image (CUDA_FROM=none) compiles no GPU code: no arch lists, whatever CCA says.
+        args.update(gpu.cca_build_args(args["CCA"] if args["CUDA_FROM"] != "none" else ""))
     return args
 
 

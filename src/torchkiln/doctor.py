@@ -15,7 +15,7 @@ MIN_ENGINE = (23, 0)
 MIN_COMPOSE = (2, 24, 4)
 # Free GB at the engine's root below which a build is refused / warned about, per BUILD_MODE:
 # a source build of torch + vision with its ccache takes about 40 GB, official wheels about 10.
-DISK_GB = {"source": (40, 60), "wheels": (10, 20)}
+DISK_GB = {"source": (40, 60), "torch-wheel": (20, 30), "wheels": (10, 20)}
 GB = 1024**3
 
 
@@ -189,9 +189,11 @@ def check_cca(env: EnvState) -> Row:
     return Row("cca", "ok", f"{';'.join(map(str, items))} builds with CUDA {cuda}")
 
 
-def check_disk(facts: EngineFacts, build_mode: str = "source") -> Row:
-    """Judge free disk space at the engine's root for a build of BUILD_MODE."""
+def check_disk(facts: EngineFacts, build_mode: str = "source", floor: str = "") -> Row:
+    """Judge free disk at the engine's root for a build of BUILD_MODE (or MIN_FREE_DISK_GB)."""
     needed, comfortable = DISK_GB.get(build_mode, DISK_GB["source"])
+    if floor:
+        needed = comfortable = int(floor)
     if facts.error:
         return Row("disk", "warn", "not checked: the engine is unreachable")
     if facts.free_bytes is None:
@@ -223,6 +225,13 @@ def check_env(env: EnvState) -> Row:
     return Row(".env", "ok", "present and valid")
 
 
+def disk_settings(values: Mapping[str, str] | None) -> tuple[str, str]:
+    """BUILD_MODE and MIN_FREE_DISK_GB for the disk check (defaults when unreadable)."""
+    if values is None:
+        return "source", ""
+    return values["BUILD_MODE"], values.get("MIN_FREE_DISK_GB", "")
+
+
 def cuda_variants(env: EnvState) -> list[tuple[str, EnvState]]:
     """The settings as each service builds them: train always uses the default CUDA_VERSION."""
     if env.values is None:
@@ -245,7 +254,7 @@ def diagnose(facts: EngineFacts, driver: str, env: EnvState) -> list[Row]:
         *check_engine(facts),
         check_gpu_runtime(facts, env),
         *gpu_rows,
-        check_disk(facts, env.values["BUILD_MODE"] if env.values else "source"),
+        check_disk(facts, *disk_settings(env.values)),
         check_env(env),
     ]
 
@@ -316,7 +325,7 @@ def build_blockers(
 ) -> list[Row]:
     """The doctor rows that must pass before a build starts (GPU rows only when it will run)."""
     env = EnvState(present=True, values=values)
-    rows = [*check_engine(facts), check_disk(facts, values["BUILD_MODE"])]
+    rows = [*check_engine(facts), check_disk(facts, *disk_settings(values))]
     if up:
         rows.append(check_gpu_runtime(facts, env))
         if driver:  # no driver here: the image may be meant for another machine

@@ -246,6 +246,15 @@ SETTINGS: tuple[Setting, ...] = (
         _optional(_pattern(r"[1-9]\d{0,3}", "a positive number such as 8")),
     ),
     Setting(
+        "MIN_FREE_DISK_GB",
+        "",
+        "free GB at Docker's root below which a build is refused; empty: by BUILD_MODE "
+        "(source 40, torch-wheel 20, wheels 10)",
+        "build",
+        (),
+        _optional(_pattern(r"\d{1,5}", "a number of GB such as 20")),
+    ),
+    Setting(
         "CCACHE_MAXSIZE",
         "40G",
         "size of the compile cache (a PyTorch build fills about 25 GB)",

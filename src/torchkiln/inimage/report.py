@@ -44,6 +44,7 @@ class Report:
     cuda: str | None = None
     driver: str | None = None
     devices: list[dict[str, Any]] = field(default_factory=list)
+    audit: list[dict[str, Any]] = field(default_factory=list)  # the arch audit's package rows
     seconds: float = 0.0
 
     @property
@@ -132,6 +133,7 @@ def report_json(report: Report) -> str:
             "cuda": report.cuda,
             "driver": report.driver,
             "devices": report.devices,
+            "audit": report.audit,
             "seconds": round(report.seconds, 3),
         },
         indent=2,

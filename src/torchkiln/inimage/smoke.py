@@ -2,6 +2,7 @@
 
 Runs inside the built images, so it imports only the standard library and torch (torchvision
 and torchaudio when present). Every check catches its own errors and reports them as a row.
+`--audit-only [PATH ...]` runs just the arch audit (torchkiln.inimage.audit), without torch.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import os
 import re
 import sys
 import time
+from dataclasses import asdict
 from typing import Any
 
 from torchkiln.inimage import archs as arch_rules
+from torchkiln.inimage import audit as arch_audit
 from torchkiln.inimage.numerics import (
     TOL_FP32,
     TOL_HALF,
@@ -33,8 +36,10 @@ from torchkiln.inimage.probe import (
     torch_arch_list,
 )
 from torchkiln.inimage.report import (
+    FAIL,
     PASS,
     SKIP,
+    WARN,
     CheckFailed,
     CheckSkipped,
     CheckWarned,
@@ -104,6 +109,28 @@ def check_gpu_arch(torch: Any, index: int, archs: list[str], device: dict[str, A
     if how.startswith("PTX"):
         raise CheckWarned(f"{label}: {how} (slow first start; build with CCA={cap[0]}.{cap[1]})")
     return f"{label}: {how}"
+
+
+def check_arch_audit(report: Report, expected: str | None) -> str:
+    """Check every package's CUDA code in site-packages runs on each visible GPU and each
+    --expect-cca item; the per-package rows go into the report."""
+    targets = arch_audit.merge_targets(
+        arch_audit.gpu_targets(report.devices),
+        arch_audit.cca_targets(expected) if expected else [],
+    )
+    if not targets:
+        raise CheckSkipped("no GPU and no --expect-cca: nothing to audit against")
+    rows = arch_audit.audit([], targets)
+    report.audit = [asdict(row) for row in rows]
+    if not rows:
+        raise CheckSkipped("no CUDA code in site-packages (CPU-only torch?)")
+    text = arch_audit.summary(rows, targets)
+    status = arch_audit.overall(rows)
+    if status == FAIL:
+        raise CheckFailed(text)
+    if status == WARN:
+        raise CheckWarned(text)
+    return text
 
 
 def check_expected_cca(archs: list[str], expected: str) -> str:
@@ -214,6 +241,7 @@ def run_cuda_checks(
             "arch coverage" + (f" gpu{index}" if len(runner.report.devices) > 1 else ""),
             lambda i=index, d=device: check_gpu_arch(torch, i, archs, d),
         )
+    runner.run("arch audit", lambda: check_arch_audit(runner.report, args.expect_cca))
     if args.expect_cca:
         runner.run("expected CCA", lambda: check_expected_cca(archs, args.expect_cca))
     runner.run("cuDNN conv2d fwd/bwd", lambda: check_cudnn(torch))
@@ -303,6 +331,8 @@ def _run_all(args: argparse.Namespace, start: float, vision: TorchvisionInBackgr
                     "expected CCA",
                     lambda: check_expected_cca(torch_arch_list(torch), args.expect_cca),
                 )
+        # The code in the files says which GPUs the image will run on, GPU or not.
+        runner.run("arch audit", lambda: check_arch_audit(report, args.expect_cca))
         if args.allow_cpu:
             run_cpu_checks(torch, runner, vision)
     report.seconds = time.perf_counter() - start
@@ -314,6 +344,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m torchkiln.smoke",
         description="Check that torch works on this machine's GPUs.",
+        epilog="exit status: 0 all required checks pass, 1 some fail, 2 bad input (--audit-only)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
@@ -325,12 +356,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--expect-cca", metavar="X", help="archs the build must contain, e.g. '8.6;9.0a'"
     )
+    parser.add_argument(
+        "--audit-only",
+        action="store_true",
+        help="only check that the CUDA code in site-packages (or in PATHs) runs on each visible "
+        "GPU and --expect-cca item; does not import torch",
+    )
+    parser.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="with --audit-only: shared objects or folders to audit instead of site-packages",
+    )
     return parser.parse_args(argv)
+
+
+def refused(args: argparse.Namespace) -> str | None:
+    """Say why a combination of flags cannot run, None when it can."""
+    if args.paths and not args.audit_only:
+        return f"PATH arguments ({' '.join(args.paths)}) go with --audit-only only"
+    if args.audit_only and args.expect_torch:
+        return "--expect-torch needs torch, which --audit-only does not import; drop one"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the checks, print the report, return 0 when every required check passed."""
     args = parse_args(argv)
+    problem = refused(args)
+    if problem:
+        print(f"smoke: {problem}", file=sys.stderr, flush=True)
+        return 2
+    if args.audit_only:
+        return arch_audit.run_audit_only(args.paths, args.expect_cca, args.json)
     report = run_all(args)
     print(report_json(report) if args.json else render_table(report), flush=True)
     return 0 if report.ok else 1
