@@ -6,18 +6,17 @@ set -euo pipefail
 # shellcheck source=docker/scripts/net.sh
 source "$(dirname "$0")/net.sh"
 source_dir=$1 prefix=$2
-# The arch lists come ready-made from invoke build (its one CCA parser): GPU_TARGET in magma's
-# names ('sm_86 sm_90a'), CMAKE_CUDA_ARCHITECTURES with -real where no PTX is wanted.
-if [[ -z ${MAGMA_GPU_TARGET:-} || -z ${CUDA_ARCHITECTURES:-} ]]; then
-  echo "ERROR: MAGMA_GPU_TARGET/CUDA_ARCHITECTURES are empty; build with invoke build --cca 8.6" >&2
+# The archs come ready-made from invoke build (its one CCA parser): CMAKE_CUDA_ARCHITECTURES
+# ('86-real;90a-real;120': SASS for each, PTX only where +PTX asks) and MAGMA_CUDA_ARCH_MIN (the
+# oldest, '860'). Given both, magma takes CMake's list; its GPU_TARGET names would override it
+# and lose the -real/PTX choice, so GPU_TARGET is not passed.
+if [[ -z ${CUDA_ARCHITECTURES:-} || -z ${MAGMA_CUDA_ARCH_MIN:-} ]]; then
+  echo "ERROR: CUDA_ARCHITECTURES/MAGMA_CUDA_ARCH_MIN are empty; build with invoke build --cca 8.6" >&2
   exit 1
 fi
-# magma's CPU side needs BLAS/LAPACK.
-apt_install libopenblas-dev
-# The oldest arch, for MAGMA_CUDA_ARCH_MIN: the smallest number in CUDA_ARCHITECTURES.
-min_arch=$(grep -o '[0-9]\+' <<<"$CUDA_ARCHITECTURES" | sort -n | head -1)
+# magma's CPU side needs BLAS/LAPACK (build-base has OpenBLAS, which carries LAPACK).
 MAX_JOBS=${MAX_JOBS:-$(nproc)}
-echo "torchkiln: magma GPU_TARGET='$MAGMA_GPU_TARGET' CMAKE_CUDA_ARCHITECTURES='$CUDA_ARCHITECTURES'"
+echo "torchkiln: magma CMAKE_CUDA_ARCHITECTURES='$CUDA_ARCHITECTURES' MAGMA_CUDA_ARCH_MIN=$MAGMA_CUDA_ARCH_MIN"
 
 if [[ ! -f $source_dir/CMake.src.cuda && -f $source_dir/Makefile ]]; then
   # magma's README: a repository checkout generates the other precisions with `make generate`.
@@ -32,12 +31,16 @@ cmake -S "$source_dir" -B "$build_dir" -G Ninja \
   -DBUILD_SHARED_LIBS=OFF \
   -DMAGMA_ENABLE_CUDA=ON \
   -DUSE_FORTRAN=OFF \
-  -DGPU_TARGET="$MAGMA_GPU_TARGET" \
   -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCHITECTURES" \
-  -DMAGMA_CUDA_ARCH_MIN="${min_arch}0" \
+  -DMAGMA_CUDA_ARCH_MIN="$MAGMA_CUDA_ARCH_MIN" \
   -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache
-# The libraries only: magma's testers would double the build time.
-cmake --build "$build_dir" --parallel "$MAX_JOBS" --target magma magma_sparse
-cmake --install "$build_dir"
+# The library PyTorch links, only: magma_sparse (never used by PyTorch) and the testers would
+# double the build time.
+cmake --build "$build_dir" --parallel "$MAX_JOBS" --target magma
+# magma's install rule names magma_sparse too: install what PyTorch's FindMAGMA reads by hand.
+mkdir -p "$prefix/lib" "$prefix/include"
+find "$build_dir" -name libmagma.a -exec cp {} "$prefix/lib/" \;
+cp "$source_dir"/include/*.h "$prefix/include/"
+if compgen -G "$build_dir/include/*.h" >/dev/null; then cp "$build_dir"/include/*.h "$prefix/include/"; fi
 rm -rf "$build_dir"
 ls -l "$prefix/lib"

@@ -10,6 +10,7 @@ import contextlib
 import json
 import re
 import shlex
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -284,6 +285,8 @@ def read_dotenv(root: Path) -> dict[str, str | None]:
         raise UserError(
             f"{file} sets nothing; run invoke env --force to write it from this host's facts"
         )
+    for note in envfile.unknown_names(values):
+        print(f"warning: {file.name}: {note}", file=sys.stderr)
     return values
 
 
@@ -365,7 +368,8 @@ def build_service(c, built: BuildPlan) -> None:
     dry = bool(c.config.run.dry)
     # Engine, plugins, disk, and (when the container will start here) GPU runtime and driver:
     # refused in seconds rather than after a long build, by --dry as by the real build.
-    doctor.require_ready(compose.service_values(built.service, built.values), built.options.up)
+    mine = compose.service_values(built.service, built.values)
+    doctor.require_ready(mine, built.options.up, built.service)
     if not dry:
         check_builder(c, built.builder, export_cache=bool(built.cache_to))
     write_state(built)

@@ -35,8 +35,14 @@ SOURCE_CONTEXTS = {
     "audio": "audio-src",
     "magma": "magma-src",
 }
-# The files that mark a checkout's root: magma builds with CMake, the others with pip.
-SOURCE_MARKERS = {"magma": ("CMakeLists.txt",)}
+# What marks each checkout's root: a build file, and the package the project is named for, so a
+# checkout of something else is refused in seconds rather than after the build.
+SOURCE_MARKERS = {
+    "pytorch": (("setup.py", "pyproject.toml"), ("torch/__init__.py",)),
+    "vision": (("setup.py", "pyproject.toml"), ("torchvision/__init__.py",)),
+    "audio": (("setup.py", "pyproject.toml"), ("src/torchaudio", "torchaudio")),
+    "magma": (("CMakeLists.txt",), ("include/magma.h", "include/magma_v2.h")),
+}
 WHEELHOUSE_CONTEXT = "wheelhouse"
 # The build secret holding PIP_INDEX_TOKEN (compose/compose.yaml, docker/scripts/net.sh).
 INDEX_TOKEN_SECRET = "pip_index_token"
@@ -69,8 +75,9 @@ def parse_sources(items: Iterable[str], cwd: Path) -> dict[str, str]:
                 f"{', '.join(SOURCE_CONTEXTS)}; write e.g. --source pytorch=../pytorch"
             )
         path = (cwd / directory).resolve()
-        markers = SOURCE_MARKERS.get(name, ("setup.py", "pyproject.toml"))
-        if not any((path / marker).is_file() for marker in markers):
+        for markers in SOURCE_MARKERS[name]:
+            if any((path / marker).exists() for marker in markers):
+                continue
             raise UserError(
                 f"--source {name}={directory}: {path} holds no {' or '.join(markers)}; "
                 f"give the root of a {name} checkout (git clone --recursive)"

@@ -243,7 +243,28 @@ def cuda_variants(env: EnvState) -> list[tuple[str, EnvState]]:
     return [("", train), (" (full)", env)]
 
 
-def diagnose(facts: EngineFacts, driver: str, env: EnvState) -> list[Row]:
+def check_cuda_source(env: EnvState) -> Row:
+    """Say where the image's CUDA comes from, and refuse what that route cannot give."""
+    if env.values is None:
+        return Row("cuda", "warn", "not checked: the settings could not be read")
+    route, cuda = env.values["CUDA_FROM"], env.values["CUDA_VERSION"]
+    if route == "none":
+        return Row("cuda", "ok", f"none: a CPU image (BUILD_MODE={env.values['BUILD_MODE']})")
+    if route == "image":
+        return Row("cuda", "ok", f"CUDA {cuda} from the base image (nvidia/cuda devel)")
+    if gpu.version_tuple(cuda)[0] < 13:
+        return Row(
+            "cuda",
+            "error",
+            f"CUDA_FROM=pypi needs CUDA 13 or newer, not {cuda}",
+            "set CUDA_VERSION to 13.0.2 or newer, or CUDA_FROM=image for CUDA 12",
+        )
+    return Row("cuda", "ok", f"CUDA {cuda} from NVIDIA's wheels on the Python index (pypi)")
+
+
+def diagnose(
+    facts: EngineFacts, driver: str, env: EnvState, images: Row | None = None
+) -> list[Row]:
     """Run every check over the gathered facts."""
     gpu_rows = [
         replace(row, check=row.check + label)
@@ -253,7 +274,9 @@ def diagnose(facts: EngineFacts, driver: str, env: EnvState) -> list[Row]:
     return [
         *check_engine(facts),
         check_gpu_runtime(facts, env),
+        check_cuda_source(env),
         *gpu_rows,
+        *([images] if images else []),
         check_disk(facts, *disk_settings(env.values)),
         check_env(env),
     ]
@@ -316,16 +339,69 @@ def check_host(root: Path) -> tuple[str, bool]:
         state = env_state(dotenv, os.environ)
     except UserError as error:
         state = env_state(None, os.environ, problem=str(error))
-    rows = diagnose(facts, hostfacts.gpu_driver_version(), state)
+    images = None
+    if not facts.error and state.values is not None:
+        from torchkiln import compose
+
+        mine = compose.service_values("train", state.values)
+        problems = {image: engine.image_reachable(image) for image in base_images("train", mine)}
+        images = check_base_images("train", mine, problems)
+    rows = diagnose(facts, hostfacts.gpu_driver_version(), state, images)
     return render(rows), failed(rows)
 
 
+# The settings that name each service's base images.
+BASE_IMAGE_SETTINGS = {
+    "train": ("BUILD_IMAGE", "TRAIN_IMAGE"),
+    "full": ("BUILD_IMAGE", "TRAIN_IMAGE"),
+    "ngc": ("NGC_IMAGE",),
+}
+
+
+def base_images(service: str, values: Mapping[str, str]) -> dict[str, str]:
+    """The base images a service's build pulls, each with the setting that names it."""
+    found: dict[str, str] = {}
+    for name in BASE_IMAGE_SETTINGS[service]:
+        found.setdefault(values[name], name)
+    return found
+
+
+def check_base_images(service: str, values: Mapping[str, str], problems: Mapping[str, str]) -> Row:
+    """Judge whether each base image is here or resolvable; say what replaces a missing one."""
+    images = base_images(service, values)
+    missing = [(image, problems[image]) for image in images if problems.get(image)]
+    if not missing:
+        return Row("base images", "ok", ", ".join(images))
+    image, reason = missing[0]
+    setting = images[image]
+    routes = [f"set {setting} to a copy you can reach (a registry mirror, or an image you load)"]
+    if service != "ngc":
+        routes.append(
+            "or build on any apt-based image you have (BUILD_IMAGE=TRAIN_IMAGE=debian:12, "
+            "ubuntu:24.04, …) with CUDA_FROM=pypi (CUDA from the Python index) or "
+            "CUDA_FROM=none (CPU only), and --wheelhouse DIR when no index is reachable"
+        )
+    return Row(
+        "base images",
+        "error",
+        f"base image {image} ({setting}) is not here and cannot be pulled: {reason} (a Docker "
+        f"Hub rate limit looks the same: docker login)",
+        "; ".join(routes),
+    )
+
+
 def build_blockers(
-    facts: EngineFacts, driver: str, values: Mapping[str, str], up: bool
+    facts: EngineFacts,
+    driver: str,
+    values: Mapping[str, str],
+    up: bool,
+    images: Row | None = None,
 ) -> list[Row]:
     """The doctor rows that must pass before a build starts (GPU rows only when it will run)."""
     env = EnvState(present=True, values=values)
     rows = [*check_engine(facts), check_disk(facts, *disk_settings(values))]
+    if images is not None:
+        rows.append(images)
     if up:
         rows.append(check_gpu_runtime(facts, env))
         if driver:  # no driver here: the image may be meant for another machine
@@ -333,14 +409,20 @@ def build_blockers(
     return [row for row in rows if row.status == "error"]
 
 
-def require_ready(values: Mapping[str, str], up: bool) -> None:
+def require_ready(values: Mapping[str, str], up: bool, service: str = "") -> None:
     """Refuse, in seconds and before any build step, what would make the build or start fail."""
     from torchkiln import engine, hostfacts
 
     facts = engine.engine_info()
+    images = None
     if not facts.error:
         engine.plugin_versions(facts)
-    blockers = build_blockers(facts, hostfacts.gpu_driver_version(), values, up)
+        if service:
+            problems = {
+                image: engine.image_reachable(image) for image in base_images(service, values)
+            }
+            images = check_base_images(service, values, problems)
+    blockers = build_blockers(facts, hostfacts.gpu_driver_version(), values, up, images)
     if blockers:
         row = blockers[0]
         raise UserError(f"{row.check}: {row.detail}; fix: {row.fix}")

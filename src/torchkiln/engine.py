@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +42,14 @@ def engine_info() -> EngineFacts:
         import docker
         from docker.errors import DockerException
 
-        host = context_host()
+        try:
+            host = context_host()
+        except MissingContext as missing:
+            facts.error = (
+                f"Docker context '{missing}' (DOCKER_CONTEXT) does not exist; docker context ls "
+                f"lists them: unset DOCKER_CONTEXT or name one of those"
+            )
+            return facts
         client = (
             docker.DockerClient(base_url=host, timeout=10) if host else docker.from_env(timeout=10)
         )
@@ -75,7 +83,13 @@ def context_host() -> str:
     code, out = run_probe(
         ["docker", "context", "inspect", "--format", "{{.Endpoints.docker.Host}}"]
     )
+    if code != 0 and os.environ.get("DOCKER_CONTEXT"):
+        raise MissingContext(os.environ["DOCKER_CONTEXT"])
     return out.strip() if code == 0 else ""
+
+
+class MissingContext(Exception):
+    """DOCKER_CONTEXT names a context the CLI does not know."""
 
 
 def plugin_versions(facts: EngineFacts) -> EngineFacts:
@@ -90,6 +104,29 @@ def plugin_versions(facts: EngineFacts) -> EngineFacts:
     match = re.search(r"v?(\d+\.\d+\.\d+)", out) if code == 0 else None
     facts.buildx_version = match.group(1) if match else ""
     return facts
+
+
+def image_reachable(image: str, timeout: float = 20) -> str:
+    """Say why a base image can be neither found locally nor resolved in its registry, '' when
+    it can (a local image, or a manifest the registry answers for)."""
+    code, _ = run_probe(["docker", "image", "inspect", "--format", "{{.Id}}", image])
+    if code == 0:
+        return ""
+    try:
+        result = subprocess.run(
+            ["docker", "buildx", "imagetools", "inspect", image],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except FileNotFoundError:
+        return "docker is not installed"
+    except subprocess.TimeoutExpired:
+        return f"its registry did not answer within {timeout:.0f} s"
+    if result.returncode == 0:
+        return ""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    return _short(lines[-1] if lines else f"exit {result.returncode}")
 
 
 def nvidia_runtime_present() -> tuple[bool, str]:

@@ -83,6 +83,13 @@ def plan_env(
     gid = pick("GID", uid if root_facts else str(host.gid))
     settings.validate({"UID": uid, "GID": gid})
     if uid == "0":
+        # Root has its own names and group: a flag asking for others must not be dropped.
+        for name, wanted in (("GID", "0"), ("USR", "root"), ("GRP", "root")):
+            if chosen.get(name) not in (None, wanted):
+                raise UserError(
+                    f"--{name.lower()} {chosen[name]} cannot apply with UID 0 (root is "
+                    f"{wanted}); drop it, or give --uid with your own id"
+                )
         user, group, gid = "root", "root", "0"
         notes.append("UID 0: the container user is root, and no user is created")
     else:
@@ -205,6 +212,10 @@ def write_env(
     )
     _check_chosen(chosen)
     file = envfile.path(root)
+    if file.exists() and not file.is_file():
+        raise UserError(
+            f"{file} is a directory, not a settings file; move it away, then run invoke env again"
+        )
     if (file.exists() or file.is_symlink()) and not force:
         return [
             f"{file.name} exists and was left untouched; invoke env --force rewrites it "

@@ -50,12 +50,12 @@ def check_cca_for_cuda(cca: str, cuda: str) -> list[Arch]:
 
 
 def cca_build_args(cca: str) -> dict[str, str]:
-    """What the compile steps receive for a CCA: PyTorch's, CMake's and magma's arch lists."""
+    """What the compile steps receive for a CCA: PyTorch's and CMake's arch lists, magma's floor."""
     items = archs.parse_cca(cca) if cca.strip() else []
     return {
         "TORCH_CUDA_ARCH_LIST": archs.torch_cuda_arch_list(items),
         "CUDA_ARCHITECTURES": archs.cmake_cuda_architectures(items),
-        "MAGMA_GPU_TARGET": archs.magma_gpu_target(items),
+        "MAGMA_CUDA_ARCH_MIN": archs.magma_arch_min(items),
     }
 
 

@@ -428,7 +428,7 @@ BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
 
 # Build args computed from CCA (gpu.cca_build_args), never set by hand: the compile steps get
 # ready-made arch lists and do not parse CCA themselves.
-DERIVED_BUILD_ARGS = ("TORCH_CUDA_ARCH_LIST", "CUDA_ARCHITECTURES", "MAGMA_GPU_TARGET")
+DERIVED_BUILD_ARGS = ("TORCH_CUDA_ARCH_LIST", "CUDA_ARCHITECTURES", "MAGMA_CUDA_ARCH_MIN")
 
 _REFERENCE = re.compile(r"\$\{([A-Z_]+)\}")
 
@@ -476,9 +476,38 @@ def validate(values: Mapping[str, str], names: Iterable[str] | None = None) -> N
     _check_user(values)
 
 
+# Debian policy's static system accounts (base-passwd), present in Debian and Ubuntu images: ids
+# 1-99 and 65534 (nobody), and their names. The container user can never take one over.
+SYSTEM_IDS = (1, 99)
+NOBODY = 65534
+SYSTEM_USERS = [
+    "daemon",
+    "bin",
+    "sys",
+    "sync",
+    "games",
+    "man",
+    "lp",
+    "mail",
+    "news",
+    "uucp",
+    "proxy",
+    "www-data",
+    "backup",
+    "list",
+    "irc",
+    "gnats",
+    "nobody",
+    "_apt",
+    "systemd-network",
+    "systemd-resolve",
+    "messagebus",
+]
+
+
 def _check_user(values: Mapping[str, str]) -> None:
-    # A non-root container user cannot take root's name or group: the image would have to
-    # delete root to create it.
+    # A non-root container user cannot take root's name or group, nor a system account's id or
+    # name: the image would have to delete or take over that account to create it.
     if values.get("UID", "0") == "0":
         return
     for name in ("USR", "GRP"):
@@ -486,6 +515,17 @@ def _check_user(values: Mapping[str, str]) -> None:
             raise UserError(f"{name} 'root' needs UID 0; use your own name, or set UID=0 for root")
     if values.get("GID") == "0":
         raise UserError("GID '0' is the root group; use your own group id (id -g), or UID=0")
+    uid = values.get("UID", "")
+    if uid.isdigit() and (SYSTEM_IDS[0] <= int(uid) <= SYSTEM_IDS[1] or int(uid) == NOBODY):
+        raise UserError(
+            f"UID '{uid}' is a system account's id in Debian and Ubuntu images; use your own id "
+            f"(id -u) of 1000 or more, or UID=0 for root"
+        )
+    if values.get("USR") in SYSTEM_USERS:
+        raise UserError(
+            f"USR '{values['USR']}' is a system account in Debian and Ubuntu images; choose "
+            f"another name (invoke env --force --usr NAME)"
+        )
 
 
 def build_args(service: str) -> list[str]:

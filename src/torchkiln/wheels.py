@@ -202,7 +202,7 @@ def export_wheels(
         raise UserError(f"service '{service}' has no wheels stage (it uses NGC's torch); use train")
     replaced = check_dest(dest, force, [root, Path.cwd(), Path.home()])
     dry = bool(c.config.run.dry)
-    doctor.require_ready(compose.service_values(service, built.values), up=False)
+    doctor.require_ready(compose.service_values(service, built.values), False, service)
     if not dry:
         build.check_builder(c, built.builder, export_cache=False)
 

@@ -29,11 +29,16 @@ TIMEOUT = 1500
 EXEC_TIMEOUT = 120
 BUILD_STAGES = {
     "base",
+    "fetch-base",
     "build-base",
+    "cuda-image",
+    "cuda-pypi",
+    "cuda-none",
     "pytorch-clone",
     "vision-clone",
     "audio-clone",
     "torch-build",
+    "torch-download",
     "vision-build",
     "audio-build",
     "wheels-source",
@@ -155,7 +160,11 @@ def make_project(tmp: Path, label: str, **values: str) -> Project:
         "USR": "alice",
         "GRP": "alice",
         "CCA": "8.6",
+        # A CPU build unless a test asks for CUDA (CUDA_FROM=pypi compiles real CUDA code).
+        "CUDA_FROM": "none",
         "MAX_JOBS": "2",
+        # The fixtures are small: a real PyTorch source build's 40 GB floor does not apply.
+        "MIN_FREE_DISK_GB": "5",
         "USE_NCCL": "0",
         "PYTHON_VERSION": "3.11",
         "BUILD_IMAGE": BASE,

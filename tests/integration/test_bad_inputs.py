@@ -38,6 +38,7 @@ class Case:
     dotenv: dict[str, str] = field(default_factory=dict)
     extra_dotenv_line: str = ""
     wrap: str = ""  # "compose-v1" or "old-driver": run under a prepared PATH / namespace
+    empty_dotenv: bool = False
 
 
 CASES = {
@@ -82,6 +83,43 @@ CASES = {
     "old-driver": Case(["build"], ["driver 550.54.15", "580.65.06"], wrap="old-driver"),
     "wheels-dest-not-empty": Case(["wheels", "--dest", "dist"], ["dist", "--force"]),
     "unknown-service": Case(["build", "--service", "gpu"], ["gpu", "train"]),
+    # The container user must never break the image build late.
+    "uid-out-of-range": Case(
+        ["build"], ["UID '4294967296'", "0 to 4294967294"], {}, {"UID": "4294967296"}
+    ),
+    "uid-system-account": Case(["build"], ["UID '33'", "system account"], {}, {"UID": "33"}),
+    "usr-system-account": Case(
+        ["build"], ["USR 'daemon'", "system account"], {}, {"USR": "daemon"}
+    ),
+    "env-root-drops-usr": Case(
+        ["env", "--force", "--uid", "0", "--usr", "alice"], ["--usr alice", "UID 0"]
+    ),
+    # Diagnoses match causes.
+    "docker-context-missing": Case(
+        ["build"],
+        ["Docker context 'nowhere'", "docker context ls"],
+        env={"DOCKER_CONTEXT": "nowhere"},
+    ),
+    "base-image-unreachable": Case(
+        ["build"],
+        ["base image localhost:1/none/cuda:1 (BUILD_IMAGE)", "cannot be pulled", "CUDA_FROM=pypi"],
+        dotenv={"BUILD_IMAGE": "localhost:1/none/cuda:1"},
+    ),
+    "source-not-pytorch": Case(
+        ["build", "--source", "pytorch=not-pytorch"], ["holds no torch/__init__.py", "pytorch"]
+    ),
+    "cca-family-for-extensions": Case(
+        ["build", "--cca", "10.0f"], ["CCA '10.0f'", "cpp_extension", "10.0"]
+    ),
+    "pypi-cuda-12": Case(
+        ["build", "--service", "full"],
+        ["CUDA_FROM=pypi needs CUDA 13", "12.8.1"],
+        dotenv={"CUDA_FROM": "pypi", "CUDA_VERSION": "12.8.1"},
+    ),
+    "wheels-force-over-a-users-wheel": Case(
+        ["wheels", "--dest", "dist", "--force"], ["no intact earlier export", "mine-1.0"]
+    ),
+    "env-empty": Case(["build"], [".env sets nothing", "invoke env --force"], empty_dotenv=True),
 }
 
 
@@ -181,7 +219,15 @@ def wrapped(case: Case, project: Project, scratch: Path, command: list[str]) -> 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory):
     """A project copy with a valid .env (CPU override, CCA 8.6) and a non-empty dist/."""
-    made = make_project(tmp_path_factory.mktemp("bad"), "bad", CCA="8.6", COMPOSE_FILE=CPU_COMPOSE)
+    made = make_project(
+        tmp_path_factory.mktemp("bad"),
+        "bad",
+        CCA="8.6",
+        COMPOSE_FILE=CPU_COMPOSE,
+        CUDA_FROM="image",
+    )
+    (made.root / "not-pytorch").mkdir()
+    (made.root / "not-pytorch" / "setup.py").write_text("# some other project\n")
     (made.root / "dist").mkdir()
     (made.root / "dist" / "mine-1.0-py3-none-any.whl").write_bytes(b"the user's wheel")
     good_env = (made.root / ".env").read_text()
@@ -201,7 +247,7 @@ def test_bad_input_is_one_line_and_changes_nothing(project, tmp_path: Path, name
         text += f"{key}={envfile.quote(value)}\n"
     if case.extra_dotenv_line:
         text += case.extra_dotenv_line + "\n"
-    env_path.write_text(text)
+    env_path.write_text("" if case.empty_dotenv else text)
     saved_environ = dict(made.env)
     try:
         made.env.update(case.env)

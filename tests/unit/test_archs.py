@@ -72,16 +72,16 @@ def test_refused_forms_name_the_input_and_the_fix(text: str, shown: str) -> None
 @pytest.mark.parametrize(
     ("cca", "torch_list", "cmake", "magma", "binaries"),
     [
-        ("8.6", "8.6", "86-real", "sm_86", ["sm_86"]),
-        ("8.6;9.0", "8.6;9.0", "86-real;90-real", "sm_86 sm_90", ["sm_86", "sm_90"]),
-        ("9.0+PTX", "9.0+PTX", "90", "sm_90", ["sm_90", "compute_90"]),
-        ("9.0a", "9.0a", "90a-real", "sm_90a", ["sm_90a"]),
-        ("10.0f", "10.0f", "100f-real", "sm_100f", ["sm_100f"]),
+        ("8.6", "8.6", "86-real", "860", ["sm_86"]),
+        ("8.6;9.0", "8.6;9.0", "86-real;90-real", "860", ["sm_86", "sm_90"]),
+        ("9.0+PTX", "9.0+PTX", "90", "900", ["sm_90", "compute_90"]),
+        ("9.0a", "9.0a", "90a-real", "900", ["sm_90a"]),
+        ("10.0f", "10.0f", "100f-real", "1000", ["sm_100f"]),
         (
             "8.6 12.0+PTX",
             "8.6;12.0+PTX",
             "86-real;120",
-            "sm_86 sm_120",
+            "860",
             ["sm_86", "sm_120", "compute_120"],
         ),
     ],
@@ -90,7 +90,7 @@ def test_one_parser_feeds_every_consumer(cca, torch_list, cmake, magma, binaries
     assert gpu.cca_build_args(cca) == {
         "TORCH_CUDA_ARCH_LIST": torch_list,
         "CUDA_ARCHITECTURES": cmake,
-        "MAGMA_GPU_TARGET": magma,
+        "MAGMA_CUDA_ARCH_MIN": magma,
     }
     assert archs.expected_binaries(archs.parse_cca(cca)) == binaries
 

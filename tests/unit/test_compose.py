@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -90,8 +91,9 @@ def test_bad_input_is_refused_before_anything_runs(
 
 def test_sources_and_bundle_go_into_the_override(tmp_path: Path) -> None:
     checkout = tmp_path / "pytorch"
-    checkout.mkdir()
+    (checkout / "torch").mkdir(parents=True)
     (checkout / "setup.py").write_text("")
+    (checkout / "torch" / "__init__.py").write_text("")
     bundle = tmp_path / "ca.pem"
     bundle.write_text("pem")
     plan = make_plan(tmp_path, sources=[f"pytorch={checkout}"], ca_bundle=str(bundle))
@@ -106,7 +108,7 @@ def test_dry_run_writes_the_override_it_names_and_runs_nothing(
 ) -> None:
     plan = make_plan(tmp_path, cca="9.0")
     checked = []
-    monkeypatch.setattr(doctor, "require_ready", lambda values, up: checked.append(up))
+    monkeypatch.setattr(doctor, "require_ready", lambda values, up, service: checked.append(up))
     context = MockContext(config=Config(overrides={"run": {"dry": True}}), run=Result())
     build.build_service(context, plan)
     assert checked == [True], "--dry refuses what the real build refuses"
@@ -286,3 +288,30 @@ def test_task_flags_become_options() -> None:
         "8.6",
     )
     assert build.BuildOptions.from_flags({"service": "train"}).up is True
+
+
+@pytest.mark.parametrize(
+    ("name", "files", "missing"),
+    [
+        ("pytorch", ["setup.py"], "torch/__init__.py"),
+        ("pytorch", ["torch/__init__.py"], "setup.py or pyproject.toml"),
+        ("vision", ["setup.py", "torch/__init__.py"], "torchvision/__init__.py"),
+        ("magma", ["setup.py"], "CMakeLists.txt"),
+        ("magma", ["CMakeLists.txt"], "include/magma.h or include/magma_v2.h"),
+    ],
+    ids=[
+        "project-not-torch",
+        "no-build-file",
+        "torch-as-vision",
+        "pip-as-magma",
+        "cmake-not-magma",
+    ],
+)
+def test_a_checkout_of_something_else_is_refused_in_seconds(tmp_path, name, files, missing):
+    for file in files:
+        (tmp_path / file).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / file).write_text("")
+    with pytest.raises(
+        UserError, match=re.escape(f"holds no {missing}; give the root of a {name}")
+    ):
+        compose.parse_sources([f"{name}={tmp_path}"], tmp_path)

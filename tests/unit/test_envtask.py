@@ -9,8 +9,10 @@ from torchkiln.hostfacts import HostUser
 ALICE = HostUser(1234, 1234, "alice", "alice")
 
 
-def plan(host=ALICE, cca="8.6", nvidia=True, checkout="torchkiln", **chosen):
-    return envtask.plan_env(host, "Europe/Berlin", cca, nvidia, "no runtime", checkout, chosen)
+def plan(host=ALICE, cca="8.6", nvidia=True, checkout="torchkiln", kept=None, cpu=False, **chosen):
+    return envtask.plan_env(
+        host, "Europe/Berlin", cca, nvidia, "no runtime", checkout, chosen, kept, cpu
+    )
 
 
 def test_host_facts_become_settings():
@@ -137,3 +139,39 @@ def test_root_asking_for_another_uid_gets_no_root_names():
     )
     named = plan(host=root, UID="1234", USR="alice").values
     assert (named["USR"], named["GRP"]) == ("alice", "alice")
+
+
+@pytest.mark.parametrize("flag", ["GID", "USR", "GRP"])
+def test_a_flag_root_cannot_honour_is_refused_not_dropped(flag):
+    value = {"GID": "1234", "USR": "alice", "GRP": "alice"}[flag]
+    with pytest.raises(UserError, match=f"--{flag.lower()} {value} cannot apply with UID 0"):
+        plan(UID="0", **{flag: value})
+    assert plan(UID="0", USR="root").values["USR"] == "root"
+
+
+def test_force_keeps_the_users_own_settings_and_names_each():
+    old = {
+        "BUILD_MODE": "wheels",
+        "PYTHON_VERSION": "3.11",
+        "BUILD_IMAGE": "debian:12",
+        "TRAIN_IMAGE": "debian:12",
+        "UID": "999",  # a host fact: detected anew, not kept
+        "CCA_LIST": "8.6",  # no setting
+    }
+    kept, notes = envtask.carried_over(old)
+    assert kept == {
+        k: old[k] for k in ("BUILD_MODE", "PYTHON_VERSION", "BUILD_IMAGE", "TRAIN_IMAGE")
+    }
+    assert "kept your BUILD_MODE=wheels" in notes
+    assert "dropped CCA_LIST, which is no torchkiln setting" in notes
+    written = plan(kept=kept).values
+    assert written["BUILD_IMAGE"] == "debian:12" and written["UID"] == "1234"
+
+
+def test_cpu_writes_the_cpu_route():
+    values = plan(cca="", cpu=True, nvidia=False).values
+    assert (values["BUILD_MODE"], values["CUDA_FROM"], values["BUILD_IMAGE"]) == (
+        "wheels",
+        "none",
+        "ubuntu:24.04",
+    )

@@ -1,5 +1,6 @@
 """The settings model: precedence, validation, and env.example generated from it."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,30 @@ def test_non_root_user_cannot_take_roots_names(values, shown):
     with pytest.raises(UserError, match=shown):
         settings.resolve(flags={"UID": "1234", **values})
     settings.resolve(flags={"UID": "0", **values})  # root itself is fine
+
+
+@pytest.mark.parametrize(
+    ("values", "words"),
+    [
+        ({"UID": "4294967295"}, "UID '4294967295' is not a user or group id"),
+        ({"GID": "99999999999"}, "GID '99999999999' is not a user or group id"),
+        ({"UID": "-5"}, "UID '-5' is not a user or group id"),
+        ({"UID": "1.5"}, "UID '1.5'"),
+        ({"UID": "33"}, "UID '33' is a system account's id"),
+        ({"UID": "65534"}, "UID '65534' is a system account's id"),
+        ({"USR": "www-data"}, "USR 'www-data' is a system account"),
+        ({"USR": "daemon"}, "USR 'daemon' is a system account"),
+        ({"GRP": "root"}, "GRP 'root' needs UID 0"),
+    ],
+    ids=["uid-max", "gid-huge", "negative", "fraction", "www-data-id", "nobody", "www-data",
+         "daemon", "root-group"],
+)  # fmt: skip
+def test_container_user_collisions_are_refused_before_building(values, words):
+    with pytest.raises(UserError, match=re.escape(words)):
+        settings.resolve(values)
+
+
+def test_ids_are_normalised_and_the_largest_id_is_accepted():
+    values = settings.resolve({"UID": " 01000 ", "GID": str(settings.ID_MAX)})
+    assert (values["UID"], values["GID"]) == ("1000", str(settings.ID_MAX))
+    assert settings.resolve({"UID": "0", "USR": "root", "GRP": "root", "GID": "0"})["UID"] == "0"

@@ -218,9 +218,11 @@ def cmake_cuda_architectures(archs: Iterable[Arch]) -> str:
     return ";".join(arch.number if arch.ptx else f"{arch.number}-real" for arch in archs)
 
 
-def magma_gpu_target(archs: Iterable[Arch]) -> str:
-    """magma's GPU_TARGET names: 'sm_86 sm_90a'."""
-    return " ".join(arch.sass for arch in archs)
+def magma_arch_min(archs: Iterable[Arch]) -> str:
+    """magma's MAGMA_CUDA_ARCH_MIN ('860' for 8.6;9.0): with it, magma takes its archs from
+    CMAKE_CUDA_ARCHITECTURES instead of its own GPU_TARGET names, which would drop -real/PTX."""
+    found = [arch.major * 100 + arch.minor * 10 for arch in archs]
+    return str(min(found)) if found else ""
 
 
 def expected_binaries(archs: Iterable[Arch]) -> list[str]:

@@ -21,6 +21,7 @@ import os
 import re
 import shlex
 import site
+import subprocess
 import sys
 import sysconfig
 import time
@@ -37,6 +38,8 @@ SHARED_OBJECT = re.compile(r"\.so(\.[\w.]*)?$")
 VENDOR = "nvidia"  # NVIDIA's wheels: rebuilt by NVIDIA, not by torchkiln
 CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75
 CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76
+# How long the background read of site-packages may take before it is redone in this process.
+COLLECT_TIMEOUT_S = 60
 
 
 class AuditInputError(ValueError):
@@ -211,27 +214,29 @@ def collect(paths: Sequence[str | os.PathLike[str]]) -> dict[str, list[Library]]
     """Read the shared objects under `paths` (site-packages when empty), by package, keeping
     only files with device code; raises AuditInputError for a path that does not exist or a
     named file that is no ELF."""
-    roots = [path.absolute() for path in site_packages()]
-    given = [Path(path).absolute() for path in paths] or roots
+    roots = [path.resolve() for path in site_packages()]
+    given = [Path(path) for path in paths]
     for path in given:
         if not path.exists():
             raise AuditInputError(f"path '{path}' does not exist; name files or folders to audit")
     packages: dict[str, list[Library]] = {}
-    seen: set[str] = set()
+    seen: set[Path] = set()
     record_owners: dict[Path, dict[str, str]] = {}
-    for start in given:
+    for start in [path.resolve() for path in given] or roots:
         root = root_of(start, roots) or (start if start.is_dir() else start.parent)
-        for file in walk(start):
-            real = os.path.realpath(file)
+        for found in walk(start):
+            real = Path(os.path.realpath(found))
             if real in seen:
                 continue  # libx.so and libx.so.1 are one library
             seen.add(real)
-            library = read_library(file, named=file == start)
+            # A link names its target's package, unless it points out of the root.
+            file = real if real.is_relative_to(root) else found
+            library = read_library(file, named=found == start)
             if library is None:
                 continue
             if root not in record_owners:
                 record_owners[root] = owners(root)
-            owner = record_owners[root].get(os.path.normpath(file))
+            owner = record_owners[root].get(str(file))
             package = package_name(file.relative_to(root), owner)
             packages.setdefault(package, []).append(library)
     return packages
@@ -272,8 +277,12 @@ def read_library(path: Path, named: bool) -> Library | None:
 
 def audit(paths: Sequence[str | os.PathLike[str]], gpus: Sequence[Target]) -> list[PackageRow]:
     """Judge every package with CUDA code under `paths` (site-packages when empty) on `gpus`."""
-    packages = collect(paths)
-    return [judge(name, packages[name], gpus) for name in sorted(packages, key=str.lower)]
+    return judge_all(collect(paths), gpus)
+
+
+def judge_all(packages: dict[str, list[Library]], targets: Sequence[Target]) -> list[PackageRow]:
+    """Judge collected packages, in name order."""
+    return [judge(name, packages[name], targets) for name in sorted(packages, key=str.lower)]
 
 
 def union(names: Iterable[list[str]]) -> list[str]:
@@ -283,48 +292,59 @@ def union(names: Iterable[list[str]]) -> list[str]:
 
 def judge(package: str, libraries: list[Library], targets: Sequence[Target]) -> PackageRow:
     """Give one package its status and detail: fail when some file has no code for a target,
-    warn when a target runs only by PTX JIT, pass otherwise."""
+    warn when a target runs only by PTX JIT, pass otherwise. NVIDIA's wheels pass with PTX JIT:
+    they ship PTX for GPUs newer than their SASS on purpose, and no rebuild here changes that."""
     vendor = package.startswith(VENDOR)
     sass = union(lib.sass for lib in libraries)
     ptx = union(lib.ptx for lib in libraries)
-    files = [asdict(lib) for lib in libraries]
-    broken = [lib for lib in libraries if lib.error]
-    verdicts = []
+    slow = PASS if vendor else WARN
+    per_target = []
+    failing: list[tuple[Target, list[Library]]] = []
+    jitting: list[tuple[Target, list[Library]]] = []
     for target in targets:
         hows = {lib.path: arch_rules.covers(target.capability, lib.binaries) for lib in libraries}
         uncovered = [lib for lib in libraries if hows[lib.path] is None]
         jit = [lib for lib in libraries if (hows[lib.path] or "").startswith("PTX")]
-        verdicts.append((target, uncovered, jit, hows))
-    rows = [
-        {
-            "capability": f"{t.capability[0]}.{t.capability[1]}",
-            "cca": t.cca,
-            "name": t.name,
-            "status": FAIL if uncovered else WARN if jit else PASS,
-            "uncovered": [lib.path for lib in uncovered],
-            "jit": [lib.path for lib in jit],
-            "how": hows,
-        }
-        for t, uncovered, jit, hows in verdicts
-    ]
-    row = PackageRow(package, PASS, "", vendor, sass, ptx, files, rows)
-    failing = [(t, uncovered) for t, uncovered, _, _ in verdicts if uncovered]
-    jitting = [(t, jit) for t, uncovered, jit, _ in verdicts if jit and not uncovered]
+        if uncovered:
+            failing.append((target, uncovered))
+        elif jit:
+            jitting.append((target, jit))
+        per_target.append(
+            {
+                "capability": f"{target.capability[0]}.{target.capability[1]}",
+                "cca": target.cca,
+                "name": target.name,
+                "status": FAIL if uncovered else slow if jit else PASS,
+                "uncovered": [lib.path for lib in uncovered],
+                "jit": [lib.path for lib in jit],
+                "how": hows,
+            }
+        )
+    files = [asdict(lib) for lib in libraries]
+    row = PackageRow(package, PASS, "", vendor, sass, ptx, files, per_target)
+    broken = [lib for lib in libraries if lib.error]
     if broken:
         row.status = FAIL
         row.detail = "; ".join(f"cannot read {lib.error}" for lib in broken)
     elif failing:
         row.status = FAIL
         row.detail = fail_detail(package, libraries, failing, targets)
-    elif jitting:
+    elif jitting and not vendor:
         row.status = WARN
-        row.detail = warn_detail(package, libraries, jitting, targets)
+        row.detail = (
+            jit_text(libraries, jitting)
+            + " (slow first start); "
+            + fix_hint(package, targets, [t for t, _ in jitting])
+        )
     else:
         count = len(libraries)
-        on = ", ".join(str(t) for t in targets)
-        row.detail = f"{count} CUDA file{'s' if count != 1 else ''}, SASS for {on}: " + " ".join(
-            sass + ptx
-        )
+        on = ", ".join(str(t) for t in targets if t not in {t for t, _ in jitting})
+        row.detail = f"{count} CUDA file{'s' if count != 1 else ''}"
+        if on:
+            row.detail += f", SASS for {on}"
+        if jitting:
+            row.detail += "; " + jit_text(libraries, jitting) + " (NVIDIA's PTX for newer GPUs)"
+        row.detail += ": " + " ".join(sass + ptx)
     return row
 
 
@@ -362,13 +382,8 @@ def fail_detail(
     return "; ".join(clauses) + "; " + fix_hint(package, targets, [t for t, _ in failing])
 
 
-def warn_detail(
-    package: str,
-    libraries: list[Library],
-    jitting: list[tuple[Target, list[Library]]],
-    targets: Sequence[Target],
-) -> str:
-    """Say which targets run only by PTX JIT (slow first start), and the fix."""
+def jit_text(libraries: list[Library], jitting: list[tuple[Target, list[Library]]]) -> str:
+    """Say which targets run only by PTX JIT, from which PTX, in which files."""
     clauses = []
     for slow, jit in by_files(jitting):
         ptx = union(lib.ptx for lib in jit)
@@ -377,19 +392,15 @@ def warn_detail(
             where = " in " + ", ".join(os.path.basename(lib.path) for lib in jit)
         on = ", ".join(str(t) for t in slow)
         clauses.append(f"{on} only by PTX JIT from {' '.join(ptx)}{where}")
-    return (
-        "; ".join(clauses)
-        + " (slow first start); "
-        + fix_hint(package, targets, [t for t, _ in jitting])
-    )
+    return "; ".join(clauses)
 
 
 def fix_hint(package: str, targets: Sequence[Target], missing: Sequence[Target]) -> str:
     """The fix: rebuild for every target (not only the missing ones, which would drop the
     others), or for NVIDIA's wheels, a CUDA version whose wheel has the code."""
     if package.startswith(VENDOR):
-        wanted = ", ".join(t.cca for t in missing)
-        return f"NVIDIA's {package} has no code for {wanted}: pick a CUDA_VERSION whose wheel has"
+        wanted = ";".join(t.cca for t in missing)
+        return f"NVIDIA ships no code for {wanted} in {package}: try another CUDA_VERSION"
     cca = arch_rules.normalize_cca(";".join(t.cca for t in targets))
     return f"rebuild: invoke build --cca {shlex.quote(cca)}"
 
@@ -401,7 +412,8 @@ def overall(rows: Sequence[PackageRow]) -> str:
 
 
 def summary(rows: Sequence[PackageRow], targets: Sequence[Target]) -> str:
-    """One line for smoke's "arch audit" row: the failing packages, else what passed."""
+    """One line for smoke's "arch audit" row: the packages that fail or warn, else those that
+    pass."""
     bad = [row for row in rows if row.status != PASS]
     if bad:
         return "; ".join(f"{row.package} {row.status}: {row.detail}" for row in bad)
@@ -409,7 +421,7 @@ def summary(rows: Sequence[PackageRow], targets: Sequence[Target]) -> str:
     names = ", ".join(row.package for row in rows if not row.vendor)
     vendor = sum(row.vendor for row in rows)
     also = f" and {vendor} NVIDIA wheel{'s' if vendor != 1 else ''}" if vendor else ""
-    return f"{names or 'no package'}{also}: SASS for {on}"
+    return f"{names or 'no package'}{also} run on {on}"
 
 
 # --- output ---------------------------------------------------------------------------------
@@ -424,7 +436,7 @@ def render_table(rows: Sequence[PackageRow], targets: Sequence[Target], seconds:
             shown.append((row.package, row.status, row.detail))
     passed = [row.package for row in vendor if row.status == PASS]
     if passed:
-        every = "SASS for every target: " + ", ".join(passed)
+        every = "NVIDIA wheels with code for every target: " + ", ".join(passed)
         shown.append((f"{VENDOR} ({len(passed)})", PASS, every))
     table = [("package", "status", "detail"), *shown]
     width0 = max(len(r[0]) for r in table)
@@ -479,3 +491,68 @@ def run_audit_only(paths: Sequence[str], expect_cca: str | None, as_json: bool) 
     out = audit_json(rows, targets, seconds) if as_json else render_table(rows, targets, seconds)
     print(out, flush=True)
     return 1 if overall(rows) == FAIL else 0
+
+
+# --- smoke's background read ----------------------------------------------------------------
+
+
+class CollectInBackground:
+    """Read site-packages' shared objects in a second process, started before smoke imports
+    torch: a cold read takes seconds (2.4 s for torch 2.14.1 and its NVIDIA wheels), which then
+    overlap torch's import instead of adding to it."""
+
+    def __init__(self, paths: Sequence[str] = ()) -> None:
+        self.paths = list(paths)
+        # The directory holding the torchkiln package, wherever this copy of it lives.
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        try:
+            self.proc: subprocess.Popen[str] | None = subprocess.Popen(
+                [sys.executable, "-m", "torchkiln.inimage.audit", "collect", *self.paths],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+        except OSError:
+            self.proc = None
+
+    def result(self) -> dict[str, list[Library]]:
+        """The worker's packages, or a read in this process when it has none."""
+        found = self._collect()
+        return found if found is not None else collect(self.paths)
+
+    def stop(self) -> None:
+        """End the worker when its answer is not needed."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def _collect(self) -> dict[str, list[Library]] | None:
+        if self.proc is None:
+            return None
+        try:
+            out, _ = self.proc.communicate(timeout=COLLECT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            return None
+        if self.proc.returncode != 0:
+            return None
+        try:
+            data = json.loads(out)
+            return {name: [Library(**lib) for lib in libs] for name, libs in data.items()}
+        except (ValueError, TypeError):
+            return None
+
+
+def collect_worker(paths: Sequence[str]) -> int:
+    """Read site-packages (or `paths`) and print the packages' libraries as one JSON object."""
+    packages = collect(paths)
+    data = {name: [asdict(lib) for lib in libs] for name, libs in packages.items()}
+    print(json.dumps(data), flush=True)
+    return 0
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["collect"]:
+    sys.exit(collect_worker(sys.argv[2:]))

@@ -8,11 +8,15 @@ Where the device code is read from:
 - a scan of the other loadable data sections (allocated, not executable) for the container
   magic, 8-byte aligned, counting a hit only when its entries fill the container exactly: some
   libraries load their kernels themselves with cuModuleLoadData, and cuobjdump misses them.
-  cuFFT 12.0 keeps all but one sm_75 cubin in `.ldata` (about 24,000 containers), cublasLt 13.1
-  hundreds in `.cask_resource`. Stray magic bytes are rejected (libcudnn_graph.so.9 has one in
-  .text). Not scanned: `__nv_relfatbin`, relocatable device code for device linking that is
-  never loaded as-is (libtorch_nvshmem.so).
+  cuFFT 12.0 keeps all its kernels in `.ldata` (11,255 containers; its `.nv_fatbin` holds one
+  kernel-less sm_75 cubin), cublasLt 13.1 has 383 containers in `.cask_resource`. Stray magic
+  bytes are rejected (libcudnn_graph.so.9 has one in .text). Not scanned: `__nv_relfatbin`,
+  relocatable device code for device linking that is never loaded as-is (libtorch_nvshmem.so).
 - an ELF without section headers is scanned whole.
+
+A cubin without a kernel (no .text.<name> section; nvcc's device-link step makes them) is left
+out of the archs when it is stored uncompressed, as libcufftw.so.12's only cubin is; a
+compressed one (zstd needs Python 3.14) counts as code.
 
 Standard library only; the file is memory-mapped and only container and entry headers are
 touched (a scan jumps over each container it accepts), so a 1 GB libtorch_cuda.so costs a few
@@ -43,8 +47,8 @@ KIND_PTX, KIND_ELF = 1, 2
 FLAG_64BIT = 0x1
 FLAG_DEBUG = 0x2
 FLAG_LINUX = 0x10
-FLAG_COMPRESSED_LZ4 = 0x2000
-FLAG_COMPRESSED_ZSTD = 0x8000  # what nvcc 13 writes for -Xfatbin -compress-all and for PTX
+FLAG_COMPRESSED_LZ4 = 0x2000  # older toolkits; not seen in CUDA 13 libraries
+FLAG_COMPRESSED_ZSTD = 0x8000  # payload starts with zstd's magic; nvcc 13 -compress-all, PTX
 FLAG_ARCH_SPECIFIC = 0x100000  # sm_90a, compute_100a ...
 FLAG_FAMILY = 0x200000  # sm_100f, compute_120f ... (cuobjdump prints SASS sm_100f as sm_100)
 # 0x1000000 comes with the 96-byte entry header of every sm_100+ cubin, suffix or not: no arch.
@@ -114,9 +118,6 @@ def read_archs(path: str | os.PathLike[str]) -> FatbinArchs:
         size = os.fstat(handle.fileno()).st_size
         sections = read_sections(handle, size, str(path))
         with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
-            # Only headers are read: without this the kernel reads ahead whole payloads.
-            with contextlib.suppress(AttributeError, OSError):
-                view.madvise(mmap.MADV_RANDOM)
             return archs_in(view, sections, str(path))
 
 
@@ -126,8 +127,11 @@ def archs_in(view: mmap.mmap | bytes, sections: list[Section] | None, path: str)
     names: set[tuple[int, str]] = set()
     for label, start, end in regions(sections, len(view)):
         if label == SECTION_NAME:
+            # Only headers are read here: without this the kernel reads whole payloads ahead.
+            advise(view, start, end, "MADV_RANDOM")
             items = walk_section(view, start, end, path)
         else:
+            advise(view, start, end, "MADV_SEQUENTIAL")  # a scan reads it all: read ahead
             items = scan(view, start, end)
         hit = False
         for kind, name, code in items:
@@ -144,6 +148,15 @@ def archs_in(view: mmap.mmap | bytes, sections: list[Section] | None, path: str)
     found.sass = sorted((n for k, n in names if k == KIND_ELF), key=arch_sort_key)
     found.ptx = sorted((n for k, n in names if k == KIND_PTX), key=arch_sort_key)
     return found
+
+
+def advise(view: mmap.mmap | bytes, start: int, end: int, how: str) -> None:
+    """Tell the kernel how a byte range of a mapped file will be read (a hint: errors pass)."""
+    option = getattr(mmap, how, None)
+    if isinstance(view, mmap.mmap) and option is not None and end > start:
+        aligned = start - start % mmap.PAGESIZE
+        with contextlib.suppress(OSError, ValueError):
+            view.madvise(option, aligned, end - aligned)
 
 
 def regions(sections: list[Section] | None, size: int) -> list[tuple[str, int, int]]:

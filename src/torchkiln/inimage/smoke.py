@@ -111,7 +111,9 @@ def check_gpu_arch(torch: Any, index: int, archs: list[str], device: dict[str, A
     return f"{label}: {how}"
 
 
-def check_arch_audit(report: Report, expected: str | None) -> str:
+def check_arch_audit(
+    report: Report, expected: str | None, files: arch_audit.CollectInBackground | None = None
+) -> str:
     """Check every package's CUDA code in site-packages runs on each visible GPU and each
     --expect-cca item; the per-package rows go into the report."""
     targets = arch_audit.merge_targets(
@@ -120,7 +122,8 @@ def check_arch_audit(report: Report, expected: str | None) -> str:
     )
     if not targets:
         raise CheckSkipped("no GPU and no --expect-cca: nothing to audit against")
-    rows = arch_audit.audit([], targets)
+    packages = files.result() if files else arch_audit.collect([])
+    rows = arch_audit.judge_all(packages, targets)
     report.audit = [asdict(row) for row in rows]
     if not rows:
         raise CheckSkipped("no CUDA code in site-packages (CPU-only torch?)")
@@ -231,6 +234,7 @@ def run_cuda_checks(
     runner: Runner,
     args: argparse.Namespace,
     vision: TorchvisionInBackground | None = None,
+    files: arch_audit.CollectInBackground | None = None,
 ) -> None:
     """Run the checks that need a working GPU."""
     started = start_all_reduce(torch)
@@ -241,7 +245,7 @@ def run_cuda_checks(
             "arch coverage" + (f" gpu{index}" if len(runner.report.devices) > 1 else ""),
             lambda i=index, d=device: check_gpu_arch(torch, i, archs, d),
         )
-    runner.run("arch audit", lambda: check_arch_audit(runner.report, args.expect_cca))
+    runner.run("arch audit", lambda: check_arch_audit(runner.report, args.expect_cca, files))
     if args.expect_cca:
         runner.run("expected CCA", lambda: check_expected_cca(archs, args.expect_cca))
     runner.run("cuDNN conv2d fwd/bwd", lambda: check_cudnn(torch))
@@ -279,13 +283,20 @@ def run_all(args: argparse.Namespace) -> Report:
     """Run every check that applies here and return the report."""
     start = time.perf_counter()
     vision = TorchvisionInBackground()
+    files = arch_audit.CollectInBackground()
     try:
-        return _run_all(args, start, vision)
+        return _run_all(args, start, vision, files)
     finally:
         vision.stop()
+        files.stop()
 
 
-def _run_all(args: argparse.Namespace, start: float, vision: TorchvisionInBackground) -> Report:
+def _run_all(
+    args: argparse.Namespace,
+    start: float,
+    vision: TorchvisionInBackground,
+    files: arch_audit.CollectInBackground | None = None,
+) -> Report:
     runner = Runner()
     report = runner.report
     torch_box: list[Any] = []
@@ -315,7 +326,7 @@ def _run_all(args: argparse.Namespace, start: float, vision: TorchvisionInBackgr
 
     cuda = runner.run("CUDA available", lambda: check_cuda_available(torch, runner))
     if cuda.status == PASS:
-        run_cuda_checks(torch, runner, args, vision)
+        run_cuda_checks(torch, runner, args, vision, files)
     else:
         reason = "--allow-cpu" if args.allow_cpu else "CUDA not available"
         if args.allow_cpu:
@@ -332,7 +343,7 @@ def _run_all(args: argparse.Namespace, start: float, vision: TorchvisionInBackgr
                     lambda: check_expected_cca(torch_arch_list(torch), args.expect_cca),
                 )
         # The code in the files says which GPUs the image will run on, GPU or not.
-        runner.run("arch audit", lambda: check_arch_audit(report, args.expect_cca))
+        runner.run("arch audit", lambda: check_arch_audit(report, args.expect_cca, files))
         if args.allow_cpu:
             run_cpu_checks(torch, runner, vision)
     report.seconds = time.perf_counter() - start
@@ -344,7 +355,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m torchkiln.smoke",
         description="Check that torch works on this machine's GPUs.",
-        epilog="exit status: 0 all required checks pass, 1 some fail, 2 bad input (--audit-only)",
+        epilog="exit status: 0 every required check passes, 1 one fails, 2 bad command line input",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
