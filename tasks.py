@@ -87,8 +87,14 @@ REGISTRY_HELP = {
 }
 
 
+EXTENSION_HELP = (
+    "a CUDA extension to compile for CCA against the image's torch: name==version (its source "
+    "distribution, e.g. torch-scatter==2.1.2) or a local source folder; repeatable"
+)
+
+
 @task(
-    iterable=["source"],
+    iterable=["source", "extension"],
     optional=["cache_from", "cache_to"],
     help={
         **REGISTRY_HELP,
@@ -100,6 +106,7 @@ REGISTRY_HELP = {
         "torch": "torch release, e.g. 2.14.1; the matching torchvision is chosen",
         "source": "NAME=DIR: build from a local checkout (pytorch, vision, audio, magma); "
         "repeatable",
+        "extension": EXTENSION_HELP,
         "wheelhouse": "directory of wheels to install from, with no index (air-gapped)",
         "ca_bundle": "CA bundle file for downloads behind a TLS-inspecting proxy (a secret)",
         "no_cache": "rebuild every step",
@@ -112,6 +119,7 @@ def build(
     cca: str | None = None,
     torch: str | None = None,
     source: list[str] | None = None,
+    extension: list[str] | None = None,
     wheelhouse: str | None = None,
     ca_bundle: str | None = None,
     no_cache: bool = False,
@@ -130,7 +138,7 @@ def build(
 
 
 @task(
-    iterable=["source"],
+    iterable=["source", "extension"],
     optional=["cache_from"],
     help={
         **REGISTRY_HELP,
@@ -140,6 +148,7 @@ def build(
         "torch": "as for invoke build (default: the last build's)",
         "force": "replace an earlier export in --dest (nothing else is ever deleted)",
         "source": "NAME=DIR: local checkout, as for invoke build (default: the last build's)",
+        "extension": "as for invoke build (default: the last build's)",
         "wheelhouse": "directory of wheels, as for invoke build (default: the last build's)",
         "ca_bundle": "CA bundle file, as for invoke build",
     },
@@ -152,6 +161,7 @@ def wheels(
     cca: str | None = None,
     torch: str | None = None,
     source: list[str] | None = None,
+    extension: list[str] | None = None,
     wheelhouse: str | None = None,
     ca_bundle: str | None = None,
     builder: str | None = None,

@@ -3,6 +3,8 @@
 #   install-cuda-pypi.sh toolkit VERSION   compiler, headers and libraries, cuDNN and NCCL, laid out
 #                                          as /usr/local/cuda for CMake and torch.utils.cpp_extension
 #   install-cuda-pypi.sh runtime VERSION   the libraries a torch compiled here needs at run time
+#                                          (only for CUDA_FROM=pypi with BUILD_MODE=source: an
+#                                          official torch wheel brings its own)
 #   install-cuda-pypi.sh ldconfig          teach the dynamic linker where those libraries are
 #                                          (does nothing unless CUDA_FROM is pypi)
 # VERSION is the cuda-toolkit release (CUDA_VERSION, e.g. 13.0.2); CUDA 13's wheels put the
@@ -71,6 +73,10 @@ ldconfig_venv() {
   ldconfig
 }
 
+if [[ $what == runtime && (${CUDA_FROM:-} != pypi || ${BUILD_MODE:-} != source) ]]; then
+  echo "torchkiln: CUDA_FROM=${CUDA_FROM:-} BUILD_MODE=${BUILD_MODE:-}: no CUDA wheels to add"
+  exit 0
+fi
 case $what in
   toolkit | runtime)
     if ((major < 13)); then

@@ -76,5 +76,9 @@ else
   echo "torchkiln: container user $(id "$USR")"
 fi
 install -m 0644 -o "$uid" -g "$gid" "$here/zshrc" "$home/.zshrc"
+# The image's virtual environment (still bare here) belongs to the user, who fills it next.
+if [[ -n ${VIRTUAL_ENV:-} && -d $VIRTUAL_ENV ]]; then
+  chown -R "$uid:$gid" "$VIRTUAL_ENV"
+fi
 mkdir -p "$PROJECT_ROOT"
 chown "$uid:$gid" "$PROJECT_ROOT"

@@ -32,6 +32,7 @@ class BuildOptions:
     cca: str | None = None
     torch: str | None = None
     sources: list[str] = field(default_factory=list)
+    extensions: list[str] = field(default_factory=list)
     wheelhouse: str | None = None
     ca_bundle: str | None = None
     no_cache: bool = False
@@ -42,13 +43,14 @@ class BuildOptions:
     push: bool = False
 
     # The inputs that decide what the build stages compile: `invoke wheels` reuses a build's.
-    INPUTS = ("cca", "torch", "sources", "wheelhouse", "ca_bundle")
+    INPUTS = ("cca", "torch", "sources", "extensions", "wheelhouse", "ca_bundle")
 
     @classmethod
     def from_flags(cls, flags: Mapping[str, object]) -> BuildOptions:
         """Make options from a task's parameters (`--source` is repeatable, `--no-up` negates)."""
         known = {name: flags[name] for name in cls.__dataclass_fields__ if name in flags}
         known["sources"] = list(flags.get("source") or [])
+        known["extensions"] = list(flags.get("extension") or [])
         if "no_up" in flags:
             known["up"] = not flags["no_up"]
         return cls(**known)
@@ -128,10 +130,16 @@ class BuildPlan:
 
 
 def settings_flags(
-    options: BuildOptions, environ: Mapping[str, str], dotenv: Mapping[str, str | None]
+    options: BuildOptions,
+    environ: Mapping[str, str],
+    dotenv: Mapping[str, str | None],
+    extension_specs: list[str] | None = None,
 ) -> dict[str, str]:
-    """Turn the task's flags into settings; --torch picks torchvision unless one is set."""
+    """Turn the task's flags into settings; --torch picks torchvision unless one is set, and
+    --extension items from the index replace EXTENSIONS."""
     flags: dict[str, str] = {}
+    if options.extensions:
+        flags["EXTENSIONS"] = " ".join(extension_specs or [])
     if options.cca is not None:
         flags["CCA"] = options.cca
     if options.torch is not None:
@@ -182,7 +190,7 @@ def registry_plan(
     return imports, exports, image_ref if push else ""
 
 
-def validate(service: str, values: Mapping[str, str]) -> None:
+def validate(service: str, values: Mapping[str, str], extensions: bool = False) -> None:
     """Refuse, in seconds, what would fail hours into the build."""
     if service not in settings.SOURCE:
         return
@@ -196,7 +204,7 @@ def validate(service: str, values: Mapping[str, str]) -> None:
             f"CUDA_FROM=pypi needs CUDA 13 or newer, not CUDA_VERSION {cuda} (NVIDIA's CUDA 12 "
             f"wheels have another layout); use CUDA_FROM=image for CUDA 12"
         )
-    if cuda_from == "none" or mode == "wheels":
+    if cuda_from == "none" or (mode == "wheels" and not extensions):
         return
     for item in gpu.check_cca_for_cuda(mine["CCA"], cuda):
         if item.suffix == "f":
@@ -218,17 +226,19 @@ def plan(
     """Resolve and check every input, and decide the commands; runs nothing."""
     cwd = cwd or Path.cwd()
     service = compose.check_service(options.service)
-    flags = settings_flags(options, environ, dotenv)
+    specs, extension_contexts = compose.split_extensions(options.extensions, cwd)
+    flags = settings_flags(options, environ, dotenv, specs)
     values = settings.resolve(flags, environ, dotenv)
-    validate(service, values)
+    validate(service, values, bool(values["EXTENSIONS"] or extension_contexts))
     cache_imports, cache_exports, push_ref = registry_plan(
         service, values["REGISTRY_IMAGE"], options.cache_from, options.cache_to, options.push
     )
-    contexts: dict[str, str] = {}
-    if options.sources or options.wheelhouse:
+    contexts: dict[str, str] = dict(extension_contexts)
+    if options.sources or options.wheelhouse or options.extensions:
         if service not in settings.SOURCE:
             raise UserError(
-                f"--source/--wheelhouse apply to the train and full services, not '{service}'"
+                f"--source/--wheelhouse/--extension apply to the train and full services, not "
+                f"'{service}'"
             )
         contexts.update(compose.parse_sources(options.sources, cwd))
         if options.wheelhouse:
@@ -241,7 +251,7 @@ def plan(
         root=root,
         options=options,
         values=values,
-        build_args=compose.build_arg_values(service, values),
+        build_args=compose.build_arg_values(service, values, len(extension_contexts)),
         contexts=contexts,
         ca_bundle=bundle,
         image=settings.effective(values)[IMAGE_SETTING[service]],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -86,6 +87,41 @@ def parse_sources(items: Iterable[str], cwd: Path) -> dict[str, str]:
     return contexts
 
 
+# `--extension DIR` folders replace these empty stages (docker/Dockerfile), at most this many.
+EXTENSION_CONTEXTS = ("extension-src-0", "extension-src-1", "extension-src-2", "extension-src-3")
+_EXTENSION_SPEC = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9][A-Za-z0-9.+!_-]*")
+
+
+def split_extensions(items: Iterable[str], cwd: Path) -> tuple[list[str], dict[str, str]]:
+    """Split `--extension` items into index specs (name==version) and local source folders,
+    returned as named build contexts; refuse anything else, and more folders than stages."""
+    specs: list[str] = []
+    folders: list[Path] = []
+    for item in items:
+        path = (cwd / item).resolve()
+        if _EXTENSION_SPEC.fullmatch(item):
+            specs.append(item)
+        elif path.is_dir():
+            if not any((path / marker).is_file() for marker in ("setup.py", "pyproject.toml")):
+                raise UserError(
+                    f"--extension {item}: {path} holds no setup.py or pyproject.toml; give the "
+                    f"root of the extension's source"
+                )
+            folders.append(path)
+        else:
+            raise UserError(
+                f"--extension '{item}' is neither name==version (a source distribution on the "
+                f"index, e.g. torch-scatter==2.1.2) nor a folder; write one of those"
+            )
+    if len(folders) > len(EXTENSION_CONTEXTS):
+        raise UserError(
+            f"--extension: {len(folders)} local folders, at most {len(EXTENSION_CONTEXTS)}; "
+            f"publish the others as source distributions (name==version) or merge them"
+        )
+    named = zip(EXTENSION_CONTEXTS, folders, strict=False)  # fewer folders than stages
+    return specs, {name: str(path) for name, path in named}
+
+
 def check_wheelhouse(directory: str, cwd: Path) -> str:
     """Refuse a wheelhouse that is not a directory of wheels; return its absolute path."""
     path = (cwd / directory).resolve()
@@ -125,13 +161,17 @@ def service_values(service: str, values: Mapping[str, str]) -> dict[str, str]:
     return settings.effective(mine)
 
 
-def build_arg_values(service: str, values: Mapping[str, str]) -> dict[str, str]:
-    """Every build arg of a service with the value the checks saw, plus the CCA-derived lists."""
+def build_arg_values(
+    service: str, values: Mapping[str, str], local_extensions: int = 0
+) -> dict[str, str]:
+    """Every build arg of a service with the value the checks saw, plus the derived ones: the
+    CCA's arch lists, and whether there are extensions to build."""
     mine = service_values(service, values)
     args = {name: mine[name] for name in settings.build_args(service)}
     if "CCA" in args:
         # A CPU image (CUDA_FROM=none) compiles no GPU code: no arch lists, whatever CCA says.
         args.update(gpu.cca_build_args(args["CCA"] if args["CUDA_FROM"] != "none" else ""))
+        args["BUILD_EXTENSIONS"] = "1" if args["EXTENSIONS"] or local_extensions else "0"
     return args
 
 

@@ -65,6 +65,10 @@ def _cca(value: str) -> str:
         raise UserError(str(error)) from None
 
 
+def _extensions(value: str) -> str:
+    return " ".join(item for item in re.split(r"[\s,;]+", value) if item)
+
+
 def _choice(*choices: str) -> Callable[[str, str], None]:
     def check(name: str, value: str) -> None:
         if value not in choices:
@@ -262,6 +266,22 @@ SETTINGS: tuple[Setting, ...] = (
         SOURCE,
         _pattern(r"\d+(\.\d+)?[KMGT]i?", "a size such as 40G"),
     ),
+    Setting(
+        "EXTENSIONS",
+        "",
+        "CUDA extensions compiled for CCA against the image's torch: source distributions from "
+        "the index as name==version, space-separated (e.g. torch-scatter==2.1.2)",
+        "build",
+        SOURCE,
+        _optional(
+            _pattern(
+                r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9][A-Za-z0-9.+!_-]*"
+                r"( [A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9][A-Za-z0-9.+!_-]*)*",
+                "name==version items separated by spaces, e.g. torch-scatter==2.1.2",
+            )
+        ),
+        _extensions,
+    ),
     Setting("USE_CUDNN", "1", "build with cuDNN", "build", SOURCE, _BOOL),
     Setting("USE_NCCL", "1", "build with NCCL (multi-GPU)", "build", SOURCE, _BOOL),
     Setting(
@@ -428,7 +448,15 @@ BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
 
 # Build args computed from CCA (gpu.cca_build_args), never set by hand: the compile steps get
 # ready-made arch lists and do not parse CCA themselves.
-DERIVED_BUILD_ARGS = ("TORCH_CUDA_ARCH_LIST", "CUDA_ARCHITECTURES", "MAGMA_CUDA_ARCH_MIN")
+# BUILD_EXTENSIONS (0/1) is decided from EXTENSIONS and --extension folders: 1 builds the
+# extensions stage, which 0 leaves out of the build entirely.
+DERIVED_BUILD_ARGS = (
+    "TORCH_CUDA_ARCH_LIST",
+    "CUDA_ARCHITECTURES",
+    "MAGMA_CUDA_ARCH_MIN",
+    "BUILD_EXTENSIONS",
+)
+DERIVED_DEFAULTS = {"BUILD_EXTENSIONS": "0"}
 
 _REFERENCE = re.compile(r"\$\{([A-Z_]+)\}")
 

@@ -127,7 +127,9 @@ def build_info(
     entries = [wheel_entry(path) for path in sorted(wheels)]
     torch = next((path for path in wheels if path.name.startswith("torch-")), None)
     cuda = wheel_cuda(torch) if torch else None
-    compiled = mine["BUILD_MODE"] == "source" and bool(cuda)
+    # Something here was compiled for CCA: torch (source), torchvision/torchaudio (source,
+    # torch-wheel) or an extension.
+    compiled = bool(cuda) and (mine["BUILD_MODE"] != "wheels" or bool(mine["EXTENSIONS"]))
     moment = now or datetime.datetime.now(datetime.timezone.utc)
     return {
         "service": service,

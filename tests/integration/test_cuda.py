@@ -157,16 +157,22 @@ def test_editing_a_build_script_does_not_refetch_the_sources(tmp_path: Path) -> 
         remove_project(project)
 
 
+# A real, published CUDA extension, compiled from its source distribution.
+EXTENSION = "torch-scatter==2.1.2"
+
+
 @pytest.fixture(scope="module")
 def cuda_wheel(tmp_path_factory: pytest.TempPathFactory):
-    """BUILD_MODE=torch-wheel: the official CUDA torch wheel, torchvision compiled for 8.6."""
+    """BUILD_MODE=torch-wheel: the official CUDA torch wheel; torchvision and a published
+    extension compiled for 8.6 against it."""
     project = make_project(
         tmp_path_factory.mktemp("cuda"), "cudawheel", BUILD_MODE="torch-wheel", **CUDA
     )
     vision = ["--source", f"vision={project.root / 'tests' / 'fixtures' / 'vision'}"]
     try:
         started = time.monotonic()
-        output = assert_ok(project.invoke("build", "--cca", "8.6", *vision))
+        args = ("build", "--cca", "8.6", *vision, "--extension", EXTENSION)
+        output = assert_ok(project.invoke(*args))
         print(f"\ntorch-wheel build with CUDA from the index: {time.monotonic() - started:.0f} s")
         dest = project.root / "dist"
         assert_ok(project.invoke("wheels", "--dest", str(dest)))
@@ -189,6 +195,32 @@ def test_torchvision_is_compiled_for_the_cca_against_the_official_torch(
         'print(torch.version.cuda, torch._C.has_lapack, torchvision.build_env["cuda_kernels"])\''
     )
     assert assert_ok(project.exec("train", script)).split() == ["13.0", "True", "True"]
+
+
+def test_the_extension_is_built_for_the_cca_installed_and_listed(cuda_wheel, tmp_path) -> None:
+    project, _, dest, _ = cuda_wheel
+    found = device_code(one_wheel(dest, "torch_scatter"), "_scatter_cuda.so", tmp_path)
+    assert (found.sass, found.ptx) == (["sm_86"], [])
+    info = json.loads((dest / "BUILD-INFO.json").read_text())
+    assert info["versions"]["torch_scatter"].startswith("2.1.2")
+    script = "python -c 'import torch, torch_scatter; print(torch_scatter.__version__)'"
+    assert assert_ok(project.exec("train", script)).strip().startswith("2.1.2")
+
+
+def test_the_audit_passes_the_cca_built_and_names_the_rebuild_for_another(cuda_wheel) -> None:
+    project, _, _, _ = cuda_wheel
+    passed = project.exec("train", "python -m torchkiln.smoke --audit-only --expect-cca 8.6")
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert "torch_scatter" in passed.stdout
+    failed = project.exec(
+        "train", "python -m torchkiln.smoke --audit-only --expect-cca 9.0 --json"
+    )
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    rows = {row["package"]: row for row in json.loads(failed.stdout)["packages"]}
+    for package in ("torch_scatter", "torchvision"):
+        assert rows[package]["status"] == "fail", rows[package]
+        assert "invoke build --cca 9.0" in rows[package]["detail"], rows[package]
+    assert rows["torch"]["status"] == "pass"  # the official wheel covers 9.0
 
 
 def test_a_warm_rebuild_after_touching_one_cu_recompiles_only_that_file(cuda_wheel) -> None:

@@ -167,7 +167,7 @@ def test_rebuild_is_cached_and_train_changes_spare_the_build_stages(
         rerun_build_steps = [step for step in executed if step[0] in BUILD_STAGES]
         print(f"after a train-only change: re-ran {executed}")
         assert rerun_build_steps == []
-        assert ("venv", "RUN") in executed
+        assert ("train", "RUN") in executed
     finally:
         remove_project(project)
 
