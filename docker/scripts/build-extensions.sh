@@ -12,6 +12,9 @@ mkdir -p "$wheel_dir" /tmp/extensions
 # Projects that download prebuilt binaries unless told to compile (flash-attn, mamba-ssm,
 # causal-conv1d): torchkiln always compiles, for your CCA, against your torch.
 export FLASH_ATTENTION_FORCE_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE
+# torch_geometric's extensions (torch-scatter, -sparse, -cluster) build their CUDA variant only,
+# whose library holds the CPU kernels too: half the compile (they compile one file at a time).
+[[ ${FORCE_CUDA:-0} != 1 ]] || export FORCE_ONLY_CUDA=1
 
 fail() {
   local name=$1 step=$2 log=$3 hint="see the lines above"
@@ -35,12 +38,17 @@ build_one() {
   fi
 }
 
+# Extensions' setup.py imports torch even to say what they are: torch goes in first, and the
+# source distributions are fetched without build isolation.
+if compgen -G "$torch_wheels/*.whl" >/dev/null; then
+  pip install "${wheelhouse_options[@]}" "$torch_wheels"/*.whl
+fi
 for spec in ${EXTENSIONS:-}; do
   name=${spec%%==*}
   download=/tmp/extensions/$name
   log=$(mktemp)
-  if ! pip download --no-deps --no-binary :all: "${wheelhouse_options[@]}" --dest "$download" \
-    "$spec" 2>&1 | tee "$log"; then
+  if ! pip download --no-deps --no-binary :all: --no-build-isolation \
+    "${wheelhouse_options[@]}" --dest "$download" "$spec" 2>&1 | tee "$log"; then
     fail "$name" "download of its source distribution $spec" "$log"
   fi
   archive=$(find "$download" -maxdepth 1 -name '*.tar.gz' -o -maxdepth 1 -name '*.zip' | head -1)

@@ -90,12 +90,16 @@ if ((${#build_requires[@]})); then
   pip install "${wheelhouse_options[@]}" "${build_requires[@]}"
 fi
 
-ccache --zero-stats >/dev/null
+# ccache is in every image's build base; outside one (a bare GPU host) the build runs without.
+has_ccache=$(command -v ccache || true)
+[[ -z $has_ccache ]] || ccache --zero-stats >/dev/null
 # `command pip`: no index is needed here, so the compile never sees the index token.
 command pip wheel --no-build-isolation --no-deps --wheel-dir "$wheel_dir" "$source_dir"
-ccache --show-stats
-# One machine-readable line for invoke build's summary.
-ccache --print-stats | awk -F'\t' -v name="$name" '
-  /^(direct|preprocessed)_cache_hit\t/ {hits += $2}
-  /^cache_miss\t/ {misses += $2}
-  END {printf "torchkiln-ccache: %s hits=%d misses=%d\n", name, hits, misses}'
+if [[ -n $has_ccache ]]; then
+  ccache --show-stats
+  # One machine-readable line for invoke build's summary.
+  ccache --print-stats | awk -F'\t' -v name="$name" '
+    /^(direct|preprocessed)_cache_hit\t/ {hits += $2}
+    /^cache_miss\t/ {misses += $2}
+    END {printf "torchkiln-ccache: %s hits=%d misses=%d\n", name, hits, misses}'
+fi

@@ -136,6 +136,21 @@ def base_image_problem() -> str | None:
     )
 
 
+# The CUDA tests leave gigabytes in BuildKit's cache; below this much free disk, unused cache is
+# pruned before the next project (the tests themselves never need an earlier test's cache).
+FREE_DISK_FLOOR_GB = 30
+
+
+def make_room() -> None:
+    """Prune unused build cache when the engine's disk runs low, so the suite fits a CI disk."""
+    root = subprocess.run(
+        ["docker", "info", "--format", "{{.DockerRootDir}}"], capture_output=True, text=True
+    ).stdout.strip()
+    if root and os.path.isdir(root) and shutil.disk_usage(root).free < FREE_DISK_FLOOR_GB * 1e9:
+        print(f"\nless than {FREE_DISK_FLOOR_GB} GB free at {root}: pruning unused build cache")
+        subprocess.run(["docker", "builder", "prune", "--force"], capture_output=True, timeout=600)
+
+
 def require_base_image() -> None:
     """Skip (or, with TORCHKILN_REQUIRE_DOCKER=1, fail) when the base image is unusable."""
     problem = base_image_problem()
@@ -148,6 +163,7 @@ def require_base_image() -> None:
 def make_project(tmp: Path, label: str, **values: str) -> Project:
     """Create a project copy whose .env builds on the Debian base with no GPU runtime."""
     require_base_image()
+    make_room()
     name = f"tktest-{label}-{uuid.uuid4().hex[:8]}"
     root = tmp / name
     root.mkdir()

@@ -258,6 +258,7 @@ def test_bad_input_is_one_line_and_changes_nothing(project, tmp_path: Path, name
     finally:
         made.env.clear()
         made.env.update(saved_environ)
+        env_path.write_text(good_env)  # the next case (and the clean-up) starts from a good .env
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert "Traceback" not in output
