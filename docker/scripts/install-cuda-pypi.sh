@@ -95,7 +95,8 @@ case $what in
     pip install "${wheelhouse_options[@]}" --constraint "$constraints" \
       "cuda-toolkit[$extras]==$version" "nvidia-cudnn-cu$major" "nvidia-nccl-cu$major"
     rm "$constraints"
-    if [[ $what == toolkit ]]; then link_toolkit; else ldconfig_venv; fi
+    # The runtime's libraries reach the dynamic linker in a later step run as root (ldconfig).
+    [[ $what != toolkit ]] || link_toolkit
     ;;
   ldconfig)
     [[ ${CUDA_FROM:-} != pypi ]] || ldconfig_venv

@@ -88,7 +88,9 @@ def unknown_names(values: Mapping[str, str | None]) -> list[str]:
     for name in values:
         if name in known:
             continue
-        close = difflib.get_close_matches(name, sorted(settings.BY_NAME), n=1, cutoff=0.6)
+        # A known name with a word added (CCA_LIST) or a misspelling of one (PYTORCH_VERISON).
+        close = [known for known in settings.BY_NAME if name.startswith(f"{known}_")]
+        close = close or difflib.get_close_matches(name, sorted(settings.BY_NAME), n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]}?" if close else "; see env.example for the names"
         notes.append(f"{name} is not a torchkiln setting and is ignored{hint}")
     return notes

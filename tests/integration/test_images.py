@@ -40,13 +40,16 @@ def test_build_environment_reaches_the_wheels(source_project) -> None:
         "print(json.dumps([torch.build_env, torchvision.build_env, torch.__version__]))'"
     )
     torch_env, vision_env, version = json.loads(assert_ok(project.exec("train", script)))
-    assert torch_env["TORCH_CUDA_ARCH_LIST"] == "8.6;9.0"
+    # This project builds for the CPU (CUDA_FROM=none): no arch list, no CUDA, whatever CCA says;
+    # tests/integration/test_cuda.py builds the same stages with CUDA.
+    assert torch_env["USE_CUDA"] == "0" and torch_env["TORCH_CUDA_ARCH_LIST"] is None
     assert torch_env["MAX_JOBS"] == "2"
     assert torch_env["USE_NCCL"] == "0"
     assert torch_env["USE_CUDNN"] == "1"
-    assert torch_env["PATH"].startswith("/usr/lib/ccache:")
+    assert "/usr/lib/ccache" not in torch_env["PATH"]
     assert version == "2.14.1"
-    assert vision_env == {"TORCH_CUDA_ARCH_LIST": "8.6;9.0", "MAX_JOBS": "2", "torch": "2.14.1"}
+    assert vision_env["torch"] == "2.14.1" and vision_env["cuda_kernels"] is False
+    assert vision_env["FORCE_CUDA"] == "0" and vision_env["MAX_JOBS"] == "2"
 
 
 def test_build_prints_the_summary(source_project) -> None:
@@ -73,7 +76,8 @@ def test_image_labels_name_the_settings(source_project) -> None:
     labels = json.loads(assert_ok(result))[0]["Config"]["Labels"]
     # The normal form that was checked, as .env and the build args have it.
     assert labels["io.torchkiln.cca"] == "8.6;9.0"
-    assert labels["io.torchkiln.torch-cuda-arch-list"] == "8.6;9.0"
+    assert labels["io.torchkiln.cuda-from"] == "none"
+    assert labels["io.torchkiln.torch-cuda-arch-list"] == ""  # a CPU image compiles no GPU code
     assert labels["io.torchkiln.project"] == project.name
     assert labels["io.torchkiln.build-mode"] == "source"
     assert labels["org.opencontainers.image.base.name"] == BASE
@@ -139,7 +143,8 @@ def test_dry_run_prints_and_runs_nothing(source_project, tmp_path: Path) -> None
         index = command.index("--progress")
         shown = project.run(*command[:index], "config", "--format", "json", "train")
         args = json.loads(assert_ok(shown))["services"]["train"]["build"]["args"]
-        assert args["CCA"] == "9.0" and args["TORCH_CUDA_ARCH_LIST"] == "9.0"
+        assert args["CCA"] == "9.0" and args["CUDA_FROM"] == "none"
+        assert args["TORCH_CUDA_ARCH_LIST"] == ""  # a CPU build: no arch list
     finally:
         remove_project(project)
 

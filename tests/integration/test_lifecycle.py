@@ -182,6 +182,7 @@ def test_clean_removes_this_projects_images_and_nothing_else(tmp_path) -> None:
 
 def test_a_dotenv_that_is_a_directory_gets_the_same_fix_from_every_task(tmp_path) -> None:
     project = make_project(tmp_path, "envdir")
+    settings_text = (project.root / ".env").read_text()
     try:
         (project.root / ".env").unlink()
         (project.root / ".env").mkdir()
@@ -193,7 +194,7 @@ def test_a_dotenv_that_is_a_directory_gets_the_same_fix_from_every_task(tmp_path
             assert ".env is a directory" in output and "move it away" in output, output
     finally:
         (project.root / ".env").rmdir()
-        (project.root / ".env").write_text("")
+        (project.root / ".env").write_text(settings_text)
         remove_project(project)
 
 

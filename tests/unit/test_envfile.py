@@ -50,3 +50,17 @@ def test_backup_names_never_collide(tmp_path):
     second = envfile.backup_name(path, now=0)
     assert first != second
     assert second.name.startswith(".env.")
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [
+        ("CCA_LIST", "did you mean CCA?"),
+        ("PYTORCH_VERISON", "did you mean PYTORCH_VERSION?"),
+        ("BUILDMODE", "did you mean BUILD_MODE?"),
+        ("XYZZY", "see env.example for the names"),
+    ],
+)
+def test_unknown_keys_are_named_with_the_closest_setting(name, hint):
+    (note,) = envfile.unknown_names({name: "1", "CCA": "8.6", "HTTP_PROXY": "x"})
+    assert note.startswith(f"{name} is not a torchkiln setting") and note.endswith(hint)
