@@ -278,10 +278,12 @@ def with_recorded_inputs(root: Path, given: BuildOptions) -> tuple[BuildOptions,
     if not taken:
         return given, ""
     options = replace(given, **taken)
-    shown = ", ".join(
-        f"--{name.replace('_', '-').removesuffix('s')} {' '.join(v) if isinstance(v, list) else v}"
-        for name, v in taken.items()
-    )
+    flags = [
+        f"--{name.replace('_', '-').removesuffix('s')} {item}"
+        for name, value in taken.items()
+        for item in (value if isinstance(value, list) else [value])
+    ]
+    shown = ", ".join(flags)
     return options, f"as the last invoke build --service {given.service}: {shown}"
 
 
@@ -311,12 +313,61 @@ def ccache_rate(log: str) -> str:
     return f"{100 * hits / (hits + misses):.0f}% ({hits} hits, {misses} misses)"
 
 
+# A PyTorch CUDA build for one arch is about 16 core-hours of compiling; each further arch adds
+# about a third (the CUDA kernels, not the C++, are compiled once per arch). Disk: about 40 GB
+# (sources, objects, ccache, image), and 4 GB more per arch. torchvision/torchaudio and
+# extensions take minutes. Rough figures from PyTorch's own CI and user reports: an estimate.
+CORE_HOURS_PER_ARCH = (16.0, 5.0)
+DISK_GB_PER_ARCH = (40, 4)
+GB_PER_JOB = 4
+
+
+def estimate(values: Mapping[str, str], cpus: int, memory_bytes: int) -> str:
+    """Say, before a build starts, roughly how long it will take and how much disk it needs."""
+    mode = values["BUILD_MODE"]
+    jobs_by_memory = max(1, memory_bytes // (GB_PER_JOB * 1024**3)) if memory_bytes else cpus
+    jobs = int(values["MAX_JOBS"] or 0) or max(1, min(cpus or 1, jobs_by_memory))
+    if mode != "source":
+        extensions = len(values["EXTENSIONS"].split())
+        minutes = 5 + (10 if mode == "torch-wheel" else 0) + 5 * extensions
+        disk = 20 if mode == "torch-wheel" else 10
+        return (
+            f"estimate: about {minutes} min and {disk} GB of disk for BUILD_MODE={mode} "
+            f"(a rough guide)"
+        )
+    archs = len(gpu.parse_cca(values["CCA"])) if values["CUDA_FROM"] != "none" else 0
+    first, more = CORE_HOURS_PER_ARCH
+    core_hours = first / 2 if archs == 0 else first + more * (archs - 1)
+    hours = core_hours / jobs
+    disk = DISK_GB_PER_ARCH[0] + DISK_GB_PER_ARCH[1] * max(0, archs - 1)
+    what = f"{archs} arch{'s' if archs != 1 else ''}" if archs else "the CPU"
+    return (
+        f"estimate: a PyTorch source build for {what} with {jobs} parallel jobs ({cpus} cores, "
+        f"{memory_bytes / 1024**3:.0f} GB memory) takes about {hours:.1f} h the first time and "
+        f"needs about {disk} GB of disk; a rebuild reuses ccache (a rough guide, not a promise)"
+    )
+
+
+_STEP_DONE = re.compile(r"^#(\d+) DONE ([\d.]+)s$", re.MULTILINE)
+
+
+def stage_seconds(log: str) -> list[tuple[str, float]]:
+    """Sum the seconds BuildKit spent on the steps of each stage it ran, longest first."""
+    stages = {number: stage for number, _, stage, _ in _STEP_HEADER.findall(log)}
+    totals: dict[str, float] = {}
+    for number, seconds in _STEP_DONE.findall(log):
+        if number in stages:
+            totals[stages[number]] = totals.get(stages[number], 0.0) + float(seconds)
+    return sorted(totals.items(), key=lambda item: -item[1])
+
+
 def summary(built: BuildPlan, seconds: float, size_bytes: int, log: str) -> str:
     """Render the lines printed after a successful build."""
     service = built.service
     lines = [
         f"image:       {built.image} ({size_bytes / 1e9:.2f} GB)",
         f"build time:  {seconds:.0f} s",
+        *(f"  {stage:<18} {spent:.0f} s" for stage, spent in stage_seconds(log)[:6] if spent >= 10),
         f"ccache:      {ccache_rate(log)}",
         *(f"jobs:        {line}" for line in dict.fromkeys(_JOBS_LINE.findall(log))),
         f"steps run:   {len(executed_steps(log))} (the others from cache)",
@@ -391,6 +442,11 @@ def build_service(c, built: BuildPlan) -> None:
                 if command:
                     c.run(shlex.join(command))
         return
+    from torchkiln import engine
+
+    facts = engine.engine_info()
+    print(estimate(compose.service_values(built.service, built.values), facts.cpus,
+                   facts.memory_bytes), flush=True)  # fmt: skip
     with runner.checkout_lock(built.root, "build"):
         print(f"$ {shlex.join(built.build)}", flush=True)
         started = time.monotonic()

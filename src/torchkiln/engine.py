@@ -28,6 +28,8 @@ class EngineFacts:
     compose_version: str = ""
     compose_v1: str = ""
     buildx_version: str = ""
+    cpus: int = 0
+    memory_bytes: int = 0
 
     @property
     def nvidia(self) -> bool:
@@ -61,6 +63,8 @@ def engine_info() -> EngineFacts:
         facts.error = _short(f"{type(error).__name__}: {error}")
         return facts
     facts.server_version = str(info.get("ServerVersion", ""))
+    facts.cpus = int(info.get("NCPU") or 0)
+    facts.memory_bytes = int(info.get("MemTotal") or 0)
     facts.runtimes = sorted(info.get("Runtimes") or {})
     facts.root_dir = str(info.get("DockerRootDir", ""))
     facts.cdi_devices = [

@@ -187,6 +187,30 @@ def test_wheels_mode_installs_offline_from_the_wheelhouse(wheels_project) -> Non
     assert "FAIL" not in smoke
 
 
+def test_the_builds_own_hint_works_after_a_wheelhouse_build(wheels_project) -> None:
+    """`invoke wheels --service train`, as the summary says, with no flags: the wheelhouse and
+    torch of the build are reused from its record, so nothing reaches for an index."""
+    project, output = wheels_project
+    assert "invoke wheels --service train" in output
+    dest = project.root / "dist-hint"
+    exported = assert_ok(project.invoke("wheels", "--service", "train", "--dest", str(dest)))
+    assert "as the last invoke build --service train:" in exported
+    assert "--wheelhouse" in exported and "--torch 2.13.0" in exported
+    info = json.loads((dest / "BUILD-INFO.json").read_text())
+    # Read from the wheel: a CPU torch, so no CUDA version and no CCA are claimed.
+    assert info["versions"]["torch"] == "2.13.0+cpu"
+    assert info["cuda_version"] is None and info["cca"] is None
+    assert (dest.stat().st_mode & 0o777) == 0o777 & ~current_umask()
+
+
+def current_umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_ngc_layer_keeps_torch_and_adds_the_user(wheels_project, tmp_path: Path) -> None:
     base_project, _ = wheels_project
     project = make_project(tmp_path, "ngc", NGC_IMAGE=base_project.image("train"))

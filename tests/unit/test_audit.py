@@ -8,11 +8,10 @@ import ctypes
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from test_smoke_cpu import run_module
 
 from torchkiln.inimage import audit, report, smoke
 from torchkiln.inimage.audit import Library, Target
@@ -22,22 +21,6 @@ SRC = Path(smoke.__file__).resolve().parents[2]
 H100 = Target((9, 0), "9.0", "NVIDIA H100 80GB HBM3")
 A6000 = Target((8, 6), "8.6", "NVIDIA RTX A6000")
 RTX5090 = Target((12, 0), "12.0", "NVIDIA GeForce RTX 5090")
-
-
-def run_module(
-    module: str, *args: str, extra_path: Path | None = None
-) -> subprocess.CompletedProcess:
-    """Run `python -m module` the way the images do, with only src on the path."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([*([str(extra_path)] if extra_path else []), str(SRC)])
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
 
 
 def put(path: Path, fixture: str) -> Path:

@@ -315,3 +315,36 @@ def test_a_checkout_of_something_else_is_refused_in_seconds(tmp_path, name, file
         UserError, match=re.escape(f"holds no {missing}; give the root of a {name}")
     ):
         compose.parse_sources([f"{name}={tmp_path}"], tmp_path)
+
+
+def test_the_estimate_grows_with_archs_and_shrinks_with_jobs() -> None:
+    values = settings.resolve({"CCA": "8.6"})
+    one = build.estimate(values, cpus=16, memory_bytes=64 * 1024**3)
+    assert "for 1 arch with 16 parallel jobs" in one and "about 1.0 h" in one
+    assert "about 40 GB of disk" in one and "rough guide" in one
+    three = build.estimate(settings.resolve({"CCA": "8.6;9.0;12.0"}), 16, 64 * 1024**3)
+    assert "for 3 archs" in three and "about 1.6 h" in three and "48 GB" in three
+    # Memory, not cores, bounds the jobs: 16 GB gives 4.
+    assert "with 4 parallel jobs" in build.estimate(values, cpus=32, memory_bytes=16 * 1024**3)
+    wheels = build.estimate(settings.resolve({"BUILD_MODE": "wheels"}), 2, 8 * 1024**3)
+    assert wheels.startswith("estimate: about 5 min")
+
+
+def test_stage_times_from_the_log() -> None:
+    log = (
+        "#7 [train torch-build 1/1] RUN build-wheel.sh\n#7 DONE 3600.5s\n"
+        "#8 [train vision-build 1/1] RUN build-wheel.sh\n#8 DONE 300.0s\n"
+        "#9 [train base 1/2] FROM local/debian\n#9 DONE 0.1s\n"
+        "#10 [train torch-build 1/1] RUN again\n#10 CACHED\n"
+    )
+    assert build.stage_seconds(log) == [("torch-build", 3600.5), ("vision-build", 300.0),
+                                       ("base", 0.1)]  # fmt: skip
+
+
+def test_a_failure_points_at_error_lines_only_when_there_are_some() -> None:
+    from torchkiln.runner import Streamed
+
+    with_error = build.failure_line("build", Streamed(17, "#9 ERROR: process failed\n"))
+    assert "the ERROR lines above name the step" in with_error
+    without = build.failure_line("build", Streamed(1, "something else went wrong\n"))
+    assert "ERROR lines" not in without and "its last lines above say why" in without

@@ -33,6 +33,7 @@ from typing import Any
 from torchkiln.inimage import archs as arch_rules
 from torchkiln.inimage.fatbin import FatbinError, NotELF, arch_sort_key, read_archs
 from torchkiln.inimage.report import FAIL, PASS, WARN
+from torchkiln.inimage.workers import start_module
 
 SHARED_OBJECT = re.compile(r"\.so(\.[\w.]*)?$")
 VENDOR = "nvidia"  # NVIDIA's wheels: rebuilt by NVIDIA, not by torchkiln
@@ -503,20 +504,7 @@ class CollectInBackground:
 
     def __init__(self, paths: Sequence[str] = ()) -> None:
         self.paths = list(paths)
-        # The directory holding the torchkiln package, wherever this copy of it lives.
-        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-        try:
-            self.proc: subprocess.Popen[str] | None = subprocess.Popen(
-                [sys.executable, "-m", "torchkiln.inimage.audit", "collect", *self.paths],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                text=True,
-            )
-        except OSError:
-            self.proc = None
+        self.proc = start_module("torchkiln.inimage.audit", "collect", *self.paths)
 
     def result(self) -> dict[str, list[Library]]:
         """The worker's packages, or a read in this process when it has none."""

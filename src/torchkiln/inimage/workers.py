@@ -161,6 +161,25 @@ def check_torchvision(torch: Any, device: str) -> str:
     return f"torchvision {torchvision.__version__}; nms on {device} kept {len(keep_cpu)}/1000 boxes"
 
 
+def start_module(module: str, *args: str) -> subprocess.Popen[str] | None:
+    """Start `python -m module args` in the background with this torchkiln on its path; its
+    stdout is piped for the answer (None when it cannot start: the caller works in-process)."""
+    # The directory holding the torchkiln package, wherever this copy of it lives.
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+    except OSError:
+        return None
+
+
 class TorchvisionInBackground:
     """The torchvision check in a second process, started before this one imports torch.
 
@@ -169,20 +188,7 @@ class TorchvisionInBackground:
     """
 
     def __init__(self) -> None:
-        # The directory holding the torchkiln package, wherever this copy of it lives.
-        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-        try:
-            self.proc: subprocess.Popen[str] | None = subprocess.Popen(
-                [sys.executable, "-m", "torchkiln.inimage.workers", "torchvision"],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                text=True,
-            )
-        except OSError:
-            self.proc = None
+        self.proc = start_module("torchkiln.inimage.workers", "torchvision")
 
     def result(self, torch: Any, device: str) -> str:
         """Take the worker's verdict for `device`, or check in this process when it has none."""
