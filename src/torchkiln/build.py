@@ -335,7 +335,8 @@ def estimate(values: Mapping[str, str], cpus: int, memory_bytes: int) -> str:
             f"estimate: about {minutes} min and {disk} GB of disk for BUILD_MODE={mode} "
             f"(a rough guide)"
         )
-    archs = len(gpu.parse_cca(values["CCA"])) if values["CUDA_FROM"] != "none" else 0
+    with_cuda = values["CUDA_FROM"] != "none" and values["CCA"]
+    archs = len(gpu.parse_cca(values["CCA"])) if with_cuda else 0
     first, more = CORE_HOURS_PER_ARCH
     core_hours = first / 2 if archs == 0 else first + more * (archs - 1)
     hours = core_hours / jobs
@@ -444,9 +445,9 @@ def build_service(c, built: BuildPlan) -> None:
         return
     from torchkiln import engine
 
-    facts = engine.engine_info()
-    print(estimate(compose.service_values(built.service, built.values), facts.cpus,
-                   facts.memory_bytes), flush=True)  # fmt: skip
+    if built.service in settings.SOURCE:  # ngc compiles nothing
+        facts = engine.engine_info()
+        print(estimate(mine, facts.cpus, facts.memory_bytes), flush=True)
     with runner.checkout_lock(built.root, "build"):
         print(f"$ {shlex.join(built.build)}", flush=True)
         started = time.monotonic()

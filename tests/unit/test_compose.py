@@ -348,3 +348,9 @@ def test_a_failure_points_at_error_lines_only_when_there_are_some() -> None:
     assert "the ERROR lines above name the step" in with_error
     without = build.failure_line("build", Streamed(1, "something else went wrong\n"))
     assert "ERROR lines" not in without and "its last lines above say why" in without
+
+
+def test_the_estimate_needs_no_cca_where_nothing_is_compiled_for_one() -> None:
+    cpu = build.estimate(settings.resolve({"CUDA_FROM": "none"}), 2, 8 * 1024**3)
+    assert "for the CPU" in cpu
+    assert "estimate:" in build.estimate(settings.resolve({"CCA": ""}), 2, 8 * 1024**3)
