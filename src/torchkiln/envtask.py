@@ -106,7 +106,7 @@ def plan_env(
             gpu.check_cca_for_cuda(cca, cuda)
         except UserError as error:
             notes.append(f"{error} (invoke build will refuse it until then)")
-    else:
+    elif not cpu:
         notes.append(
             "no GPU found and no --cca: CCA is left empty; set it with "
             "invoke env --force --cca 8.6 (your GPU's compute capability), or build for the "
