@@ -16,6 +16,8 @@ if [[ -z ${CUDA_ARCHITECTURES:-} || -z ${MAGMA_CUDA_ARCH_MIN:-} ]]; then
 fi
 # magma's CPU side needs BLAS/LAPACK (build-base has OpenBLAS, which carries LAPACK).
 MAX_JOBS=${MAX_JOBS:-$(nproc)}
+export CCACHE_DIR=/root/.cache/ccache
+use_remote_ccache
 echo "torchkiln: magma CMAKE_CUDA_ARCHITECTURES='$CUDA_ARCHITECTURES' MAGMA_CUDA_ARCH_MIN=$MAGMA_CUDA_ARCH_MIN"
 
 if [[ ! -f $source_dir/CMake.src.cuda && -f $source_dir/Makefile ]]; then

@@ -51,6 +51,7 @@ echo "torchkiln-jobs: $name MAX_JOBS=$MAX_JOBS ($why)"
 echo "torchkiln: TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-none (CPU)} FORCE_CUDA=${FORCE_CUDA:-}"
 export USE_CUDNN USE_NCCL USE_FLASH_ATTENTION USE_MEM_EFF_ATTENTION DEBUG
 export CCACHE_DIR=/root/.cache/ccache CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-40G}
+use_remote_ccache
 
 # BUILD_MAGMA=1 mounts magma's prefix at /opt/magma (empty otherwise): PyTorch's FindMAGMA
 # looks in MAGMA_HOME, other find_package calls in CMAKE_PREFIX_PATH.
@@ -101,5 +102,8 @@ if [[ -n $has_ccache ]]; then
   ccache --print-stats | awk -F'\t' -v name="$name" '
     /^(direct|preprocessed)_cache_hit\t/ {hits += $2}
     /^cache_miss\t/ {misses += $2}
-    END {printf "torchkiln-ccache: %s hits=%d misses=%d\n", name, hits, misses}'
+    /^remote_storage_hit\t/ {remote += $2}
+    /^remote_storage_(error|timeout)\t/ {errors += $2}
+    END {printf "torchkiln-ccache: %s hits=%d misses=%d remote_hits=%d remote_errors=%d\n",
+         name, hits, misses, remote, errors}'
 fi

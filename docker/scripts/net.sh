@@ -60,6 +60,27 @@ with_index_token() {
 }
 pip() { with_index_token command pip "$@"; }
 
+# The team's compile cache (CCACHE_REMOTE, the BuildKit secret ccache_remote) as ccache's remote
+# storage, next to the local cache mount (remote_only stays off: both are read and written). The
+# URL may hold a password: it is exported for this RUN only and never printed. A server that does
+# not answer costs ccache a short timeout per compile, and the build goes on.
+use_remote_ccache() {
+  local secret=/run/secrets/ccache_remote
+  [[ -s $secret ]] || return 0
+  { local xtrace=$-; set +x; } 2>/dev/null
+  CCACHE_REMOTE_STORAGE=$(tr -d '\r\n' <"$secret")
+  # remote_only stays off (ccache's default): no CCACHE_REMOTE_ONLY, whose mere presence sets it.
+  # Other machines install their compilers anew (another mtime): keys come from the compiler's
+  # content. reshare: a local hit is written to the remote too, so the first builder with the
+  # remote fills it with all it has.
+  export CCACHE_REMOTE_STORAGE CCACHE_COMPILERCHECK=content CCACHE_RESHARE=true
+  unset CCACHE_REMOTE_ONLY
+  [[ $xtrace != *x* ]] || set -x
+  local mode=read-write
+  [[ $CCACHE_REMOTE_STORAGE != *"|read-only"* ]] || mode=read-only
+  echo "torchkiln: ccache remote storage on ($mode)"
+}
+
 # Point the distro's archive (any source whose path is /ubuntu or /debian) at APT_MIRROR;
 # Debian's security archive (/debian-security) and vendor repositories stay as they are.
 use_apt_mirror() {

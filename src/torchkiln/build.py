@@ -20,7 +20,9 @@ from torchkiln import compose, doctor, envfile, gpu, runner, settings
 from torchkiln.errors import UserError
 
 IMAGE_SETTING = {"train": "TRAIN_IMAGE_NAME", "full": "FULL_IMAGE_NAME", "ngc": "NGC_IMAGE_NAME"}
-_CCACHE_LINE = re.compile(r"torchkiln-ccache: (?:\S+ )?hits=(\d+) misses=(\d+)")
+_CCACHE_LINE = re.compile(
+    r"torchkiln-ccache: (?:\S+ )?hits=(\d+) misses=(\d+)(?: remote_hits=(\d+) remote_errors=(\d+))?"
+)
 _JOBS_LINE = re.compile(r"^(?:#\d+ [\d.]+ )?torchkiln-jobs: (.+)$", re.MULTILINE)
 
 
@@ -304,13 +306,25 @@ def read_dotenv(root: Path) -> dict[str, str | None]:
 
 def ccache_rate(log: str) -> str:
     """Summarise the ccache statistics lines the build steps printed."""
-    hits = misses = 0
+    hits = misses = remote = errors = 0
     for match in _CCACHE_LINE.finditer(log):
         hits += int(match[1])
         misses += int(match[2])
+        remote += int(match[3] or 0)
+        errors += int(match[4] or 0)
     if hits + misses == 0:
         return "no compiler call (compile steps cached or none)"
-    return f"{100 * hits / (hits + misses):.0f}% ({hits} hits, {misses} misses)"
+    rate = f"{100 * hits / (hits + misses):.0f}% ({hits} hits, {misses} misses)"
+    if remote or errors:
+        rate += f"; {hits - remote} hits local, {remote} from the team's remote cache"
+    if errors:
+        rate += f"; WARNING the remote cache failed {errors} times (compiled locally instead)"
+    return rate
+
+
+def build_secrets(values: Mapping[str, str]) -> dict[str, str]:
+    """The environment Compose and buildx read the env-sourced build secrets from."""
+    return {"PIP_INDEX_TOKEN": values["PIP_INDEX_TOKEN"], "CCACHE_REMOTE": values["CCACHE_REMOTE"]}
 
 
 # A PyTorch CUDA build for one arch is about 16 core-hours of compiling; each further arch adds
@@ -443,15 +457,19 @@ def build_service(c, built: BuildPlan) -> None:
                 if command:
                     c.run(shlex.join(command))
         return
-    from torchkiln import engine
+    from torchkiln import engine, hostfacts
 
     if built.service in settings.SOURCE:  # ngc compiles nothing
         facts = engine.engine_info()
         print(estimate(mine, facts.cpus, facts.memory_bytes), flush=True)
+        # A remote cache that does not answer slows nothing down much and fails nothing: warn.
+        problem = hostfacts.cache_server_problem(mine["CCACHE_REMOTE"])
+        if problem:
+            print(f"warning: CCACHE_REMOTE: {problem}; building with the local cache only")
     with runner.checkout_lock(built.root, "build"):
         print(f"$ {shlex.join(built.build)}", flush=True)
         started = time.monotonic()
-        result = runner.stream(built.build, built.root)
+        result = runner.stream(built.build, built.root, build_secrets(built.values))
         save_log(built, result.output)
         if result.failed:
             raise UserError(failure_line(f"docker compose build {built.service}", result))

@@ -47,6 +47,8 @@ SOURCE_MARKERS = {
 WHEELHOUSE_CONTEXT = "wheelhouse"
 # The build secret holding PIP_INDEX_TOKEN (compose/compose.yaml, docker/scripts/net.sh).
 INDEX_TOKEN_SECRET = "pip_index_token"
+# The build secret holding CCACHE_REMOTE (a URL that may hold a password): compile steps only.
+CCACHE_REMOTE_SECRET = "ccache_remote"
 WHEELS_TARGET = "wheels"
 
 
@@ -356,6 +358,7 @@ def wheels_command(
         command += ["--secret", f"id=ca_bundle,src={ca_bundle}"]
     # As Compose's `pip_index_token` secret: the variable's value, or empty when it is unset.
     command += ["--secret", f"id={INDEX_TOKEN_SECRET},env={INDEX_TOKEN_SECRET.upper()}"]
+    command += ["--secret", f"id={CCACHE_REMOTE_SECRET},env={CCACHE_REMOTE_SECRET.upper()}"]
     if no_cache:
         command.append("--no-cache")
     command.append(".")

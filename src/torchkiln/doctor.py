@@ -262,8 +262,30 @@ def check_cuda_source(env: EnvState) -> Row:
     return Row("cuda", "ok", f"CUDA {cuda} from NVIDIA's wheels on the Python index (pypi)")
 
 
+def check_ccache_remote(url: str, problem: str) -> Row | None:
+    """Judge the team's compile cache (None when CCACHE_REMOTE is unset): a server that does not
+    answer only warns, since the build then compiles with the local cache."""
+    if not url:
+        return None
+    mode = "read-only" if "|read-only" in url else "read-write"
+    if problem:
+        return Row(
+            "compile cache",
+            "warn",
+            f"CCACHE_REMOTE ({mode}): {problem}; builds go on with the local cache only",
+            "start the server (docker compose --profile cache up -d ccache), or check the "
+            "address: build steps reach it through the host's address (e.g. the docker0 "
+            "bridge's), never 127.0.0.1",
+        )
+    return Row("compile cache", "ok", f"CCACHE_REMOTE answers ({mode})")
+
+
 def diagnose(
-    facts: EngineFacts, driver: str, env: EnvState, images: Row | None = None
+    facts: EngineFacts,
+    driver: str,
+    env: EnvState,
+    images: Row | None = None,
+    cache: Row | None = None,
 ) -> list[Row]:
     """Run every check over the gathered facts."""
     gpu_rows = [
@@ -277,6 +299,7 @@ def diagnose(
         check_cuda_source(env),
         *gpu_rows,
         *([images] if images else []),
+        *([cache] if cache else []),
         check_disk(facts, *disk_settings(env.values)),
         check_env(env),
     ]
@@ -346,7 +369,11 @@ def check_host(root: Path) -> tuple[str, bool]:
         mine = compose.service_values("train", state.values)
         problems = {image: engine.image_reachable(image) for image in base_images("train", mine)}
         images = check_base_images("train", mine, problems)
-    rows = diagnose(facts, hostfacts.gpu_driver_version(), state, images)
+    cache = None
+    if state.values is not None:
+        url = state.values["CCACHE_REMOTE"]
+        cache = check_ccache_remote(url, hostfacts.cache_server_problem(url))
+    rows = diagnose(facts, hostfacts.gpu_driver_version(), state, images, cache)
     return render(rows), failed(rows)
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import socket
 import subprocess
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +63,29 @@ def run_probe(command: list[str], timeout: float = 15) -> tuple[int, str]:
     except subprocess.TimeoutExpired:
         return 124, ""
     return result.returncode, result.stdout
+
+
+def cache_server_problem(url: str, timeout: float = 3) -> str:
+    """Say why the compile cache server of a CCACHE_REMOTE URL does not answer ('' when it does,
+    or when there is none). Redis must answer PING; an HTTP server, any status."""
+    if not url:
+        return ""
+    parsed = urllib.parse.urlsplit(url.split("|", 1)[0])
+    default = {"redis": 6379, "http": 80, "https": 443}[parsed.scheme]
+    host, port = parsed.hostname or "", parsed.port or default
+    where = f"{parsed.scheme}://{host}:{port}"
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as connection:
+            if parsed.scheme != "redis":
+                return ""
+            connection.sendall(b"PING\r\n")
+            answer = connection.recv(64)
+    except OSError as error:
+        return f"{where} does not answer ({error.strerror or error})"
+    # +PONG, or -NOAUTH when a password is needed: either way a Redis server is there.
+    if answer.startswith((b"+PONG", b"-NOAUTH", b"-ERR")):
+        return ""
+    return f"{where} answered, but not as Redis ({answer[:20]!r})"
 
 
 def gpu_compute_capabilities() -> str:

@@ -250,6 +250,53 @@ SETTINGS: tuple[Setting, ...] = (
         _optional(_pattern(r"[1-9]\d{0,3}", "a positive number such as 8")),
     ),
     Setting(
+        "CCACHE_REMOTE",
+        "",
+        "a compile cache your team shares: redis://HOST:PORT or http://HOST/PATH, |read-only for "
+        "CI runners; a BuildKit secret (a password may be in it), never a build arg",
+        "build",
+        (),
+        _optional(
+            _pattern(
+                r"(redis|http|https)://[^\s|]+(\|[a-z-]+(=[^\s|]+)?)*",
+                "redis://HOST:6379 or http://HOST:8080/ccache, optionally ending in |read-only",
+            )
+        ),
+    ),
+    Setting(
+        "CCACHE_SERVER_IMAGE",
+        "redis:7",
+        "image of the compile cache server (docker compose --profile cache up -d ccache)",
+        "build",
+        (),
+        _IMAGE,
+    ),
+    Setting(
+        "CCACHE_SERVER_ADDRESS",
+        "172.17.0.1",
+        "host address the compile cache server listens on: the docker0 bridge's, which build "
+        "steps reach (they cannot reach 127.0.0.1)",
+        "build",
+        (),
+        _pattern(r"[0-9a-fA-F.:]+", "an IP address such as 172.17.0.1"),
+    ),
+    Setting(
+        "CCACHE_SERVER_PORT",
+        "6379",
+        "port of the compile cache server",
+        "build",
+        (),
+        _pattern(r"[1-9]\d{0,4}", "a port such as 6379"),
+    ),
+    Setting(
+        "CCACHE_SERVER_MEMORY",
+        "8gb",
+        "the most memory the compile cache server keeps (least recently used entries go first)",
+        "build",
+        (),
+        _pattern(r"\d+[kmg]?b?", "a size such as 8gb"),
+    ),
+    Setting(
         "MIN_FREE_DISK_GB",
         "",
         "free GB at Docker's root below which a build is refused; empty: by BUILD_MODE "

@@ -221,7 +221,7 @@ def export_wheels(
         )
 
     # The token secret is read from the environment (Compose reads .env itself; buildx does not).
-    token = {"PIP_INDEX_TOKEN": built.values["PIP_INDEX_TOKEN"]}
+    token = build.build_secrets(built.values)
     if dry:
         with c.cd(str(root)):
             c.run(shlex.join(command(str(dest.parent / f".{dest.name}-STAGING"))))

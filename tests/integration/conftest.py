@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from engines import SecondEngine
 from projects import REPO, assert_ok, fixture_sources, make_project, remove_project
 
 
@@ -65,3 +70,22 @@ def wheels_project(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path):
         yield project, assert_ok(result)
     finally:
         remove_project(project)
+
+
+@pytest.fixture(scope="module")
+def second_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecondEngine]:
+    if os.geteuid() != 0 or not shutil.which("dockerd"):
+        message = "a second dockerd needs root and dockerd on PATH"
+        if os.environ.get("TORCHKILN_REQUIRE_DOCKER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    # A short path: the socket's must fit in a sun_path (108 bytes).
+    directory = Path(tempfile.mkdtemp(prefix="tk-engine-", dir="/tmp"))
+    engine = SecondEngine(directory)
+    try:
+        engine.setup_network()
+        engine.start()
+        yield engine
+    finally:
+        engine.close()
+        shutil.rmtree(directory, ignore_errors=True)

@@ -13,14 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import ipaddress
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import tempfile
 import time
 import urllib.request
 import uuid
@@ -28,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from engines import SecondEngine, free_port, run, stop, wait_until
 from projects import (
     BASE,
     BUILD_STAGES,
@@ -41,41 +38,6 @@ from projects import (
 from torchkiln import build as builder
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
-
-START_TIMEOUT = 60
-COMMAND_TIMEOUT = 120
-
-
-def run(command: list[str], timeout: int = COMMAND_TIMEOUT, **options):
-    """Run a helper command, capturing its output; never raises on failure."""
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, **options)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until(check, what: str, timeout: float = START_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"{what} did not come up within {timeout:.0f} s")
-
-
-def stop(process: subprocess.Popen, timeout: float = 30) -> None:
-    """End a process this module started: SIGTERM, then SIGKILL after a bounded wait."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=timeout)
 
 
 def registry_binary() -> str:
@@ -129,128 +91,6 @@ def registry_tags(address: str, repository: str) -> list[str]:
     url = f"http://{address}/v2/{repository}/tags/list"
     with urllib.request.urlopen(url, timeout=10) as response:
         return sorted(json.load(response)["tags"])
-
-
-class SecondEngine:
-    """A throw-away dockerd with the containerd image store, in its own directory and bridge.
-
-    Its bridge gets a masquerade rule so build steps can download (apt, pip) as on the main
-    engine; the rules and the bridge are removed with the engine.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.socket = directory / "docker.sock"
-        self.host = f"unix://{self.socket}"
-        self.bridge = f"tk{uuid.uuid4().hex[:8]}"
-        self.subnet = free_subnet()
-        self.process: subprocess.Popen | None = None
-        self.rules: list[list[str]] = []
-
-    def setup_network(self) -> None:
-        gateway = f"{next(self.subnet.hosts())}/{self.subnet.prefixlen}"
-        for command in (
-            ["ip", "link", "add", self.bridge, "type", "bridge"],
-            ["ip", "addr", "add", gateway, "dev", self.bridge],
-            ["ip", "link", "set", self.bridge, "up"],
-        ):
-            assert_ok(run(command))
-        for rule in (
-            ["-t", "nat", "POSTROUTING", "-s", str(self.subnet), "!", "-o", self.bridge,
-             "-j", "MASQUERADE"],
-            ["-t", "filter", "FORWARD", "-i", self.bridge, "-j", "ACCEPT"],
-            ["-t", "filter", "FORWARD", "-o", self.bridge, "-j", "ACCEPT"],
-        ):  # fmt: skip
-            table, chain, spec = rule[:2], rule[2], rule[3:]
-            assert_ok(run(["iptables", "-w", *table, "-I", chain, *spec]))
-            self.rules.append(["iptables", "-w", *table, "-D", chain, *spec])
-
-    def start(self) -> None:
-        """Start dockerd on an empty state and give it the base image."""
-        data = self.directory / "data"
-        config = self.directory / "daemon.json"
-        config.write_text(
-            json.dumps(
-                {
-                    "features": {"containerd-snapshotter": True},
-                    "bridge": self.bridge,
-                    "iptables": False,
-                    "ip6tables": False,
-                    "ip-forward": False,
-                    "ip-masq": False,
-                }
-            )
-        )
-        log = (self.directory / "dockerd.log").open("a")
-        self.process = subprocess.Popen(
-            [
-                "dockerd",
-                "--config-file", str(config),
-                "--data-root", str(data),
-                "--exec-root", str(self.directory / "exec"),
-                "--pidfile", str(self.directory / "docker.pid"),
-                "--host", self.host,
-            ],
-            stdout=log,
-            stderr=log,
-        )  # fmt: skip
-        log.close()
-        wait_until(
-            lambda: run(["docker", "--host", self.host, "info"], timeout=10).returncode == 0,
-            "the second dockerd",
-        )
-        with subprocess.Popen(["docker", "save", BASE], stdout=subprocess.PIPE) as saved:
-            loaded = run(["docker", "--host", self.host, "load"], stdin=saved.stdout, timeout=300)
-            saved.wait(timeout=300)
-        assert_ok(loaded)
-        assert saved.returncode == 0
-
-    def stop(self) -> None:
-        """Stop dockerd (and the containerd it started) and delete its whole state."""
-        if self.process is not None:
-            stop(self.process, timeout=60)
-            self.process = None
-        for name in ("data", "exec"):
-            path = self.directory / name
-            mounts = run(["findmnt", "-rn", "-o", "TARGET"]).stdout.split()
-            for mount in sorted((m for m in mounts if m.startswith(str(path))), reverse=True):
-                run(["umount", "-l", mount])
-            shutil.rmtree(path, ignore_errors=True)
-
-    def close(self) -> None:
-        self.stop()
-        for rule in reversed(self.rules):
-            run(rule)
-        run(["ip", "link", "del", self.bridge])
-
-
-def free_subnet() -> ipaddress.IPv4Network:
-    """A /24 in 172.31.0.0/16 that no interface here uses."""
-    used = run(["ip", "-4", "-o", "addr"]).stdout
-    for third in range(200, 255):
-        subnet = ipaddress.IPv4Network(f"172.31.{third}.0/24")
-        if f"172.31.{third}." not in used:
-            return subnet
-    raise AssertionError("no free 172.31.x.0/24 for the second engine's bridge")
-
-
-@pytest.fixture(scope="module")
-def second_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecondEngine]:
-    if os.geteuid() != 0 or not shutil.which("dockerd"):
-        message = "a second dockerd needs root and dockerd on PATH"
-        if os.environ.get("TORCHKILN_REQUIRE_DOCKER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    # A short path: the socket's must fit in a sun_path (108 bytes).
-    directory = Path(tempfile.mkdtemp(prefix="tk-engine-", dir="/tmp"))
-    engine = SecondEngine(directory)
-    try:
-        engine.setup_network()
-        engine.start()
-        yield engine
-    finally:
-        engine.close()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def unique_sources(project: Project) -> list[str]:

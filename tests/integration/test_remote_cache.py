@@ -1,0 +1,218 @@
+"""A compile cache a team shares (CCACHE_REMOTE), for real: Redis from Debian's packages on the
+docker0 bridge's address (where build steps reach the host), builder A (this engine) filling it
+with the CUDA fixtures' compiles, builder B (a second dockerd with empty state, so an empty local
+ccache and no BuildKit layer) taking every compile from it; a server that is down, and a
+read-only client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from engines import SecondEngine, free_port, run, stop, wait_until
+from projects import Project, assert_ok, make_project, remove_project
+
+from torchkiln import build as builder
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
+
+# Compiles per CMake configure whose command line holds a random folder (never cacheable).
+TRY_COMPILES = 1
+CCACHE_LINE = re.compile(
+    r"torchkiln-ccache: pytorch hits=(\d+) misses=(\d+) remote_hits=(\d+) remote_errors=(\d+)"
+)
+
+
+def bridge_address() -> str:
+    """The docker0 bridge's address on the host: build steps reach the host there."""
+    shown = run(["docker", "network", "inspect", "bridge", "--format",
+                 "{{(index .IPAM.Config 0).Gateway}}"])  # fmt: skip
+    return shown.stdout.strip()
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return found or ""
+    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "redis-server"]
+    if run(install, timeout=300, env=environment).returncode != 0:
+        run(["apt-get", "update", "-qq"], timeout=300, env=environment)
+        run(install, timeout=300, env=environment)
+    return shutil.which("redis-server") or ""
+
+
+def redis_cli(address: str, port: int, *command: str) -> str:
+    """Talk to the test's Redis in its own protocol (no client library needed)."""
+    import socket
+
+    with socket.create_connection((address, port), timeout=5) as connection:
+        parts = [f"${len(part)}\r\n{part}\r\n" for part in command]
+        connection.sendall(f"*{len(command)}\r\n{''.join(parts)}".encode())
+        return connection.recv(4096).decode()
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """Redis on the bridge's address and a free port, with nothing saved to disk."""
+    binary = redis_binary()
+    if not binary:
+        message = "redis-server is not installed (apt-get install -y redis-server)"
+        if os.environ.get("TORCHKILN_REQUIRE_DOCKER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    address, port = bridge_address(), free_port()
+    directory = tmp_path_factory.mktemp("redis")
+    log = (directory / "log").open("w")
+    process = subprocess.Popen(
+        [binary, "--bind", address, "--port", str(port), "--save", "", "--appendonly", "no",
+         "--protected-mode", "no", "--dir", str(directory)],
+        stdout=log, stderr=log,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: _pong(address, port), f"redis on {address}:{port}")
+        yield address, port
+    finally:
+        stop(process)
+        log.close()
+
+
+def _pong(address: str, port: int) -> bool:
+    try:
+        return redis_cli(address, port, "PING").startswith("+PONG")
+    except OSError:
+        return False
+
+
+def keys(address: str, port: int) -> int:
+    return int(redis_cli(address, port, "DBSIZE").strip().lstrip(":"))
+
+
+def unique_sources(project: Project) -> list[str]:
+    """The fixtures with a kernel no cache has seen (a new constant the compiler sees)."""
+    fixtures = project.root / "tests" / "fixtures"
+    kernel = fixtures / "pytorch" / "csrc" / "kernel.cu"
+    kernel.write_text(kernel.read_text() + f"\nstatic const long unique_{uuid.uuid4().hex} = 1;\n")
+    return [
+        "--source",
+        f"pytorch={fixtures / 'pytorch'}",
+        "--source",
+        f"vision={fixtures / 'vision'}",
+    ]
+
+
+def compile_counts(output: str) -> tuple[int, int, int, int]:
+    found = CCACHE_LINE.search(output)
+    assert found, output[-3000:]
+    return tuple(int(value) for value in found.groups())  # type: ignore[return-value]
+
+
+def compile_seconds(output: str) -> float:
+    return dict(builder.stage_seconds(output)).get("torch-build", 0.0)
+
+
+def test_a_second_builder_takes_every_compile_from_the_first(
+    redis, second_engine: SecondEngine, tmp_path: Path
+) -> None:
+    address, port = redis
+    url = f"redis://{address}:{port}"
+    project = make_project(tmp_path, "remote", CUDA_FROM="pypi", CCACHE_REMOTE=url)
+    try:
+        doctor = project.invoke("doctor")
+        assert re.search(r"compile cache +ok +CCACHE_REMOTE answers \(read-write\)", doctor.stdout)
+        sources = unique_sources(project)
+        before = keys(address, port)
+        first = assert_ok(project.invoke("wheels", "--dest", str(tmp_path / "a"), *sources))
+        hits, misses, remote_hits, errors = compile_counts(first)
+        assert misses > 0 and remote_hits == 0 and errors == 0
+        assert keys(address, port) > before, "builder A wrote nothing to the remote cache"
+        assert "ccache remote storage on (read-write)" in first
+        assert url not in first, "the cache URL (a secret) was printed"
+        # Builder B: a fresh engine (empty local ccache, no layer), and one build arg changed.
+        other = Project(
+            project.root,
+            project.name,
+            {**project.env, "DOCKER_HOST": second_engine.host, "MAX_JOBS": "1"},
+        )
+        second = assert_ok(other.invoke("wheels", "--dest", str(tmp_path / "b"), *sources))
+        b_hits, b_misses, b_remote, b_errors = compile_counts(second)
+        counts = (
+            f"A hits {hits}, misses {misses}; B hits {b_hits} (remote {b_remote}), "
+            f"misses {b_misses}"
+        )
+        print(f"\n{counts}\n" + "\n".join(x for x in second.splitlines() if "ccache" in x))
+        # CMake's try-compile for the CUDA ABI check runs in a new random folder at every
+        # configure: that one call is new by construction, on any builder. Every other compile
+        # of A (misses, and local hits, which A reshares) is a remote hit on B.
+        assert b_errors == 0 and b_misses == TRY_COMPILES, counts
+        assert b_remote == b_hits == hits + misses - TRY_COMPILES, counts
+        cold, warm = compile_seconds(first), compile_seconds(second)
+        print(
+            f"\nCUDA fixture compile (torch-build stage): builder A cold {cold:.1f} s, builder B "
+            f"from the remote cache {warm:.1f} s, ratio {cold / max(warm, 0.1):.1f}; "
+            f"A: {misses} misses; B: {b_remote} remote hits, {b_misses} misses"
+        )
+        for line in second.splitlines():
+            if line.startswith("ccache:"):
+                print(line)
+                assert f"{b_remote} from the team's remote cache" in line
+    finally:
+        remove_project(project)
+
+
+def test_a_server_that_is_down_warns_and_the_build_goes_on(tmp_path: Path) -> None:
+    url = f"redis://{bridge_address()}:{free_port()}"
+    project = make_project(tmp_path, "nocache", CUDA_FROM="pypi", CCACHE_REMOTE=url)
+    try:
+        doctor = project.invoke("doctor")
+        assert re.search(r"compile cache +WARN .*does not answer", doctor.stdout), doctor.stdout
+        output = project.invoke("build", "--no-up", *unique_sources(project))
+        said = output.stdout + output.stderr
+        assert output.returncode == 0, said[-3000:]
+        assert f"warning: CCACHE_REMOTE: redis://{bridge_address()}" in said
+        _, misses, remote_hits, errors = compile_counts(said)
+        assert misses > 0 and remote_hits == 0
+        summary = next(line for line in said.splitlines() if line.startswith("ccache:"))
+        if errors:
+            assert "WARNING the remote cache failed" in summary
+    finally:
+        remove_project(project)
+
+
+def test_a_read_only_client_writes_nothing(redis, tmp_path: Path) -> None:
+    address, port = redis
+    url = f"redis://{address}:{port}|read-only"
+    project = make_project(tmp_path, "readonly", CUDA_FROM="pypi", CCACHE_REMOTE=url)
+    try:
+        before = keys(address, port)
+        output = assert_ok(
+            project.invoke("wheels", "--dest", str(tmp_path / "d"), *unique_sources(project))
+        )
+        assert "ccache remote storage on (read-only)" in output
+        _, misses, _, errors = compile_counts(output)
+        assert misses > 0 and errors == 0
+        assert keys(address, port) == before
+    finally:
+        remove_project(project)
+
+
+def test_the_cache_url_is_a_secret_not_a_build_arg(redis, tmp_path: Path) -> None:
+    address, port = redis
+    url = f"redis://:s3cr3t-{uuid.uuid4().hex[:6]}@{address}:{port}"
+    project = make_project(tmp_path, "secretcache", CUDA_FROM="none", CCACHE_REMOTE=url)
+    try:
+        result = project.invoke("--dry", "build")
+        printed = result.stdout + result.stderr
+        assert url not in printed and "s3cr3t" not in printed
+        override = json.loads((project.root / ".torchkiln" / "build-train.yaml").read_text())
+        assert "CCACHE_REMOTE" not in override["services"]["train"]["build"]["args"]
+    finally:
+        remove_project(project)
