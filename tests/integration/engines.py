@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import shutil
 import signal
 import socket
@@ -30,6 +31,20 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def debian_program(name: str) -> str:
+    """Find a program; install Debian's package of that name when running as root (CI) and it is
+    missing. '' when it cannot be had."""
+    found = shutil.which(name)
+    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return found or ""
+    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", name]
+    if run(install, timeout=300, env=environment).returncode != 0:
+        run(["apt-get", "update", "-qq"], timeout=300, env=environment)
+        run(install, timeout=300, env=environment)
+    return shutil.which(name) or ""
 
 
 def wait_until(check, what: str, timeout: float = START_TIMEOUT) -> None:

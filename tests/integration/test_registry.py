@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import time
 import urllib.request
@@ -24,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from engines import SecondEngine, free_port, run, stop, wait_until
+from engines import SecondEngine, debian_program, free_port, stop, wait_until
 from projects import (
     BASE,
     BUILD_STAGES,
@@ -40,23 +39,10 @@ from torchkiln import build as builder
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
 
 
-def registry_binary() -> str:
-    """Find docker-registry; install Debian's package when running as root (CI) and missing."""
-    found = shutil.which("docker-registry")
-    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
-        return found or ""
-    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "docker-registry"]
-    if run(install, timeout=300, env=environment).returncode != 0:
-        run(["apt-get", "update", "-qq"], timeout=300, env=environment)
-        run(install, timeout=300, env=environment)
-    return shutil.which("docker-registry") or ""
-
-
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A registry on 127.0.0.1:<free port>, with its storage in a temporary directory."""
-    binary = registry_binary()
+    binary = debian_program("docker-registry")
     if not binary:
         message = "docker-registry is not installed (apt-get install -y docker-registry)"
         if os.environ.get("TORCHKILN_REQUIRE_DOCKER") == "1":

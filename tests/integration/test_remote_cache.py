@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from engines import SecondEngine, free_port, run, stop, wait_until
+from engines import SecondEngine, debian_program, free_port, run, stop, wait_until
 from projects import Project, assert_ok, make_project, remove_project
 
 from torchkiln import build as builder
@@ -38,18 +37,6 @@ def bridge_address() -> str:
     return shown.stdout.strip()
 
 
-def redis_binary() -> str:
-    found = shutil.which("redis-server")
-    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
-        return found or ""
-    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "redis-server"]
-    if run(install, timeout=300, env=environment).returncode != 0:
-        run(["apt-get", "update", "-qq"], timeout=300, env=environment)
-        run(install, timeout=300, env=environment)
-    return shutil.which("redis-server") or ""
-
-
 def redis_cli(address: str, port: int, *command: str) -> str:
     """Talk to the test's Redis in its own protocol (no client library needed)."""
     import socket
@@ -63,7 +50,7 @@ def redis_cli(address: str, port: int, *command: str) -> str:
 @pytest.fixture(scope="module")
 def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     """Redis on the bridge's address and a free port, with nothing saved to disk."""
-    binary = redis_binary()
+    binary = debian_program("redis-server")
     if not binary:
         message = "redis-server is not installed (apt-get install -y redis-server)"
         if os.environ.get("TORCHKILN_REQUIRE_DOCKER") == "1":
