@@ -185,14 +185,22 @@ def test_compose_shares_no_host_namespace(repo: Path, tmp_path: Path, files: lis
         assert not service.get("privileged"), name
         # the trade-off the README explains: a bounded /dev/shm instead of ipc: host
         assert service["shm_size"] == str(16 * 1024**3), name
+        # ngc compiles nothing, so only the services that compile get the cache server's URL
+        compiles = {"ccache_remote"} if name in ("train", "full") else set()
         assert {secret["source"] for secret in service["build"]["secrets"]} == {
             "ca_bundle",
             "pip_index_token",
+            *compiles,
         }
-    assert config["secrets"]["pip_index_token"] == {
-        "name": config["secrets"]["pip_index_token"]["name"],
-        "environment": "PIP_INDEX_TOKEN",
-    }
+    for secret, variable in (
+        ("pip_index_token", "PIP_INDEX_TOKEN"),
+        ("ccache_remote", "CCACHE_REMOTE"),
+    ):
+        # read from the process environment at build time, never from a file in the context
+        assert config["secrets"][secret] == {
+            "name": config["secrets"][secret]["name"],
+            "environment": variable,
+        }
 
 
 def test_invoke_env_keeps_the_token_out_of_env(tmp_path: Path) -> None:
