@@ -136,19 +136,25 @@ def base_image_problem() -> str | None:
     )
 
 
-# The CUDA tests leave gigabytes in BuildKit's cache; below this much free disk, unused cache is
-# pruned before the next project (the tests themselves never need an earlier test's cache).
+# The CUDA tests leave gigabytes in BuildKit's cache; below this much free disk, the build cache
+# is emptied before the next project (the tests themselves never need an earlier test's cache).
 FREE_DISK_FLOOR_GB = 30
 
 
 def make_room() -> None:
-    """Prune unused build cache when the engine's disk runs low, so the suite fits a CI disk."""
+    """Empty the build cache when the engine's disk runs low, so the suite fits a CI disk.
+
+    All of it: a partial prune keeps the records behind existing images' layers and drops the
+    steps' results, so a later build is all CACHED while an export or a changed later stage
+    compiles again, and a test of what the cache spares would fail for a reason of its own.
+    """
     root = subprocess.run(
         ["docker", "info", "--format", "{{.DockerRootDir}}"], capture_output=True, text=True
     ).stdout.strip()
     if root and os.path.isdir(root) and shutil.disk_usage(root).free < FREE_DISK_FLOOR_GB * 1e9:
-        print(f"\nless than {FREE_DISK_FLOOR_GB} GB free at {root}: pruning unused build cache")
-        subprocess.run(["docker", "builder", "prune", "--force"], capture_output=True, timeout=600)
+        print(f"\nless than {FREE_DISK_FLOOR_GB} GB free at {root}: emptying the build cache")
+        command = ["docker", "builder", "prune", "--all", "--force"]
+        subprocess.run(command, capture_output=True, timeout=600)
 
 
 def require_base_image() -> None:
