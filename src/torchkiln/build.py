@@ -201,11 +201,9 @@ def validate(service: str, values: Mapping[str, str], extensions: bool = False) 
         mine["PYTORCH_VERSION"], mine["TORCHVISION_VERSION"], mine["TORCHAUDIO_VERSION"]
     )
     cuda_from, mode, cuda = mine["CUDA_FROM"], mine["BUILD_MODE"], mine["CUDA_VERSION"]
-    if cuda_from == "pypi" and gpu.version_tuple(cuda)[0] < 13:
-        raise UserError(
-            f"CUDA_FROM=pypi needs CUDA 13 or newer, not CUDA_VERSION {cuda} (NVIDIA's CUDA 12 "
-            f"wheels have another layout); use CUDA_FROM=image for CUDA 12"
-        )
+    problem = gpu.pypi_cuda_problem(cuda) if cuda_from == "pypi" else ""
+    if problem:
+        raise UserError(f"{problem}; use CUDA_FROM=image for CUDA 12")
     if cuda_from == "none" or (mode == "wheels" and not extensions):
         return
     for item in gpu.check_cca_for_cuda(mine["CCA"], cuda):
@@ -445,7 +443,7 @@ def build_service(c, built: BuildPlan) -> None:
     # Engine, plugins, disk, and (when the container will start here) GPU runtime and driver:
     # refused in seconds rather than after a long build, by --dry as by the real build.
     mine = compose.service_values(built.service, built.values)
-    doctor.require_ready(mine, built.options.up, built.service)
+    facts = doctor.require_ready(mine, built.options.up, built.service)
     if not dry:
         check_builder(c, built.builder, export_cache=bool(built.cache_to))
     write_state(built)
@@ -457,10 +455,9 @@ def build_service(c, built: BuildPlan) -> None:
                 if command:
                     c.run(shlex.join(command))
         return
-    from torchkiln import engine, hostfacts
+    from torchkiln import hostfacts
 
     if built.service in settings.SOURCE:  # ngc compiles nothing
-        facts = engine.engine_info()
         print(estimate(mine, facts.cpus, facts.memory_bytes), flush=True)
         # A remote cache that does not answer slows nothing down much and fails nothing: warn.
         problem = hostfacts.cache_server_problem(mine["CCACHE_REMOTE"])

@@ -36,12 +36,14 @@ SOURCE_CONTEXTS = {
     "audio": "audio-src",
     "magma": "magma-src",
 }
+# The files that make a folder a Python project pip can build.
+PYTHON_PROJECT_FILES = ("setup.py", "pyproject.toml")
 # What marks each checkout's root: a build file, and the package the project is named for, so a
 # checkout of something else is refused in seconds rather than after the build.
 SOURCE_MARKERS = {
-    "pytorch": (("setup.py", "pyproject.toml"), ("torch/__init__.py",)),
-    "vision": (("setup.py", "pyproject.toml"), ("torchvision/__init__.py",)),
-    "audio": (("setup.py", "pyproject.toml"), ("src/torchaudio", "torchaudio")),
+    "pytorch": (PYTHON_PROJECT_FILES, ("torch/__init__.py",)),
+    "vision": (PYTHON_PROJECT_FILES, ("torchvision/__init__.py",)),
+    "audio": (PYTHON_PROJECT_FILES, ("src/torchaudio", "torchaudio")),
     "magma": (("CMakeLists.txt",), ("include/magma.h", "include/magma_v2.h")),
 }
 WHEELHOUSE_CONTEXT = "wheelhouse"
@@ -91,7 +93,7 @@ def parse_sources(items: Iterable[str], cwd: Path) -> dict[str, str]:
 
 # `--extension DIR` folders replace these empty stages (docker/Dockerfile), at most this many.
 EXTENSION_CONTEXTS = ("extension-src-0", "extension-src-1", "extension-src-2", "extension-src-3")
-_EXTENSION_SPEC = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9][A-Za-z0-9.+!_-]*")
+_EXTENSION_SPEC = re.compile(settings.EXTENSION_SPEC)
 
 
 def split_extensions(items: Iterable[str], cwd: Path) -> tuple[list[str], dict[str, str]]:
@@ -104,7 +106,7 @@ def split_extensions(items: Iterable[str], cwd: Path) -> tuple[list[str], dict[s
         if _EXTENSION_SPEC.fullmatch(item):
             specs.append(item)
         elif path.is_dir():
-            if not any((path / marker).is_file() for marker in ("setup.py", "pyproject.toml")):
+            if not any((path / marker).is_file() for marker in PYTHON_PROJECT_FILES):
                 raise UserError(
                     f"--extension {item}: {path} holds no setup.py or pyproject.toml; give the "
                     f"root of the extension's source"

@@ -252,13 +252,10 @@ def check_cuda_source(env: EnvState) -> Row:
         return Row("cuda", "ok", f"none: a CPU image (BUILD_MODE={env.values['BUILD_MODE']})")
     if route == "image":
         return Row("cuda", "ok", f"CUDA {cuda} from the base image (nvidia/cuda devel)")
-    if gpu.version_tuple(cuda)[0] < 13:
-        return Row(
-            "cuda",
-            "error",
-            f"CUDA_FROM=pypi needs CUDA 13 or newer, not {cuda}",
-            "set CUDA_VERSION to 13.0.2 or newer, or CUDA_FROM=image for CUDA 12",
-        )
+    problem = gpu.pypi_cuda_problem(cuda)
+    if problem:
+        fix = "set CUDA_VERSION to 13.0.2 or newer, or CUDA_FROM=image for CUDA 12"
+        return Row("cuda", "error", problem, fix)
     return Row("cuda", "ok", f"CUDA {cuda} from NVIDIA's wheels on the Python index (pypi)")
 
 
@@ -436,8 +433,9 @@ def build_blockers(
     return [row for row in rows if row.status == "error"]
 
 
-def require_ready(values: Mapping[str, str], up: bool, service: str = "") -> None:
-    """Refuse, in seconds and before any build step, what would make the build or start fail."""
+def require_ready(values: Mapping[str, str], up: bool, service: str = "") -> EngineFacts:
+    """Refuse, in seconds and before any build step, what would make the build or start fail;
+    give the engine's facts read on the way (cores and memory for the build's estimate)."""
     from torchkiln import engine, hostfacts
 
     facts = engine.engine_info()
@@ -453,3 +451,4 @@ def require_ready(values: Mapping[str, str], up: bool, service: str = "") -> Non
     if blockers:
         row = blockers[0]
         raise UserError(f"{row.check}: {row.detail}; fix: {row.fix}")
+    return facts

@@ -27,6 +27,16 @@ def version_tuple(text: str) -> Version:
         raise VersionError(str(error)) from None
 
 
+def pypi_cuda_problem(cuda: str) -> str:
+    """Say why CUDA_FROM=pypi cannot give CUDA_VERSION `cuda` ('' when it can)."""
+    if version_tuple(cuda)[0] >= 13:
+        return ""
+    return (
+        f"CUDA_FROM=pypi needs CUDA 13 or newer, not CUDA_VERSION {cuda} (NVIDIA's CUDA 12 wheels "
+        f"have another layout)"
+    )
+
+
 # --- compute capabilities -------------------------------------------------------------------
 
 

@@ -65,6 +65,10 @@ def _cca(value: str) -> str:
         raise UserError(str(error)) from None
 
 
+# One EXTENSIONS item (and one `--extension` that is not a folder): a source distribution.
+EXTENSION_SPEC = r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9][A-Za-z0-9.+!_-]*"
+
+
 def _extensions(value: str) -> str:
     return " ".join(item for item in re.split(r"[\s,;]+", value) if item)
 
@@ -322,8 +326,7 @@ SETTINGS: tuple[Setting, ...] = (
         SOURCE,
         _optional(
             _pattern(
-                r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9][A-Za-z0-9.+!_-]*"
-                r"( [A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9][A-Za-z0-9.+!_-]*)*",
+                rf"{EXTENSION_SPEC}( {EXTENSION_SPEC})*",
                 "name==version items separated by spaces, e.g. torch-scatter==2.1.2",
             )
         ),

@@ -21,7 +21,6 @@ import os
 import re
 import shlex
 import site
-import subprocess
 import sys
 import sysconfig
 import time
@@ -33,7 +32,7 @@ from typing import Any
 from torchkiln.inimage import archs as arch_rules
 from torchkiln.inimage.fatbin import FatbinError, NotELF, arch_sort_key, read_archs
 from torchkiln.inimage.report import FAIL, PASS, WARN
-from torchkiln.inimage.workers import start_module
+from torchkiln.inimage.workers import ModuleInBackground
 
 SHARED_OBJECT = re.compile(r"\.so(\.[\w.]*)?$")
 VENDOR = "nvidia"  # NVIDIA's wheels: rebuilt by NVIDIA, not by torchkiln
@@ -497,35 +496,25 @@ def run_audit_only(paths: Sequence[str], expect_cca: str | None, as_json: bool) 
 # --- smoke's background read ----------------------------------------------------------------
 
 
-class CollectInBackground:
+class CollectInBackground(ModuleInBackground):
     """Read site-packages' shared objects in a second process, started before smoke imports
     torch: a cold read takes seconds (2.4 s for torch 2.14.1 and its NVIDIA wheels), which then
     overlap torch's import instead of adding to it."""
 
     def __init__(self, paths: Sequence[str] = ()) -> None:
         self.paths = list(paths)
-        self.proc = start_module("torchkiln.inimage.audit", "collect", *self.paths)
+        super().__init__(
+            "torchkiln.inimage.audit", "collect", *self.paths, timeout=COLLECT_TIMEOUT_S
+        )
 
     def result(self) -> dict[str, list[Library]]:
         """The worker's packages, or a read in this process when it has none."""
         found = self._collect()
         return found if found is not None else collect(self.paths)
 
-    def stop(self) -> None:
-        """End the worker when its answer is not needed."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
     def _collect(self) -> dict[str, list[Library]] | None:
-        if self.proc is None:
-            return None
-        try:
-            out, _ = self.proc.communicate(timeout=COLLECT_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.stop()
-            return None
-        if self.proc.returncode != 0:
+        out = self.output()
+        if out is None:
             return None
         try:
             data = json.loads(out)

@@ -180,7 +180,36 @@ def start_module(module: str, *args: str) -> subprocess.Popen[str] | None:
         return None
 
 
-class TorchvisionInBackground:
+class ModuleInBackground:
+    """`python -m <module> <args>` started at once, its output taken when needed.
+
+    A worker that fails, runs past `timeout` or could not start gives None, and the caller does
+    the work in its own process instead; `stop` ends a worker whose answer is not needed.
+    """
+
+    def __init__(self, module: str, *args: str, timeout: float) -> None:
+        self.timeout = timeout
+        self.proc = start_module(module, *args)
+
+    def stop(self) -> None:
+        """End the worker when its answer is not needed (no early exit leaves it running)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def output(self) -> str | None:
+        """The worker's standard output once it exits with 0; None otherwise."""
+        if self.proc is None:
+            return None
+        try:
+            out, _ = self.proc.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            return None
+        return out if self.proc.returncode == 0 else None
+
+
+class TorchvisionInBackground(ModuleInBackground):
     """The torchvision check in a second process, started before this one imports torch.
 
     Importing torchvision takes seconds; a second process does it (and its own torch import) on
@@ -188,7 +217,7 @@ class TorchvisionInBackground:
     """
 
     def __init__(self) -> None:
-        self.proc = start_module("torchkiln.inimage.workers", "torchvision")
+        super().__init__("torchkiln.inimage.workers", "torchvision", timeout=TORCHVISION_TIMEOUT_S)
 
     def result(self, torch: Any, device: str) -> str:
         """Take the worker's verdict for `device`, or check in this process when it has none."""
@@ -200,21 +229,8 @@ class TorchvisionInBackground:
             raise raised(verdict["detail"])
         return str(verdict["detail"])
 
-    def stop(self) -> None:
-        """End the worker when its answer is not needed (no early exit leaves it running)."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
     def _collect(self) -> dict[str, Any] | None:
-        if self.proc is None:
-            return None
-        try:
-            out, _ = self.proc.communicate(timeout=TORCHVISION_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.stop()
-            return None
-        lines = [line for line in out.splitlines() if line.startswith("{")]
+        lines = [line for line in (self.output() or "").splitlines() if line.startswith("{")]
         try:
             return json.loads(lines[-1]) if lines else None
         except ValueError:
