@@ -33,7 +33,8 @@ build_one() {
   local name=$1 source_dir=$2 log
   log=$(mktemp)
   echo "torchkiln: extension $name"
-  if ! "$here/build-wheel.sh" "$source_dir" "$wheel_dir" "$torch_wheels" 2>&1 | tee "$log"; then
+  # torch is installed above, once for every extension.
+  if ! "$here/build-wheel.sh" "$source_dir" "$wheel_dir" 2>&1 | tee "$log"; then
     fail "$name" "compile (pip wheel --no-build-isolation)" "$log"
   fi
 }
