@@ -77,7 +77,9 @@ def _build_plan(options):
     from torchkiln import build as builder
 
     dotenv = builder.read_dotenv(ROOT)
-    return builder.plan(ROOT, options, environ=os.environ, dotenv=dotenv)
+    # The indexes are probed in seconds: a TLS-inspecting network gets its CA bundle here.
+    planned = builder.plan(ROOT, options, environ=os.environ, dotenv=dotenv)
+    return builder.with_host_ca(planned, os.environ)
 
 
 REGISTRY_HELP = {
@@ -134,7 +136,12 @@ def build(
 
     options = build_module.BuildOptions.from_flags(locals())
     with user_errors():
-        build_module.build_service(c, _build_plan(options))
+        built = _build_plan(options)
+        if options.up:  # `up` would recreate a container another checkout runs in the project
+            from torchkiln import checkout
+
+            checkout.guard(ROOT, action="invoke build (its up step)")
+        build_module.build_service(c, built)
 
 
 @task(
@@ -183,11 +190,13 @@ def wheels(
         exporter.export_wheels(c, ROOT, plan, Path(dest).resolve(), force, proxies)
 
 
-def _built(c: Context, service: str) -> str:
-    """Check the service name and that its image exists (skipped by invoke --dry)."""
-    from torchkiln import compose, incontainer
+def _built(c: Context, service: str, action: str) -> str:
+    """Check the service name, .env and the shell's Compose variables, that no other checkout
+    shares the project, and that the image exists (skipped by invoke --dry)."""
+    from torchkiln import checkout, compose, incontainer
 
     compose.check_service(service)
+    checkout.guard(ROOT, action=action)
     if not c.config.run.dry:
         incontainer.require_built(ROOT, service)
     return service
@@ -199,15 +208,16 @@ def up(c: Context, service: str = "train") -> None:
     from torchkiln import compose
 
     with user_errors(), c.cd(str(ROOT)):
-        c.run(shlex.join(compose.up_command(_built(c, service))))
+        c.run(shlex.join(compose.up_command(_built(c, service, "invoke up"))))
 
 
 @task(help={"volumes": "also remove the project's volumes"})
 def down(c: Context, volumes: bool = False) -> None:
     """Stop and remove the project's containers (volumes stay unless --volumes)."""
-    from torchkiln import compose
+    from torchkiln import checkout, compose
 
-    with c.cd(str(ROOT)):
+    with user_errors(), c.cd(str(ROOT)):
+        checkout.guard(ROOT, action="invoke down")
         c.run(shlex.join(compose.down_command(volumes)))
 
 
@@ -217,7 +227,7 @@ def shell(c: Context, service: str = "train") -> None:
     from torchkiln import compose
 
     with user_errors(), c.cd(str(ROOT)):
-        c.run(shlex.join(compose.shell_command(_built(c, service))), pty=True)
+        c.run(shlex.join(compose.shell_command(_built(c, service, "invoke shell"))), pty=True)
 
 
 @task(help={"service": SERVICE_HELP, "follow": "keep printing new lines"})
@@ -226,21 +236,35 @@ def logs(c: Context, service: str = "train", follow: bool = False) -> None:
     from torchkiln import compose
 
     with user_errors(), c.cd(str(ROOT)):
-        shown = c.run(shlex.join(compose.logs_command(_built(c, service), follow)), warn=True)
+        command = compose.logs_command(_built(c, service, "invoke logs"), follow)
+        shown = c.run(shlex.join(command), warn=True)
         if shown is not None and shown.ok and not shown.stdout.strip():
             print(compose.no_logs_note(service, ROOT))
 
 
 @task(
     help={
-        "cache": "also remove the BuildKit cache of torchkiln builds (ccache, pip, layers)",
+        "cache": "the BuildKit cache of torchkiln builds (layers; ccache, pip, apt mounts): "
+        "shared by every checkout on the engine, so it says what it holds and removes it only "
+        "with --all-checkouts",
+        "all_checkouts": "with --cache: remove that cache, every checkout's",
         "dist": "also remove the wheels an invoke wheels export left in dist/",
     }
 )
-def clean(c: Context, cache: bool = False, dist: bool = False) -> None:
-    """Remove this project's containers and images (untagged ones too); nothing of others'."""
+def clean(c: Context, cache: bool = False, dist: bool = False, all_checkouts: bool = False) -> None:
+    """Remove this checkout's containers and images (untagged ones too); nothing of others'."""
     from torchkiln import clean as cleaner
 
     with user_errors(), c.cd(str(ROOT)):
-        for line in cleaner.clean_project(c, ROOT, cache, ROOT / "dist" if dist else None):
+        target = ROOT / "dist" if dist else None
+        for line in cleaner.clean_project(c, ROOT, cache, target, all_checkouts):
             print(line)
+
+
+# invoke's own echo (`invoke --dry …`) is bold on a terminal; files and pipes get plain text.
+from invoke import Collection  # noqa: E402
+
+from torchkiln.taskkit import echo_format  # noqa: E402
+
+ns = Collection.from_module(sys.modules[__name__])
+ns.configure({"run": {"echo_format": echo_format()}})

@@ -30,28 +30,35 @@ else
   unset TORCH_CUDA_ARCH_LIST
 fi
 
-# Parallel jobs: MAX_JOBS, else the cores, but at most one per 4 GB of memory (a CUDA translation
-# unit takes 2 to 5 GB; more jobs than memory allows ends in the OOM killer hours in).
+# Parallel jobs: one budget, MAX_JOBS, else the cores but at most one job per 6 GB of memory (one
+# flash-attention translation unit takes about 4.5 GB: pytorch/pytorch#124018; more jobs than
+# memory allows ends in the OOM killer an hour in). BuildKit runs the stages built against torch
+# (vision, audio, extensions) at the same time: PARALLEL_STAGES of them share the budget.
 cores=$(nproc)
 memory_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)
 limit=$(cat /sys/fs/cgroup/memory.max 2>/dev/null || echo max)
 if [[ $limit =~ ^[0-9]+$ ]] && ((limit / 1024 < memory_kb)); then
   memory_kb=$((limit / 1024))
 fi
-by_memory=$((memory_kb / (4 * 1024 * 1024)))
+by_memory=$((memory_kb / (6 * 1024 * 1024)))
 ((by_memory >= 1)) || by_memory=1
 if [[ -n ${MAX_JOBS:-} ]]; then
-  why="MAX_JOBS"
+  budget=$MAX_JOBS why="MAX_JOBS"
 else
-  MAX_JOBS=$((cores < by_memory ? cores : by_memory))
-  why="$cores cores, $((memory_kb / 1024 / 1024)) GB memory: one job per 4 GB"
+  budget=$((cores < by_memory ? cores : by_memory))
+  why="$cores cores, $((memory_kb / 1024 / 1024)) GB memory: one job per 6 GB"
 fi
+stages=${PARALLEL_STAGES:-1}
+MAX_JOBS=$((budget / stages))
+((MAX_JOBS >= 1)) || MAX_JOBS=1
+((stages == 1)) || why="$why, shared by $stages stages built at once"
 export MAX_JOBS
 echo "torchkiln-jobs: $name MAX_JOBS=$MAX_JOBS ($why)"
 echo "torchkiln: TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-none (CPU)} FORCE_CUDA=${FORCE_CUDA:-}"
 export USE_CUDNN USE_NCCL USE_FLASH_ATTENTION USE_MEM_EFF_ATTENTION DEBUG
 export CCACHE_DIR=/root/.cache/ccache CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-40G}
 use_remote_ccache
+source "$(dirname "$0")/extension-env.sh" "$source_dir" # ccache, nvcc wrapper (see there)
 
 # BUILD_MAGMA=1 mounts magma's prefix at /opt/magma (empty otherwise): PyTorch's FindMAGMA
 # looks in MAGMA_HOME, other find_package calls in CMAKE_PREFIX_PATH.
@@ -91,19 +98,63 @@ if ((${#build_requires[@]})); then
   pip install "${wheelhouse_options[@]}" "${build_requires[@]}"
 fi
 
+# A CUDA torch requires, as the official wheel of its version does, the NVIDIA wheels it was built
+# against (their pins, read from that wheel's metadata, and what the build added such as cuDSS):
+# the runtime image and every environment the exported wheel goes to get the same libraries.
+requirements=/opt/torch-requirements/official.json
+if [[ $name == pytorch && ${USE_CUDA:-1} != 0 && -s $requirements ]]; then
+  PYTORCH_EXTRA_INSTALL_REQUIREMENTS=$(python - "$requirements" /opt/cuda-extra-requirements.txt <<'PY'
+import json, pathlib, sys
+lines = json.load(open(sys.argv[1]))["declare"]
+extra = pathlib.Path(sys.argv[2])
+if extra.is_file():
+    lines += [line for line in extra.read_text().splitlines() if line.strip()]
+print(" | ".join(lines))
+PY
+  )
+  export PYTORCH_EXTRA_INSTALL_REQUIREMENTS
+  echo "torchkiln: torch will require $PYTORCH_EXTRA_INSTALL_REQUIREMENTS"
+fi
+
 # ccache is in every image's build base; outside one (a bare GPU host) the build runs without.
 has_ccache=$(command -v ccache || true)
-[[ -z $has_ccache ]] || ccache --zero-stats >/dev/null
-# `command pip`: no index is needed here, so the compile never sees the index token.
-command pip wheel --no-build-isolation --no-deps --wheel-dir "$wheel_dir" "$source_dir"
+# `command pip`: no index is needed here, so the compile never sees the index token. -v: the
+# build backend's own output (CMake's summary, ninja's [N/M] progress) reaches the log.
+log=/tmp/torchkiln-build-$name.log
+command pip wheel -v --no-build-isolation --no-deps --wheel-dir "$wheel_dir" "$source_dir" 2>&1 |
+  tee "$log"
 if [[ -n $has_ccache ]]; then
-  ccache --show-stats
-  # One machine-readable line for invoke build's summary.
-  ccache --print-stats | awk -F'\t' -v name="$name" '
-    /^(direct|preprocessed)_cache_hit\t/ {hits += $2}
-    /^cache_miss\t/ {misses += $2}
-    /^remote_storage_hit\t/ {remote += $2}
-    /^remote_storage_(error|timeout)\t/ {errors += $2}
-    END {printf "torchkiln-ccache: %s hits=%d misses=%d remote_hits=%d remote_errors=%d\n",
-         name, hits, misses, remote, errors}'
+  # This build's calls only (extension-env.sh's CCACHE_STATSLOG: other steps share the cache),
+  # as one machine-readable line for invoke build's summary. A compile ccache could not cache
+  # (an option it does not know, a failed preprocessing) counts as uncached, links not at all.
+  touch "$CCACHE_STATSLOG" && ccache --show-log-stats
+  awk -v name="${TORCHKILN_BUILD_NAME:-$name}" '
+    function done_entry() {
+      if (entry) { if (hit) hits++; else if (miss) misses++; else if (!other) uncached++ }
+      entry = hit = miss = other = 0
+    }
+    /^# / {done_entry(); entry = 1; next}
+    /^(direct|preprocessed)_cache_hit$/ {hit = 1}
+    /^cache_miss$/ {miss = 1}
+    /^called_for_(link|preprocessing)$/ {other = 1}
+    /^remote_storage_hit$/ {remote++}
+    /^remote_storage_(error|timeout)$/ {errors++}
+    END {done_entry()
+         printf "torchkiln-ccache: %s hits=%d misses=%d remote_hits=%d remote_errors=%d",
+           name, hits, misses, remote, errors
+         printf " uncached=%d\n", uncached}' "$CCACHE_STATSLOG"
+fi
+# A CUDA build is a CUDA build with the archs asked for, and has what the official wheel has: the
+# wheel is checked here, in seconds, before anything builds on it.
+if [[ $name == pytorch ]]; then
+  for wheel in "$wheel_dir"/torch-*.whl; do
+    python -m torchkiln.inimage.wheelcheck "$wheel"
+  done
+  if [[ ${USE_CUDA:-1} != 0 && -s $requirements ]]; then
+    python -m torchkiln.inimage.torchreqs parity "$log" "$requirements"
+  fi
+fi
+# The compile step's peak memory (cgroup v2), against which MAX_JOBS can be tuned.
+if [[ -r /sys/fs/cgroup/memory.peak ]]; then
+  echo "torchkiln-memory: $name peak=$(($(cat /sys/fs/cgroup/memory.peak) / 1024 / 1024)) MB MAX_JOBS=$MAX_JOBS"
 fi

@@ -14,7 +14,26 @@ wheelhouse_options=()
 if compgen -G '/wheelhouse/*.whl' >/dev/null; then
   wheelhouse_options=(--no-index --find-links /wheelhouse)
 fi
+# Where torch's own wheels come from, into the array torch_index: the wheelhouse when there is
+# one; else TORCH_INDEX_URL when set; else the Python index itself for CUDA_FROM=pypi (its torch
+# wheels are CUDA builds that use NVIDIA's wheels), PyTorch's CPU index for CUDA_FROM=none, and
+# PyTorch's index for the CUDA version otherwise.
+torch_index_options() {
+  torch_index=("${wheelhouse_options[@]}")
+  if [[ ${#torch_index[@]} -eq 0 && -n ${TORCH_INDEX_URL:-} ]]; then
+    torch_index=(--index-url "$TORCH_INDEX_URL")
+  elif [[ ${#torch_index[@]} -eq 0 && ${CUDA_FROM:-} == none ]]; then
+    torch_index=(--index-url https://download.pytorch.org/whl/cpu)
+  elif [[ ${#torch_index[@]} -eq 0 && ${CUDA_FROM:-} == image ]]; then
+    torch_index=(--index-url "https://download.pytorch.org/whl/cu$(cut -d. -f1,2 <<<"$CUDA_VERSION" | tr -d .)")
+  fi
+}
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+# The in-image checks beside the scripts (the build-scripts stage): torchkiln.inimage, stdlib only.
+scripts_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+if [[ -d $scripts_dir/torchkiln ]]; then
+  export PYTHONPATH=$scripts_dir${PYTHONPATH:+:$PYTHONPATH}
+fi
 
 # The index token secret becomes the password of PIP_INDEX_URL (user __token__ unless the URL
 # names one) in a shell variable that is never exported: only pip commands run through
@@ -69,6 +88,17 @@ use_remote_ccache() {
   [[ -s $secret ]] || return 0
   { local xtrace=$-; set +x; } 2>/dev/null
   CCACHE_REMOTE_STORAGE=$(tr -d '\r\n' <"$secret")
+  # invoke build hands it over in ccache's form already; a plain `docker compose build` passes
+  # .env's value as written. ccache expands $VAR in it (and decodes %XX in the password), and
+  # reads redis://:PASSWORD@ as no password: put both the way ccache reads them.
+  CCACHE_REMOTE_STORAGE=${CCACHE_REMOTE_STORAGE//\$/%24}
+  if [[ $CCACHE_REMOTE_STORAGE =~ ^redis://:([^@]*)@(.*)$ ]]; then
+    if [[ ${BASH_REMATCH[1]} == *:* || ${BASH_REMATCH[1]} == *%3[Aa]* ]]; then
+      CCACHE_REMOTE_STORAGE="redis://default:${BASH_REMATCH[1]}@${BASH_REMATCH[2]}"
+    else
+      CCACHE_REMOTE_STORAGE="redis://${BASH_REMATCH[1]}@${BASH_REMATCH[2]}"
+    fi
+  fi
   # remote_only stays off (ccache's default): no CCACHE_REMOTE_ONLY, whose mere presence sets it.
   # Other machines install their compilers anew (another mtime): keys come from the compiler's
   # content. reshare: a local hit is written to the remote too, so the first builder with the

@@ -9,13 +9,15 @@ a plain `docker compose build` takes them from `.env`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from torchkiln import envfile, gpu, settings
+from torchkiln import envfile, gpu, settings, urls
 from torchkiln.errors import UserError
 
 # Predefined BuildKit args passed through by every service (not settings: they are the host's).
@@ -52,6 +54,44 @@ INDEX_TOKEN_SECRET = "pip_index_token"
 # The build secret holding CCACHE_REMOTE (a URL that may hold a password): compile steps only.
 CCACHE_REMOTE_SECRET = "ccache_remote"
 WHEELS_TARGET = "wheels"
+# Labels of what a checkout makes: the Compose project (docker/Dockerfile's LABEL) and the
+# checkout's own identity (the build override's), which `invoke clean` trusts over the project
+# name, since two checkouts may name the same project.
+PROJECT_LABEL = "io.torchkiln.project"
+CHECKOUT_LABEL = "io.torchkiln.checkout"
+# Compose's own labels on the containers it creates.
+COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
+COMPOSE_DIR_LABEL = "com.docker.compose.project.working_dir"
+
+
+def checkout_identity(root: Path) -> str:
+    """Name a checkout uniquely on the engine: its folder name and a short hash of its absolute
+    path (…/a/proj and …/b/proj differ), valid as a Compose project and an image repository."""
+    path = str(root.resolve())
+    base = re.sub(r"[^a-z0-9]+", "-", root.resolve().name.lower()).strip("-")[:40] or "torchkiln"
+    return f"{base}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
+
+
+def check_path(flag: str, value: str) -> None:
+    """Refuse a path no build tool can take: a line break or control character in it."""
+    if re.search(r"[\x00-\x1f\x7f]", value):
+        raise UserError(
+            f"{flag} {value!r} holds a line break or control character, which Compose and "
+            f"BuildKit cannot take; rename the folder"
+        )
+
+
+def csv_field(text: str) -> str:
+    """Quote one field of a BuildKit CSV option (--output, --secret) as encoding/csv reads it:
+    a path with a comma or a quote would otherwise be split into other fields."""
+    if any(character in text for character in ',"\r\n') or text != text.strip():
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def display(command: Sequence[str]) -> str:
+    """A command as printed: shell-quoted, every URL password masked."""
+    return urls.mask_text(shlex.join(command))
 
 
 def check_service(service: str) -> str:
@@ -74,6 +114,7 @@ def parse_sources(items: Iterable[str], cwd: Path) -> dict[str, str]:
     contexts: dict[str, str] = {}
     for item in items:
         name, sep, directory = item.partition("=")
+        check_path("--source", item)
         if not sep or name not in SOURCE_CONTEXTS or not directory:
             raise UserError(
                 f"--source '{item}' is not NAME=DIR with NAME one of "
@@ -96,22 +137,43 @@ EXTENSION_CONTEXTS = ("extension-src-0", "extension-src-1", "extension-src-2", "
 _EXTENSION_SPEC = re.compile(settings.EXTENSION_SPEC)
 
 
-def split_extensions(items: Iterable[str], cwd: Path) -> tuple[list[str], dict[str, str]]:
+def split_extensions(
+    items: Iterable[str], cwd: Path, checkout: Path | None = None
+) -> tuple[list[str], dict[str, str]]:
     """Split `--extension` items into index specs (name==version) and local source folders,
-    returned as named build contexts; refuse anything else, and more folders than stages."""
+    returned as named build contexts; refuse anything else (an empty item, a spec that is not
+    one pinned release, the checkout itself, a folder twice), and more folders than stages."""
     specs: list[str] = []
     folders: list[Path] = []
     for item in items:
+        check_path("--extension", item)
+        if not item.strip():
+            raise UserError(
+                "--extension '' is empty; give a source distribution as name==version (e.g. "
+                "torch-scatter==2.1.2) or the folder of an extension's source"
+            )
         path = (cwd / item).resolve()
         if _EXTENSION_SPEC.fullmatch(item):
             specs.append(item)
         elif path.is_dir():
+            if checkout is not None and path == checkout.resolve():
+                raise UserError(
+                    f"--extension {item} is this torchkiln checkout itself; give the folder of "
+                    f"the extension's source (its setup.py or pyproject.toml)"
+                )
             if not any((path / marker).is_file() for marker in PYTHON_PROJECT_FILES):
                 raise UserError(
                     f"--extension {item}: {path} holds no setup.py or pyproject.toml; give the "
                     f"root of the extension's source"
                 )
+            if path in folders:
+                raise UserError(f"--extension {item}: {path} is given twice; give it once")
             folders.append(path)
+        elif re.search(r"[=<>~!,;\s]", item.strip()):
+            raise UserError(
+                f"--extension '{item}' is not one pinned release name==version; write one item "
+                f"per --extension, e.g. --extension torch-scatter==2.1.2"
+            )
         else:
             raise UserError(
                 f"--extension '{item}' is neither name==version (a source distribution on the "
@@ -128,6 +190,7 @@ def split_extensions(items: Iterable[str], cwd: Path) -> tuple[list[str], dict[s
 
 def check_wheelhouse(directory: str, cwd: Path) -> str:
     """Refuse a wheelhouse that is not a directory of wheels; return its absolute path."""
+    check_path("--wheelhouse", directory)
     path = (cwd / directory).resolve()
     if not path.is_dir() or not any(path.glob("torch-*.whl")):
         raise UserError(
@@ -141,6 +204,7 @@ def check_ca_bundle(value: str, cwd: Path) -> str:
     """Refuse a CA bundle path that is not a readable file; return it absolute ('' for none)."""
     if not value:
         return ""
+    check_path("CA bundle", value)
     path = (cwd / value).resolve()
     if not path.is_file() or not os.access(path, os.R_OK):
         raise UserError(
@@ -172,16 +236,60 @@ def build_arg_values(
     CCA's arch lists, and whether there are extensions to build."""
     mine = service_values(service, values)
     args = {name: mine[name] for name in settings.build_args(service)}
+    if args.get("PIP_INDEX_URL"):
+        # Its password travels as the secret pip_index_token (build_secrets), never as an arg.
+        args["PIP_INDEX_URL"] = index_url(args["PIP_INDEX_URL"]).without_password().text()
     if "CCA" in args:
         # A CPU image (CUDA_FROM=none) compiles no GPU code: no arch lists, whatever CCA says.
         args.update(gpu.cca_build_args(args["CCA"] if args["CUDA_FROM"] != "none" else ""))
         args["BUILD_EXTENSIONS"] = "1" if args["EXTENSIONS"] or local_extensions else "0"
+        args.update(compile_args(args))
     return args
 
 
-def _escaped(value: str) -> str:
-    # Compose interpolates ${…} in every file it reads; '$$' is a literal '$'.
-    return value.replace("$", "$$")
+def compile_args(args: Mapping[str, str]) -> dict[str, str]:
+    """COMPILED: whether anything is compiled (then the closure and the repair stages run);
+    PARALLEL_STAGES: the compile stages BuildKit runs at once after torch, which share MAX_JOBS."""
+    extensions = args["BUILD_EXTENSIONS"] == "1"
+    compiles_torch_family = args["BUILD_MODE"] != "wheels"
+    stages = extensions + compiles_torch_family * (
+        bool(args["TORCHVISION_VERSION"]) + bool(args["TORCHAUDIO_VERSION"])
+    )
+    return {
+        "COMPILED": "1" if compiles_torch_family or extensions else "0",
+        "PARALLEL_STAGES": str(max(1, stages)),
+    }
+
+
+def index_url(value: str) -> urls.URL:
+    """PIP_INDEX_URL, parsed as the settings model checked it."""
+    return urls.parse("PIP_INDEX_URL", value, form="https://HOST/simple")
+
+
+def build_secrets(values: Mapping[str, str]) -> dict[str, str]:
+    """The environment Compose and buildx read the env-sourced build secrets from: the index
+    token (PIP_INDEX_TOKEN, else the password split off PIP_INDEX_URL; net.sh puts it back into
+    the URL for pip alone) and CCACHE_REMOTE in the form ccache reads (its `$` would be
+    expanded, its `:PASSWORD@` read as no password)."""
+    token = values.get("PIP_INDEX_TOKEN", "")
+    if not token and values.get("PIP_INDEX_URL"):
+        token = index_url(values["PIP_INDEX_URL"]).password or ""
+    remote = values.get("CCACHE_REMOTE", "")
+    if remote:
+        remote = urls.ccache_storage(urls.parse_ccache_remote(remote))
+    return {"PIP_INDEX_TOKEN": token, "CCACHE_REMOTE": remote}
+
+
+def _escaped(value: object) -> object:
+    # Compose interpolates ${…} and $NAME in every file it reads, values of any key; '$$' is a
+    # literal '$' (a path or a password must reach the build unchanged).
+    if isinstance(value, str):
+        return value.replace("$", "$$")
+    if isinstance(value, dict):
+        return {key: _escaped(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_escaped(item) for item in value]
+    return value
 
 
 def override_text(
@@ -193,9 +301,13 @@ def override_text(
     cache_from: Sequence[str] = (),
     cache_to: Sequence[str] = (),
     tags: Sequence[str] = (),
+    checkout: str = "",
 ) -> str:
-    """Render the build's Compose override: args, named contexts, cache, tags (JSON is YAML)."""
-    build: dict[str, object] = {"args": {name: _escaped(value) for name, value in args.items()}}
+    """Render the build's Compose override: args, named contexts, cache, tags, and the label
+    with the checkout's identity (JSON is YAML)."""
+    build: dict[str, object] = {"args": dict(args)}
+    if checkout:
+        build["labels"] = {CHECKOUT_LABEL: checkout}
     if contexts:
         build["additional_contexts"] = dict(contexts)
     if cache_from:
@@ -207,7 +319,7 @@ def override_text(
     document: dict[str, object] = {"services": {service: {"build": build}}}
     if ca_bundle:
         document["secrets"] = {"ca_bundle": {"file": ca_bundle}}
-    return json.dumps(document, indent=2) + "\n"
+    return json.dumps(_escaped(document), indent=2) + "\n"
 
 
 def registry_refs(repository: str, service: str) -> tuple[str, str]:
@@ -351,13 +463,14 @@ def wheels_command(
     for spec in cache_from:
         command += ["--cache-from", spec]
     command += ["--file", DOCKERFILES[service], "--target", WHEELS_TARGET]
-    command += ["--output", f"type=local,dest={dest}"]
+    # --output and --secret are CSV: a path with a comma or a quote is one quoted field.
+    command += ["--output", f"type=local,{csv_field(f'dest={dest}')}"]
     for name, value in build_args.items():
         command += ["--build-arg", f"{name}={value}"]
     for name, directory in sorted(contexts.items()):
         command += ["--build-context", f"{name}={directory}"]
     if ca_bundle:
-        command += ["--secret", f"id=ca_bundle,src={ca_bundle}"]
+        command += ["--secret", f"id=ca_bundle,{csv_field(f'src={ca_bundle}')}"]
     # As Compose's `pip_index_token` secret: the variable's value, or empty when it is unset.
     command += ["--secret", f"id={INDEX_TOKEN_SECRET},env={INDEX_TOKEN_SECRET.upper()}"]
     command += ["--secret", f"id={CCACHE_REMOTE_SECRET},env={CCACHE_REMOTE_SECRET.upper()}"]

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from torchkiln import settings
+from torchkiln import settings, urls
 from torchkiln.errors import UserError
 
 NAME = ".env"
@@ -28,13 +28,13 @@ OTHER_NAMES = {
         for name in (proxy, proxy.lower())
     ),
 }
-# user:password@ in a URL, or a set NAME=value whose name says secret: such a .env is readable
-# by its owner only.
-_CREDENTIAL = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
-_SECRET_SETTING = re.compile(
-    r"^[ \t]*(?:export[ \t]+)?\w*(?:TOKEN|PASSWORD|SECRET)\w*[ \t]*=[ \t]*(\S.*)$",
-    re.IGNORECASE | re.MULTILINE,
-)
+# A set NAME=value whose name says secret, or a URL with a password (the parser the build uses,
+# so redis://:PASSWORD@ and redis://PASSWORD@ count too): such a .env is readable by its owner
+# only.
+_SECRET_NAME = re.compile(r"TOKEN|PASSWORD|SECRET", re.IGNORECASE)
+_ASSIGNMENT = re.compile(r"^[ \t]*(?:export[ \t]+)?([A-Za-z_]\w*)[ \t]*=[ \t]*(.*)$", re.DOTALL)
+# The `$` forms Compose and python-dotenv read alike in an unquoted or double-quoted value.
+_SHARED_REFERENCE = re.compile(r"\$\{[A-Za-z_]\w*(?::-[^}$]*)?\}")
 
 
 def path(root: Path) -> Path:
@@ -48,13 +48,14 @@ def parse(text: str, source: Path) -> dict[str, str | None]:
     from dotenv.parser import parse_stream
 
     for binding in parse_stream(io.StringIO(text)):
+        line = binding.original.line
         if binding.error:
-            line = binding.original.line
-            shown = binding.original.string.strip()
+            shown = masked_line(binding.original.string.strip())
             raise UserError(
                 f"{source}:{line}: cannot read '{shown}'; write NAME=value (quote values with "
                 f"spaces), or run invoke env --force to rewrite .env"
             )
+        _check_dollars(binding.original.string, source, line)
     values = DotEnv(dotenv_path=None, stream=io.StringIO(text), interpolate=True).dict()
     return dict(values)
 
@@ -81,6 +82,40 @@ def read(file: Path) -> dict[str, str | None]:
     return parse(text, file)
 
 
+def secret_name(name: str) -> bool:
+    """Tell whether a setting's name says it holds a secret (*TOKEN*, *PASSWORD*, *SECRET*)."""
+    return bool(_SECRET_NAME.search(name))
+
+
+def masked_line(line: str) -> str:
+    """A .env line as a message may show it: the value of a secret-named setting and any URL
+    password hidden."""
+    match = _ASSIGNMENT.match(line)
+    if not match:
+        return urls.mask_text(line)
+    name, value = match[1], match[2].strip()
+    if _SECRET_NAME.search(name) and value:
+        return f"{name}={urls.MASK}"
+    quote = value[:1] if value[:1] in ("'", '"') else ""
+    inner = value[1:-1] if quote and len(value) > 1 and value.endswith(quote) else value
+    return f"{name}={quote}{urls.mask_text(urls.shown(inner))}{quote if inner != value else ''}"
+
+
+def _check_dollars(line: str, source: Path, number: int) -> None:
+    # Compose reads $NAME and $$ in an unquoted or double-quoted value; python-dotenv (the host's
+    # checks) does not: the build would get another value than the one checked.
+    match = _ASSIGNMENT.match(line.strip())
+    if not match or match[2].lstrip().startswith("'"):
+        return
+    if "$" in _SHARED_REFERENCE.sub("", match[2]):
+        shown = masked_line(line.strip())
+        raise UserError(
+            f"{source}:{number}: '{shown}' holds a '$' that docker compose reads as a variable "
+            f"(and python-dotenv does not), so the build would get another value; put the value "
+            f"in single quotes ({match[1]}='…'), or write $ as %24 inside a URL"
+        )
+
+
 def unknown_names(values: Mapping[str, str | None]) -> list[str]:
     """Describe each name in .env that no setting has, with the closest known one."""
     known = set(settings.BY_NAME) | OTHER_NAMES
@@ -98,10 +133,13 @@ def unknown_names(values: Mapping[str, str | None]) -> list[str]:
 
 def quote(value: str) -> str:
     """Quote a .env value when Compose and python-dotenv would otherwise misread it."""
-    if value and re.fullmatch(r"[A-Za-z0-9_./:;@+,=${}-]+", value):
+    # Unquoted only where Compose and python-dotenv read it alike: ${NAME} references, no other $.
+    plain = "$" not in _SHARED_REFERENCE.sub("", value)
+    if value and plain and re.fullmatch(r"[A-Za-z0-9_./:;@+,=${}%-]+", value):
         return value
     if "'" in value:
-        raise UserError(f"value {value!r} contains a single quote, which .env cannot hold")
+        shown = urls.mask_text(urls.shown(value))
+        raise UserError(f"value '{shown}' contains a single quote, which .env cannot hold")
     return f"'{value}'"
 
 
@@ -135,11 +173,32 @@ def render_example() -> str:
 
 
 def holds_secret(text: str) -> bool:
-    """Tell whether .env text holds a credential: user:password@ in a URL, or a non-empty
-    value of a setting named like *TOKEN*, *PASSWORD* or *SECRET* (comments do not count)."""
-    if _CREDENTIAL.search(text):
-        return True
-    return any(value.strip().strip("'\"").strip() for value in _SECRET_SETTING.findall(text))
+    """Tell whether .env text holds a credential: a non-empty value of a setting named like
+    *TOKEN*, *PASSWORD* or *SECRET*, or a URL with a password (comments do not count)."""
+    from dotenv.parser import parse_stream
+
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            # A line nobody can read may still hold a password: keep such a file private.
+            if "@" in binding.original.string or _SECRET_NAME.search(binding.original.string):
+                return True
+            continue
+        if binding.key is None or not binding.value:
+            continue
+        if _SECRET_NAME.search(binding.key) or secret_value(binding.value):
+            return True
+    return False
+
+
+def secret_value(value: str) -> bool:
+    """Tell whether a value is a URL holding a password (or ccache's bearer token)."""
+    value = value.strip()
+    if "://" not in value:
+        return False
+    try:
+        return urls.parse_ccache_remote(value, "URL").has_password
+    except UserError:
+        return "@" in value  # unparsable, but may hold user:password@: treat as secret
 
 
 def backup_name(file: Path, now: float | None = None) -> Path:
@@ -167,10 +226,15 @@ def write_atomic(file: Path, text: str, mode: int = 0o644) -> None:
         raise
 
 
+PRIVATE = 0o600
+
+
 def write(file: Path, text: str, force: bool, now: float | None = None) -> Path | None:
-    """Write .env (0600 when it holds a credential); with force keep the old file as a
-    timestamped backup, which is returned. Filesystem errors are one line naming the path."""
+    """Write .env (0600 when it holds a credential, or when the file it replaces was private);
+    with force keep the old file as a timestamped backup, which is returned, with the old
+    file's mode from its first byte on. Filesystem errors are one line naming the path."""
     backup = None
+    mode = PRIVATE if holds_secret(text) else 0o644
     try:
         if file.exists() or file.is_symlink():
             if not force:
@@ -179,10 +243,16 @@ def write(file: Path, text: str, force: bool, now: float | None = None) -> Path 
                 raise UserError(
                     f"{file} is not a regular file; move it away, then run invoke env again"
                 )
+            old_mode = file.stat().st_mode & 0o777
+            if not old_mode & 0o077:
+                mode = PRIVATE  # a private file stays private
             backup = backup_name(file, now)
-            backup.write_bytes(file.read_bytes())
-            backup.chmod(file.stat().st_mode & 0o777)
-        write_atomic(file, text, 0o600 if holds_secret(text) else 0o644)
+            # Created private, so a secret in the old file is never readable by others.
+            fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(file.read_bytes())
+            backup.chmod(old_mode)
+        write_atomic(file, text, mode)
     except (PermissionError, OSError) as error:
         if isinstance(error, FileExistsError):
             raise

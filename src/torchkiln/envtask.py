@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torchkiln import compose, envfile, gpu, settings
+from torchkiln import compose, envfile, gpu, settings, urls
 from torchkiln.errors import UserError
 from torchkiln.hostfacts import HostUser
 
@@ -50,12 +50,6 @@ def container_name(name: str) -> str:
     return cleaned[:32]
 
 
-def project_name(directory: str, user: str) -> str:
-    """Derive a stable Compose project name from the checkout's folder and the user."""
-    base = re.sub(r"[^a-z0-9_-]+", "-", directory.lower()).strip("-_") or "torchkiln"
-    return f"{base}-{user}" if not base.endswith(f"-{user}") else base
-
-
 def plan_env(
     host: HostUser,
     timezone: str,
@@ -68,7 +62,8 @@ def plan_env(
     cpu: bool = False,
 ) -> EnvPlan:
     """Decide .env's values: `chosen` (flags, then environment) beats host facts; `kept` are
-    the user's own settings of the .env being replaced, carried over unless chosen anew."""
+    the user's own settings of the .env being replaced, carried over unless chosen anew;
+    `checkout` is the checkout's identity (compose.checkout_identity)."""
     notes: list[str] = []
     chosen = settings.normalize({k: v for k, v in chosen.items() if v is not None})
 
@@ -120,7 +115,9 @@ def plan_env(
             "without GPUs; install the NVIDIA Container Toolkit and rerun "
             "invoke env --force to use them"
         )
-    project = pick("COMPOSE_PROJECT_NAME", project_name(checkout, user))
+    # The checkout's identity (folder name and a hash of its path): two checkouts, even in
+    # folders of the same name, never share a Compose project or an image name.
+    project = pick("COMPOSE_PROJECT_NAME", checkout)
     values = {
         "UID": uid,
         "GID": gid,
@@ -186,15 +183,38 @@ def carried_over(old: Mapping[str, str | None]) -> tuple[dict[str, str], list[st
     Host facts (WRITTEN) are detected anew; every other setting the user set is kept; names
     that are no setting are dropped, each named (they stay in the backup).
     """
-    kept = {
-        name: value
-        for name, value in old.items()
-        if name in settings.BY_NAME and name not in WRITTEN and value is not None
-    }
+    # In their normal form: a URL's password percent-encoded, which .env holds unquoted and
+    # Compose reads as python-dotenv does, whatever characters it has.
+    kept = settings.normalize(
+        {
+            name: value
+            for name, value in old.items()
+            if name in settings.BY_NAME and name not in WRITTEN and value is not None
+        }
+    )
     dropped = [name for name in old if name not in settings.BY_NAME and name not in WRITTEN]
-    notes = [f"kept your {name}={value}" for name, value in kept.items()]
+    notes = [f"kept your {name}={shown_value(name, value)}" for name, value in kept.items()]
     notes += [f"dropped {name}, which is no torchkiln setting" for name in dropped]
     return kept, notes
+
+
+def shown_value(name: str, value: str) -> str:
+    """A setting's value as a message may show it: passwords and secret-named values masked."""
+    if envfile.secret_name(name) and value:
+        return urls.MASK
+    return urls.mask_text(urls.shown(value))
+
+
+def project_change_note(old: Mapping[str, str | None], new: Mapping[str, str]) -> list[str]:
+    """Say what becomes of the old project's containers when .env names another project."""
+    before, after = old.get("COMPOSE_PROJECT_NAME"), new["COMPOSE_PROJECT_NAME"]
+    if not before or before == after:
+        return []
+    return [
+        f"COMPOSE_PROJECT_NAME is now {after} (this checkout's own), not {before}: containers "
+        f"of {before} keep running; stop them with docker compose -p {before} down, and "
+        f"invoke clean removes this checkout's images of either name"
+    ]
 
 
 def write_env(
@@ -223,9 +243,11 @@ def write_env(
         ]
     kept: dict[str, str] = {}
     kept_notes: list[str] = []
+    old: dict[str, str | None] = {}
     if force and file.exists():
         try:
-            kept, kept_notes = carried_over(envfile.read(file))
+            old = envfile.read(file)
+            kept, kept_notes = carried_over(old)
         except UserError as error:
             kept_notes = [f"the old {file.name} could not be read, so nothing was kept: {error}"]
     cca = "" if chosen.get("CCA") is not None else hostfacts.gpu_compute_capabilities()
@@ -236,11 +258,12 @@ def write_env(
         cca,
         nvidia,
         reason,
-        root.name,
+        compose.checkout_identity(root),
         chosen,
         kept,
         cpu,
     )
+    kept_notes += project_change_note(old, plan.values)
     backup = envfile.write(file, render(plan), force)
     lines = [
         f"wrote {file.name}: "

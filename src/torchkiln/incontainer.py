@@ -44,10 +44,19 @@ def expectations(labels: Mapping[str, str], args: Sequence[str]) -> list[str]:
     if torch and "--expect-torch" not in args:
         added += ["--expect-torch", torch]
     cca = labels.get("io.torchkiln.cca", "")
-    # Only a source build is made for CCA; official wheels cover their own list of archs.
-    if cca and labels.get("io.torchkiln.build-mode") == "source" and "--expect-cca" not in args:
+    if cca and compiled_for_cca(labels) and "--expect-cca" not in args:
         added += ["--expect-cca", cca]
     return added
+
+
+def compiled_for_cca(labels: Mapping[str, str]) -> bool:
+    """Tell whether the image holds code compiled here for its CCA label: torch (source), or
+    torchvision/torchaudio (torch-wheel), or an extension in any mode. An image of official
+    wheels alone covers their own list of archs, which the CCA does not describe."""
+    mode = labels.get("io.torchkiln.build-mode", "")
+    return mode in ("source", "torch-wheel") or bool(
+        labels.get("io.torchkiln.extensions", "").strip()
+    )
 
 
 def image_labels(root: Path, service: str) -> tuple[str, dict[str, str] | None]:

@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from torchkiln import urls
 from torchkiln.errors import UserError
 from torchkiln.inimage import archs
 
@@ -70,7 +71,31 @@ EXTENSION_SPEC = r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9][A-Za-z0-9.+!_-]*"
 
 
 def _extensions(value: str) -> str:
-    return " ".join(item for item in re.split(r"[\s,;]+", value) if item)
+    # One spelling: space-separated, each item once.
+    return " ".join(dict.fromkeys(item for item in re.split(r"[\s,;]+", value) if item))
+
+
+def project_key(name: str) -> str:
+    """A Python project's name as the index compares it (PEP 503): Torch_Scatter = torch-scatter."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _extension_specs(name: str, value: str) -> None:
+    if not value:
+        return
+    _pattern(
+        rf"{EXTENSION_SPEC}( {EXTENSION_SPEC})*",
+        "name==version items separated by spaces, e.g. torch-scatter==2.1.2",
+    )(name, value)
+    seen: dict[str, str] = {}
+    for spec in value.split():
+        key = project_key(spec.split("==", 1)[0])
+        if key in seen:
+            raise UserError(
+                f"{name} names {spec.split('==', 1)[0]} twice ({seen[key]} and {spec}); one "
+                f"image holds one version of a project: keep one"
+            )
+        seen[key] = spec
 
 
 def _choice(*choices: str) -> Callable[[str, str], None]:
@@ -104,6 +129,28 @@ _VERSION3 = _pattern(r"\d+\.\d+\.\d+", "three numbers, e.g. 2.14.1")
 _PROJECT = _pattern(r"[a-z0-9][a-z0-9_-]*", "lower-case letters, digits, '_' or '-'")
 _IMAGE = _pattern(r"[a-z0-9][a-z0-9._/:@-]*(\$\{[A-Z_]+\}[a-z0-9._/:@-]*)*", "repo/name:tag")
 _BOOL = _choice("0", "1")
+
+
+def _url(form: str, *, password: str = "") -> Callable[[str, str], None]:
+    """Check a URL setting with the parser the build uses; `password` says why this one may
+    hold none (empty: its password is split off into a BuildKit secret)."""
+
+    def check(name: str, value: str) -> None:
+        url = urls.parse(name, value, form=form)
+        if password and url.password:
+            raise UserError(
+                f"{name} '{url.text(masked=True)}' holds a password, which would be stored in "
+                f"the image's history (a build arg); {password}"
+            )
+
+    return check
+
+
+def _ccache_remote(name: str, value: str) -> None:
+    urls.parse_ccache_remote(value, name)
+
+
+_URL_FORM = urls.normalizer()
 
 SETTINGS: tuple[Setting, ...] = (
     # --- the container user -------------------------------------------------------------
@@ -248,7 +295,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "MAX_JOBS",
         "",
-        "parallel compile jobs; empty: the cores, at most one per 3 GB of memory",
+        "parallel compile jobs; empty: the cores, at most one per 6 GB of memory",
         "build",
         SOURCE,
         _optional(_pattern(r"[1-9]\d{0,3}", "a positive number such as 8")),
@@ -260,12 +307,8 @@ SETTINGS: tuple[Setting, ...] = (
         "CI runners; a BuildKit secret (a password may be in it), never a build arg",
         "build",
         (),
-        _optional(
-            _pattern(
-                r"(redis|http|https)://[^\s|]+(\|[a-z-]+(=[^\s|]+)?)*",
-                "redis://HOST:6379 or http://HOST:8080/ccache, optionally ending in |read-only",
-            )
-        ),
+        _optional(_ccache_remote),
+        urls.normalizer(schemes=("redis", "http", "https"), attributes=True),
     ),
     Setting(
         "CCACHE_SERVER_IMAGE",
@@ -324,13 +367,18 @@ SETTINGS: tuple[Setting, ...] = (
         "the index as name==version, space-separated (e.g. torch-scatter==2.1.2)",
         "build",
         SOURCE,
-        _optional(
-            _pattern(
-                rf"{EXTENSION_SPEC}( {EXTENSION_SPEC})*",
-                "name==version items separated by spaces, e.g. torch-scatter==2.1.2",
-            )
-        ),
+        _extension_specs,
         _extensions,
+    ),
+    Setting(
+        "EXTENSION_ARCHS",
+        "cca",
+        "what extensions are compiled for: cca, exactly CCA (a project's own -gencode flags and "
+        "arch variables replaced); as-is, the project's own flags (often many archs: longer "
+        "builds, bigger wheels)",
+        "build",
+        SOURCE,
+        _choice("cca", "as-is"),
     ),
     Setting("USE_CUDNN", "1", "build with cuDNN", "build", SOURCE, _BOOL),
     Setting("USE_NCCL", "1", "build with NCCL (multi-GPU)", "build", SOURCE, _BOOL),
@@ -465,15 +513,19 @@ SETTINGS: tuple[Setting, ...] = (
         "Debian/Ubuntu mirror URL replacing the image's apt sources",
         "network",
         SERVICES,
-        _optional(_pattern(r"https?://\S+", "a URL such as https://host/ubuntu")),
+        _optional(_url("https://HOST/ubuntu", password="use a mirror that needs no password")),
+        _URL_FORM,
     ),
     Setting(
         "PIP_INDEX_URL",
         "",
-        "Python package index URL (empty: pip's default)",
+        "Python package index URL (empty: pip's default); a password in it "
+        "(https://USER:PASSWORD@HOST/simple) travels to the build as the BuildKit secret "
+        "pip_index_token, never as a build arg",
         "network",
         SERVICES,
-        _optional(_pattern(r"https?://\S+", "a URL such as https://host/simple")),
+        _optional(_url("https://HOST/simple")),
+        _URL_FORM,
     ),
     Setting(
         "PIP_INDEX_TOKEN",
@@ -489,7 +541,14 @@ SETTINGS: tuple[Setting, ...] = (
         "(empty: PyTorch's own index, …/whl/cuXYZ for CUDA_VERSION)",
         "network",
         SOURCE,
-        _optional(_pattern(r"https?://\S+", "a URL such as https://host/whl/cu130")),
+        _optional(
+            _url(
+                "https://HOST/whl/cu130",
+                password="point PIP_INDEX_URL at that index instead (its password travels as "
+                "a BuildKit secret), or install from --wheelhouse DIR",
+            )
+        ),
+        _URL_FORM,
     ),
     Setting("CA_BUNDLE", "", "host CA bundle file given to builds as a BuildKit secret", "network"),
 )
@@ -500,13 +559,18 @@ BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
 # ready-made arch lists and do not parse CCA themselves.
 # BUILD_EXTENSIONS (0/1) is decided from EXTENSIONS and --extension folders: 1 builds the
 # extensions stage, which 0 leaves out of the build entirely.
+# COMPILED (0/1): something is compiled here (BUILD_MODE source or torch-wheel, or extensions),
+# so there is a runtime closure to derive and wheels to repair. PARALLEL_STAGES: how many compile
+# stages run at once after torch (vision, audio, extensions), sharing one MAX_JOBS budget.
 DERIVED_BUILD_ARGS = (
     "TORCH_CUDA_ARCH_LIST",
     "CUDA_ARCHITECTURES",
     "MAGMA_CUDA_ARCH_MIN",
     "BUILD_EXTENSIONS",
+    "COMPILED",
+    "PARALLEL_STAGES",
 )
-DERIVED_DEFAULTS = {"BUILD_EXTENSIONS": "0"}
+DERIVED_DEFAULTS = {"BUILD_EXTENSIONS": "0", "COMPILED": "1", "PARALLEL_STAGES": "1"}
 
 _REFERENCE = re.compile(r"\$\{([A-Z_]+)\}")
 
@@ -538,11 +602,60 @@ def resolve(
     dotenv: Mapping[str, str | None] | None = None,
 ) -> dict[str, str]:
     """Every setting by precedence (flag > environment > .env > default), normalised, checked."""
+    check_environment(environ or {}, dotenv)
     given = layered(flags, environ, dotenv)
     values = {setting.name: given.get(setting.name, setting.default) for setting in SETTINGS}
     values = normalize(values)
     validate(values)
     return values
+
+
+# What another project's shell may export that would make Compose act on that project's
+# containers, read its files, or build for another machine: refused by name, with the fix.
+_FOREIGN_COMPOSE = {
+    "COMPOSE_PROJECT_NAME": "act on project {value}, perhaps another project's containers",
+    "COMPOSE_FILE": "read {value} instead of this checkout's compose files",
+}
+_ARCHITECTURES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def check_environment(
+    environ: Mapping[str, str],
+    dotenv: Mapping[str, str | None] | None,
+    machine: str | None = None,
+) -> None:
+    """Refuse Compose and Docker variables of the shell that would take the build elsewhere."""
+    import platform
+
+    for name, effect in _FOREIGN_COMPOSE.items():
+        value, mine = environ.get(name), (dotenv or {}).get(name)
+        if value is not None and mine is not None and value.strip() != mine.strip():
+            raise UserError(
+                f"{name}={value} from your shell overrides .env's {name}={mine}: Compose would "
+                f"{effect.format(value=value)}; unset {name} (unset {name}), or write the value "
+                f"you want into .env"
+            )
+    separator = environ.get("COMPOSE_PATH_SEPARATOR")
+    files = (dotenv or {}).get("COMPOSE_FILE") or ""
+    if separator and ":" in files and separator not in files:
+        raise UserError(
+            f"COMPOSE_PATH_SEPARATOR={separator} from your shell splits .env's "
+            f"COMPOSE_FILE={files} wrongly (it uses ':'); unset COMPOSE_PATH_SEPARATOR"
+        )
+    wanted = environ.get("DOCKER_DEFAULT_PLATFORM", "").strip()
+    arch = _ARCHITECTURES.get((machine or platform.machine()).lower())
+    if wanted and arch and wanted.lower().split("/")[:2] != ["linux", arch]:
+        raise UserError(
+            f"DOCKER_DEFAULT_PLATFORM={wanted} from your shell would build for {wanted} on this "
+            f"linux/{arch} machine (emulated, if at all: hours more, and no GPU); unset "
+            f"DOCKER_DEFAULT_PLATFORM"
+        )
+    for name in ("DOCKER_BUILDKIT", "COMPOSE_DOCKER_CLI_BUILD"):
+        if environ.get(name, "").strip().lower() in ("0", "false"):
+            raise UserError(
+                f"{name}={environ[name]} from your shell turns BuildKit off, which the build "
+                f"needs (secret and cache mounts); unset {name}"
+            )
 
 
 def validate(values: Mapping[str, str], names: Iterable[str] | None = None) -> None:
@@ -552,6 +665,18 @@ def validate(values: Mapping[str, str], names: Iterable[str] | None = None) -> N
         if setting and setting.check:
             setting.check(name, values[name])
     _check_user(values)
+    _check_index_credentials(values)
+
+
+def _check_index_credentials(values: Mapping[str, str]) -> None:
+    # Both would be the password of PIP_INDEX_URL's index: which one is meant is unclear.
+    url, token = values.get("PIP_INDEX_URL", ""), values.get("PIP_INDEX_TOKEN", "")
+    if url and token and urls.parse("PIP_INDEX_URL", url).password:
+        raise UserError(
+            f"PIP_INDEX_URL '{urls.shown(url)}' holds a password and PIP_INDEX_TOKEN is set too; "
+            f"keep one: the URL without its password (https://USER@HOST/simple) and the token, "
+            f"or the URL alone"
+        )
 
 
 # Debian policy's static system accounts (base-passwd), present in Debian and Ubuntu images: ids
@@ -616,11 +741,24 @@ def effective(values: Mapping[str, str]) -> dict[str, str]:
     return {name: expand(value, values) for name, value in values.items()}
 
 
+def _stack_names(services_match: Callable[[tuple[str, ...]], bool]) -> list[str]:
+    return [
+        setting.name
+        for setting in SETTINGS
+        if setting.group == "stack" and services_match(setting.services)
+    ]
+
+
 GROUP_TITLES = {
     "user": "The container user (invoke env fills these from the host)",
     "compose": "Compose",
     "gpu": "GPU",
     "build": "What is built",
-    "stack": "The stack under it (the full service passes these; train uses the defaults)",
+    # Named from the table, so the title says exactly which of these train does not take.
+    "stack": "The stack under it (train builds with the defaults of "
+    + ", ".join(_stack_names(lambda services: "full" in services and "train" not in services))
+    + ", which only the full service passes; "
+    + ", ".join(_stack_names(lambda services: services == ("ngc",)))
+    + " are the ngc service's)",
     "network": "Downloads behind mirrors and proxies",
 }

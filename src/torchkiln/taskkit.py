@@ -1,9 +1,13 @@
-"""Glue shared by the invoke tasks: user errors and interruptions as one-line exits."""
+"""Glue shared by the invoke tasks: user errors and interruptions as one-line exits, and colour
+only where a person reads it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import sys
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import TextIO
 
 from torchkiln.errors import UserError
 
@@ -28,3 +32,21 @@ def user_errors() -> Iterator[None]:
         ) from None
     except KeyboardInterrupt:
         raise Exit("interrupted (SIGINT); nothing was changed", code=130) from None
+
+
+def colour_wanted(stream: TextIO, environ: Mapping[str, str]) -> bool:
+    """Tell whether to colour what goes to a stream: on a terminal, unless NO_COLOR is set
+    (no-color.org: any non-empty value) or TERM says the terminal is dumb."""
+    if environ.get("NO_COLOR") or environ.get("TERM") == "dumb":
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def echo_format(stream: TextIO | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """invoke's format for the commands it echoes (`invoke --dry …`): its bold white on a
+    terminal, the bare command anywhere else, so no escape codes reach files and pipes."""
+    wanted = colour_wanted(stream or sys.stdout, os.environ if environ is None else environ)
+    return "\033[1;37m{command}\033[0m" if wanted else "{command}"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from torchkiln import __version__, build, compose, doctor, runner, settings
 from torchkiln.errors import UserError
+from torchkiln.inimage import extreport
 
 INFO_NAME = "BUILD-INFO.json"
 PROXY_NAMES = compose.PROXY_ARGS
@@ -47,6 +48,7 @@ def earlier_export(dest: Path) -> list[str] | None:
 def check_dest(dest: Path, force: bool, protected: list[Path]) -> list[str]:
     """Refuse a destination that is not ours to fill; return the earlier export's files that
     --force will replace ([] when dest is new or empty)."""
+    compose.check_path("--dest", str(dest))
     if dest.exists() and not dest.is_dir():
         raise UserError(f"--dest {dest} is a file; give a directory")
     for keep in protected:
@@ -55,7 +57,9 @@ def check_dest(dest: Path, force: bool, protected: list[Path]) -> list[str]:
                 f"--dest {dest} holds {keep}; give a folder of its own, such as {keep / 'dist'}"
             )
     try:
-        present = sorted(item.name for item in dest.iterdir()) if dest.is_dir() else []
+        listed = sorted(item.name for item in dest.iterdir()) if dest.is_dir() else []
+        # An export killed mid-way leaves its hidden staging folder: not the user's files.
+        present = [name for name in listed if not name.startswith(STAGING_PREFIX)]
     except OSError as error:
         raise UserError(
             f"--dest {dest} cannot be read ({error.strerror}); choose another"
@@ -115,6 +119,16 @@ def wheel_entry(path: Path) -> dict[str, str]:
     return {"file": path.name, "name": name, "version": version, "sha256": sha256(path)}
 
 
+def device_code(path: Path) -> dict[str, list[str]]:
+    """The SASS and PTX a wheel holds over all its shared objects, read with the fatbin reader
+    the build's arch report uses (both empty for a wheel without CUDA code)."""
+    try:
+        held = extreport.wheel_archs(path, scratch=str(path.parent))
+    except (OSError, zipfile.BadZipFile):
+        return {"sass": [], "ptx": []}
+    return {"sass": held.sass, "ptx": held.ptx}
+
+
 def build_info(
     wheels: list[Path],
     service: str,
@@ -124,7 +138,10 @@ def build_info(
 ) -> dict[str, object]:
     """Describe the exported wheels as they are, and the settings that made them."""
     mine = compose.service_values(service, values)
-    entries = [wheel_entry(path) for path in sorted(wheels)]
+    # Per wheel what it was compiled for: an extension built as-is may hold other archs than CCA.
+    entries: list[dict[str, object]] = [
+        {**wheel_entry(path), **device_code(path)} for path in sorted(wheels)
+    ]
     torch = next((path for path in wheels if path.name.startswith("torch-")), None)
     cuda = wheel_cuda(torch) if torch else None
     # Something here was compiled for CCA: torch (source), torchvision/torchaudio (source,
@@ -140,6 +157,8 @@ def build_info(
         "cuda_version": cuda or None,
         # The archs this build compiled for; official wheels carry their own list.
         "cca": mine["CCA"] if compiled else None,
+        # What extensions were compiled for (wheels[].sass/ptx: what each one holds).
+        "extension_archs": mine["EXTENSION_ARCHS"],
         "torch_cuda_arch_list": compose.build_arg_values(service, values).get(
             "TORCH_CUDA_ARCH_LIST"
         )
@@ -173,21 +192,46 @@ def _umask() -> int:
     return mask
 
 
+# The export's staging folder, on the destination's own filesystem: a rename never crosses
+# devices (a --dest that is a mount point), and the folder is never half-written.
+STAGING_PREFIX = ".torchkiln-export-"
+
+
+def make_staging(dest: Path) -> Path:
+    """Create the staging folder: inside an existing dest (its filesystem), else beside it (the
+    filesystem a new dest is created on). Refused in one line when that cannot be written."""
+    where = dest if dest.is_dir() else dest.parent
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=where))
+    except OSError as error:
+        raise UserError(
+            f"--dest {dest}: cannot write into {where} ({error.strerror or error}); choose a "
+            f"--dest you may write"
+        ) from None
+
+
 def place(staging: Path, dest: Path, replaced: list[str]) -> None:
     """Move the finished export into dest: a new folder by rename (with the user's umask),
     an existing one file by file, replacing only the earlier export's files."""
     mask = _umask()
-    for item in staging.iterdir():
-        item.chmod(0o666 & ~mask)
-    if not dest.exists():
-        staging.chmod(0o777 & ~mask)
-        staging.rename(dest)
-        return
-    for name in replaced:
-        (dest / name).unlink(missing_ok=True)
-    # BUILD-INFO.json last: the folder is an export again only once every wheel is in place.
-    for item in sorted(staging.iterdir(), key=lambda path: path.name == INFO_NAME):
-        item.rename(dest / item.name)
+    try:
+        for item in staging.iterdir():
+            item.chmod(0o666 & ~mask)
+        if not dest.exists():
+            staging.chmod(0o777 & ~mask)
+            staging.rename(dest)
+            return
+        for name in replaced:
+            (dest / name).unlink(missing_ok=True)
+        # BUILD-INFO.json last: the folder is an export again only once every wheel is in place.
+        for item in sorted(staging.iterdir(), key=lambda path: path.name == INFO_NAME):
+            os.replace(item, dest / item.name)
+    except OSError as error:
+        raise UserError(
+            f"--dest {dest}: could not move the export into place ({error.strerror or error}); "
+            f"nothing of yours there was removed; choose another --dest"
+        ) from None
 
 
 def export_wheels(
@@ -223,16 +267,11 @@ def export_wheels(
     # The token secret is read from the environment (Compose reads .env itself; buildx does not).
     token = build.build_secrets(built.values)
     if dry:
+        where = dest if dest.is_dir() else dest.parent
         with c.cd(str(root)):
-            c.run(shlex.join(command(str(dest.parent / f".{dest.name}-STAGING"))))
+            c.run(compose.display(command(str(where / f"{STAGING_PREFIX}XXXXXXXX"))))
         return
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    except OSError as error:
-        raise UserError(
-            f"cannot write into {dest.parent} ({error.strerror}); choose a --dest you may write"
-        ) from None
+    staging = make_staging(dest)
     try:
         with runner.checkout_lock(root, "wheels"):
             result = runner.stream(command(str(staging)), root, token)
@@ -252,4 +291,5 @@ def export_wheels(
     print(f"steps run: {len(ran)} (the others from cache)")
     print(f"{len(wheels)} wheels and {INFO_NAME} in {dest}:")
     for entry in info["wheels"]:
-        print(f"  {entry['file']}  sha256:{entry['sha256'][:16]}…")
+        held = " ".join([*entry["sass"], *(f"PTX {name}" for name in entry["ptx"])])
+        print(f"  {entry['file']}  sha256:{entry['sha256'][:16]}…{f'  {held}' if held else ''}")

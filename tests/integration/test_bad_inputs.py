@@ -39,6 +39,11 @@ class Case:
     extra_dotenv_line: str = ""
     wrap: str = ""  # "compose-v1" or "old-driver": run under a prepared PATH / namespace
     empty_dotenv: bool = False
+    no_dotenv: bool = False
+    hidden: list[str] = field(default_factory=list)  # never in any output (passwords)
+
+
+SECRET = "s3cr3t-pw"
 
 
 CASES = {
@@ -120,6 +125,103 @@ CASES = {
         ["wheels", "--dest", "dist", "--force"], ["no intact earlier export", "mine-1.0"]
     ),
     "env-empty": Case(["build"], [".env sets nothing", "invoke env --force"], empty_dotenv=True),
+    # What a user types never reaches a traceback, and no message shows a password.
+    "ccache-remote-port": Case(
+        ["build"],
+        ["CCACHE_REMOTE 'redis://****@cache:6379x'", "port '6379x'", "redis://HOST:6379"],
+        dotenv={"CCACHE_REMOTE": f"redis://:{SECRET}@cache:6379x"},
+        hidden=[SECRET],
+    ),
+    "ccache-remote-misspelt-attribute": Case(
+        ["build"],
+        ["'|readonly'", "did you mean read-only?"],
+        dotenv={"CCACHE_REMOTE": "redis://cache:6379|readonly"},
+    ),
+    "ccache-remote-bad-timeout": Case(
+        ["build"],
+        ["connect-timeout=soon"],
+        dotenv={"CCACHE_REMOTE": "redis://cache:6379|connect-timeout=soon"},
+    ),
+    "ccache-remote-no-host": Case(
+        ["wheels"],
+        ["CCACHE_REMOTE", "names no host"],
+        env={"CCACHE_REMOTE": f"redis://:{SECRET}/#@"},
+        hidden=[SECRET],
+    ),
+    "torch-index-password": Case(
+        ["build"],
+        ["TORCH_INDEX_URL 'https://me:****@mirror.example/whl/cu130'", "PIP_INDEX_URL"],
+        dotenv={"TORCH_INDEX_URL": f"https://me:{SECRET}@mirror.example/whl/cu130"},
+        hidden=[SECRET],
+    ),
+    "apt-mirror-password": Case(
+        ["build"],
+        ["APT_MIRROR", "needs no password"],
+        dotenv={"APT_MIRROR": f"https://me:{SECRET}@mirror.example/debian"},
+        hidden=[SECRET],
+    ),
+    "index-password-and-token": Case(
+        ["build"],
+        ["PIP_INDEX_URL", "PIP_INDEX_TOKEN", "keep one"],
+        env={"PIP_INDEX_TOKEN": "t0ken"},
+        dotenv={"PIP_INDEX_URL": f"https://me:{SECRET}@pypi.example/simple"},
+        hidden=[SECRET],
+    ),
+    "dotenv-dollar-compose-would-expand": Case(
+        ["build"],
+        [".env:", "'$'", "single quotes"],
+        extra_dotenv_line=f"CCACHE_REMOTE=redis://:pa$word-{SECRET}@cache:6379",
+        hidden=[SECRET],
+    ),
+    # Another project's shell: named with the fix, never "docker compose build failed".
+    "compose-file-of-another-project": Case(
+        ["build"],
+        ["COMPOSE_FILE=/srv/webapp/docker-compose.yml", "unset COMPOSE_FILE"],
+        env={"COMPOSE_FILE": "/srv/webapp/docker-compose.yml"},
+    ),
+    "compose-project-of-another-project": Case(
+        ["down"],
+        ["COMPOSE_PROJECT_NAME=webapp", "unset COMPOSE_PROJECT_NAME"],
+        env={"COMPOSE_PROJECT_NAME": "webapp"},
+    ),
+    "compose-project-of-another-project-build": Case(
+        ["build"], ["COMPOSE_PROJECT_NAME=webapp"], env={"COMPOSE_PROJECT_NAME": "webapp"}
+    ),
+    "compose-env-files-of-another-project": Case(
+        ["up"],
+        ["COMPOSE_ENV_FILES=/srv/webapp/.env", "unset"],
+        env={"COMPOSE_ENV_FILES": "/srv/webapp/.env"},
+    ),
+    "compose-path-separator": Case(
+        ["build"], ["COMPOSE_PATH_SEPARATOR=;"], env={"COMPOSE_PATH_SEPARATOR": ";"}
+    ),
+    "default-platform-of-another-machine": Case(
+        ["build"],
+        ["DOCKER_DEFAULT_PLATFORM=linux/s390x", "unset DOCKER_DEFAULT_PLATFORM"],
+        env={"DOCKER_DEFAULT_PLATFORM": "linux/s390x"},
+    ),
+    "buildkit-off": Case(
+        ["wheels"], ["DOCKER_BUILDKIT=0", "BuildKit"], env={"DOCKER_BUILDKIT": "0"}
+    ),
+    "down-without-env": Case(["down"], [".env does not exist", "invoke env"], no_dotenv=True),
+    "up-without-env": Case(["up"], [".env does not exist", "invoke env"], no_dotenv=True),
+    "clean-without-env": Case(["clean"], [".env does not exist", "invoke env"], no_dotenv=True),
+    # The build cache is every checkout's: removing it needs saying so.
+    "clean-cache-alone": Case(
+        ["clean", "--cache"],
+        ["--cache", "shared by every torchkiln checkout", "--all-checkouts"],
+    ),
+    # Paths: taken as they are, or refused in one line naming them.
+    "dest-with-a-line-break": Case(["wheels", "--dest", "a\nb"], ["--dest", "line break"]),
+    "source-with-a-line-break": Case(
+        ["build", "--source", "pytorch=a\nb"], ["--source", "line break"]
+    ),
+    "dest-below-a-file": Case(
+        ["wheels", "--dest", "README.md/dist"], ["--dest", "README.md", "cannot write into"]
+    ),
+    "ca-bundle-with-commas-missing": Case(
+        ["build", "--ca-bundle", "no,such 'bundle'.pem"], ["CA bundle 'no,such 'bundle'.pem'"]
+    ),
 }
 
 
@@ -248,6 +350,8 @@ def test_bad_input_is_one_line_and_changes_nothing(project, tmp_path: Path, name
     if case.extra_dotenv_line:
         text += case.extra_dotenv_line + "\n"
     env_path.write_text("" if case.empty_dotenv else text)
+    if case.no_dotenv:
+        env_path.unlink()
     saved_environ = dict(made.env)
     try:
         made.env.update(case.env)
@@ -268,6 +372,8 @@ def test_bad_input_is_one_line_and_changes_nothing(project, tmp_path: Path, name
         assert word in said[0], said[0]
     assert "#0 building" not in output and "Building" not in output  # refused before building
     assert before == after, "the user's .env, dist/ or images changed"
+    for secret in case.hidden:
+        assert secret not in output, "a password was printed"
 
 
 def test_low_disk_is_refused_before_a_build(monkeypatch: pytest.MonkeyPatch) -> None:

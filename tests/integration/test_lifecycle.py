@@ -169,8 +169,11 @@ def test_clean_removes_this_projects_images_and_nothing_else(tmp_path) -> None:
         assert_ok(other.invoke("build", "--no-up", *fixture_sources(other)))
         dry = assert_ok(project.invoke("--dry", "clean"))
         assert "docker compose down" in dry and image_id(project)
+        # Each image it would remove, the one the rebuild left untagged included, with its size.
+        assert f"would remove image {project.image('train')} (" in dry
+        assert "would remove image <untagged: left by a rebuild>" in dry
         said = assert_ok(project.invoke("clean"))
-        assert "2 images removed" in said and "freed" in said, said
+        assert "removed 0 containers and 2 images; freed" in said, said
         assert image_id(project) == ""
         gone = project.run("docker", "image", "inspect", first)
         assert gone.returncode != 0, "the dangling image of the rebuild is still there"

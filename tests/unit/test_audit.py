@@ -8,12 +8,13 @@ import ctypes
 import json
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
 from test_smoke_cpu import run_module
 
-from torchkiln.inimage import audit, report, smoke
+from torchkiln.inimage import audit, links, report, smoke
 from torchkiln.inimage.audit import Library, Target
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "fatbin"
@@ -126,7 +127,9 @@ def test_every_file_of_a_package_must_cover_the_gpu(site: Path) -> None:
 def test_the_same_build_passes_on_the_gpu_it_was_built_for(site: Path) -> None:
     rows = rows_by_name(audit.audit([site], [A6000]))
     assert rows["torch"].status == "pass"
-    assert rows["torch"].detail.startswith("2 CUDA files, SASS for 8.6 (NVIDIA RTX A6000)")
+    assert rows["torch"].detail == (
+        "2 CUDA files; runs on 8.6 (NVIDIA RTX A6000) through SASS sm_86; holds sm_86 sm_90"
+    )
     assert rows["nvidia_cublas"].status == "fail"  # sm_90a runs nowhere else
     assert "NVIDIA ships no code for 8.6 in nvidia_cublas" in rows["nvidia_cublas"].detail
 
@@ -150,6 +153,18 @@ def test_several_gpus_are_named_and_the_rebuild_keeps_them_all(site: Path) -> No
     )
     per_target = {t["capability"]: t["status"] for t in rows["torch_scatter"].targets}
     assert per_target == {"8.6": "pass", "9.0": "fail"}
+
+
+def test_the_detail_says_which_sass_serves_each_gpu() -> None:
+    # Nine archs built, one of them serving the GPU: say which, not "SASS for 8.6: sm_75 ...".
+    nine = ["sm_75", "sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_103", "sm_120", "sm_121"]
+    row = audit.judge("causal_conv1d", [Library("/x/c.so", nine, [])], [A6000, H100])
+    assert row.detail == (
+        "1 CUDA file; runs on 8.6 (NVIDIA RTX A6000) through SASS sm_86, on 9.0 (NVIDIA H100 "
+        "80GB HBM3) through SASS sm_90; holds " + " ".join(nine)
+    )
+    older = audit.judge("ext", [Library("/x/e.so", ["sm_75", "sm_80"], [])], [A6000])
+    assert "runs on 8.6 (NVIDIA RTX A6000) through SASS sm_80;" in older.detail
 
 
 def test_files_missing_different_targets_are_listed_apart() -> None:
@@ -187,7 +202,8 @@ def test_gpu_targets_from_smoke_devices() -> None:
 def test_audit_only_table_and_exit_1(site: Path) -> None:
     result = run_module("torchkiln.smoke", "--audit-only", "--expect-cca", "9.0", str(site))
     assert result.returncode == 1, result.stderr
-    lines = result.stdout.splitlines()
+    arch, link = result.stdout.split("\n\n")
+    lines = arch.splitlines()
     assert lines[0] == "arch audit for CCA 9.0"
     assert lines[1].split() == ["package", "status", "detail"]
     scatter = next(line for line in lines if line.startswith("torch_scatter"))
@@ -196,14 +212,21 @@ def test_audit_only_table_and_exit_1(site: Path) -> None:
     nvidia = next(line for line in lines if line.startswith("nvidia ("))
     assert nvidia.split()[2] == "pass"
     assert lines[-1].startswith("FAILED: torch, torch_scatter, torchvision")
+    # The fixtures are real nvcc builds: they need libc, libstdc++ and libcudart.so.13, which
+    # only a machine with the CUDA toolkit in its ld.so.cache has.
+    assert link.splitlines()[0].startswith(f"link audit of {site} (LD_LIBRARY_PATH=")
+    verdict = "OK" if links.audit([str(site)]).ok else "FAILED: libcudart.so.13 (needed by "
+    assert link.splitlines()[-1].startswith(verdict)
     assert result.stderr == ""
 
 
-def test_audit_only_exit_0_when_every_package_covers(site: Path) -> None:
+def test_audit_only_exit_0_when_both_audits_pass(site: Path) -> None:
     files = [str(site / "torch/lib/libtorch_cuda.so"), str(site / "nvidia")]
     result = run_module("torchkiln.smoke", "--audit-only", "--expect-cca", "9.0", *files)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.splitlines()[-1].startswith("OK")
+    links_ok = json.loads(run_module("torchkiln.inimage.links", "--json", *files).stdout)["ok"]
+    assert result.returncode == (0 if links_ok else 1), result.stdout + result.stderr
+    arch = result.stdout.split("\n\n")[0]
+    assert arch.splitlines()[-1].startswith("OK")
 
 
 def test_audit_only_json(site: Path) -> None:
@@ -211,7 +234,18 @@ def test_audit_only_json(site: Path) -> None:
         "torchkiln.smoke", "--audit-only", "--json", "--expect-cca", "9.0", str(site)
     )
     assert result.returncode == 1
-    data = json.loads(result.stdout)
+    both = json.loads(result.stdout)
+    assert set(both) == {"ok", "arch", "links"}
+    assert both["ok"] is False
+    assert set(both["links"]) == {
+        "ok",
+        "files",
+        "libraries",
+        "ld_library_path",
+        "packages",
+        "seconds",
+    }
+    data = both["arch"]
     assert set(data) == {"ok", "targets", "packages", "seconds"}
     assert data["ok"] is False
     assert data["targets"] == [{"capability": "9.0", "cca": "9.0", "name": ""}]
@@ -266,16 +300,64 @@ def test_bad_input_exits_2_with_one_line(args: list[str], message: str) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_no_gpu_and_no_expected_cca_exits_2(site: Path) -> None:
+def test_no_gpu_and_no_expected_cca_skips_the_arch_audit_only(site: Path) -> None:
     if libcuda_loads():
         pytest.skip("this machine has a CUDA driver: the audit finds its GPUs")
-    result = run_module("torchkiln.smoke", "--audit-only", str(site))
-    assert result.returncode == 2
-    assert result.stderr.strip() == (
-        "smoke --audit-only: nothing to audit against: no CUDA driver (libcuda.so.1 not found) "
-        "and no --expect-cca; pass --expect-cca with the GPUs' compute capability, e.g. "
-        "--expect-cca 8.6"
+    result = run_module("torchkiln.smoke", "--audit-only", str(site / "torch_scatter"))
+    assert result.stderr == ""
+    arch, link = result.stdout.split("\n\n")
+    assert arch == (
+        "arch audit skipped: no CUDA driver (libcuda.so.1 not found) and no --expect-cca; pass "
+        "--expect-cca with the GPUs' compute capability, e.g. --expect-cca 8.6"
     )
+    assert link.splitlines()[0].startswith("link audit of ")
+    data = json.loads(run_module("torchkiln.smoke", "--audit-only", "--json", str(site)).stdout)
+    assert data["arch"] == {"ok": True, "skipped": arch}
+    assert result.returncode == (0 if data["links"]["ok"] else 1)
+
+
+def test_audit_only_reads_a_wheel_and_names_it_from_its_dist_info(tmp_path: Path) -> None:
+    wheel = tmp_path / "nerfacc-0.5.3-cp311-cp311-linux_x86_64.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.write(FIXTURES / "sm86.so", "nerfacc/csrc.cpython-311-x86_64-linux-gnu.so")
+        archive.writestr("nerfacc/__init__.py", "")
+        archive.writestr(
+            "nerfacc-0.5.3.dist-info/RECORD", "nerfacc/csrc.cpython-311-x86_64-linux-gnu.so,,\n"
+        )
+    result = run_module(
+        "torchkiln.smoke", "--audit-only", "--json", "--expect-cca", "9.0", str(wheel)
+    )
+    data = json.loads(result.stdout)
+    (package,) = data["arch"]["packages"]
+    assert package["package"] == "nerfacc"
+    assert package["detail"].startswith("sm_86 only; nothing for CCA 9.0")
+    assert package["files"][0]["path"] == f"{wheel}/nerfacc/csrc.cpython-311-x86_64-linux-gnu.so"
+    assert "torchkiln-whl-" not in result.stdout
+    assert result.returncode == 1
+
+
+def test_a_path_outside_site_packages_is_named_by_its_top_package(tmp_path: Path) -> None:
+    put(tmp_path / "build/lib/nerfacc/cuda/csrc.cpython-311-x86_64-linux-gnu.so", "sm86.so")
+    (tmp_path / "build/lib/nerfacc/__init__.py").write_text("")
+    (tmp_path / "build/lib/nerfacc/cuda/__init__.py").write_text("")
+    named = tmp_path / "build/lib/nerfacc/cuda/csrc.cpython-311-x86_64-linux-gnu.so"
+    assert list(audit.collect([named])) == ["nerfacc"]
+    assert list(audit.collect([tmp_path / "build"])) == ["nerfacc"]
+    (tmp_path / "build/lib/nerfacc/__init__.py").unlink()
+    assert list(audit.collect([named])) == ["cuda"]  # the outermost package folder
+    (tmp_path / "build/lib/nerfacc/cuda/__init__.py").unlink()
+    assert list(audit.collect([named])) == ["csrc"]  # no package around it: the file's stem
+
+
+def test_bad_input_under_json_is_json_with_an_error() -> None:
+    result = run_module("torchkiln.smoke", "--audit-only", "--json", "--expect-cca", "86")
+    assert result.returncode == 2
+    data = json.loads(result.stdout)
+    assert data["ok"] is False
+    assert data["error"].startswith("CCA '86' is not a compute capability")
+    assert len(result.stderr.splitlines()) == 1
+    result = run_module("torchkiln.smoke", "--audit-only", "--json", "/no/such/path.whl")
+    assert (result.returncode, json.loads(result.stdout)["ok"]) == (2, False)
 
 
 def test_audit_only_never_imports_torch(site: Path, tmp_path: Path) -> None:

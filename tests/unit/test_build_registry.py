@@ -103,12 +103,16 @@ def test_dry_run_prints_build_push_and_up(tmp_path: Path, monkeypatch) -> None:
     commands = [call.args[0] for call in context.run.call_args_list]
     assert commands == [
         "docker compose --env-file .env -f compose/compose.yaml -f "
-        f"{plan.override_path} --progress plain build --builder kiln train",
+        ".torchkiln/dry-build-train.yaml --progress plain build --builder kiln train",
         f"docker push {REPOSITORY}:train",
         "docker compose up --detach --no-build train",
     ]
-    # The printed command runs as printed: the override it names exists.
-    assert (tmp_path / plan.override_path).is_file()
+    # The printed command runs as printed: the override it names exists. A dry run writes it
+    # beside the real build's, and records nothing a later command reads.
+    assert (tmp_path / ".torchkiln" / "dry-build-train.yaml").is_file()
+    assert sorted(path.name for path in (tmp_path / ".torchkiln").iterdir()) == [
+        "dry-build-train.yaml"
+    ]
 
 
 @pytest.mark.parametrize(

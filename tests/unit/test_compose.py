@@ -114,11 +114,11 @@ def test_dry_run_writes_the_override_it_names_and_runs_nothing(
     assert checked == [True], "--dry refuses what the real build refuses"
     commands = [call.args[0] for call in context.run.call_args_list]
     assert commands == [
-        "docker compose --env-file .env -f compose/compose.yaml -f .torchkiln/build-train.yaml "
-        "--progress plain build train",
+        "docker compose --env-file .env -f compose/compose.yaml -f "
+        ".torchkiln/dry-build-train.yaml --progress plain build train",
         "docker compose up --detach --no-build train",
     ]
-    written = json.loads((tmp_path / ".torchkiln" / "build-train.yaml").read_text())
+    written = json.loads((tmp_path / ".torchkiln" / "dry-build-train.yaml").read_text())
     assert written["services"]["train"]["build"]["args"]["CCA"] == "9.0"
     assert '"CCA": "9.0"' in capsys.readouterr().out
 
@@ -140,7 +140,7 @@ def test_wheels_reuses_the_inputs_of_the_last_build(tmp_path: Path) -> None:
 def test_ccache_rate_sums_every_step() -> None:
     log = "torchkiln-ccache: hits=3 misses=1\nxx\ntorchkiln-ccache: hits=1 misses=3\n"
     assert build.ccache_rate(log) == "50% (4 hits, 4 misses)"
-    assert build.ccache_rate("").startswith("no compiler call")
+    assert build.ccache_rate("").startswith("no compile step ran")
 
 
 def test_executed_steps_ignore_cached_ones() -> None:
@@ -317,19 +317,6 @@ def test_a_checkout_of_something_else_is_refused_in_seconds(tmp_path, name, file
         compose.parse_sources([f"{name}={tmp_path}"], tmp_path)
 
 
-def test_the_estimate_grows_with_archs_and_shrinks_with_jobs() -> None:
-    values = settings.resolve({"CCA": "8.6"})
-    one = build.estimate(values, cpus=16, memory_bytes=64 * 1024**3)
-    assert "for 1 arch with 16 parallel jobs" in one and "about 1.0 h" in one
-    assert "about 40 GB of disk" in one and "rough guide" in one
-    three = build.estimate(settings.resolve({"CCA": "8.6;9.0;12.0"}), 16, 64 * 1024**3)
-    assert "for 3 archs" in three and "about 1.6 h" in three and "48 GB" in three
-    # Memory, not cores, bounds the jobs: 16 GB gives 4.
-    assert "with 4 parallel jobs" in build.estimate(values, cpus=32, memory_bytes=16 * 1024**3)
-    wheels = build.estimate(settings.resolve({"BUILD_MODE": "wheels"}), 2, 8 * 1024**3)
-    assert wheels.startswith("estimate: about 5 min")
-
-
 def test_stage_times_from_the_log() -> None:
     log = (
         "#7 [train torch-build 1/1] RUN build-wheel.sh\n#7 DONE 3600.5s\n"
@@ -348,9 +335,3 @@ def test_a_failure_points_at_error_lines_only_when_there_are_some() -> None:
     assert "the ERROR lines above name the step" in with_error
     without = build.failure_line("build", Streamed(1, "something else went wrong\n"))
     assert "ERROR lines" not in without and "its last lines above say why" in without
-
-
-def test_the_estimate_needs_no_cca_where_nothing_is_compiled_for_one() -> None:
-    cpu = build.estimate(settings.resolve({"CUDA_FROM": "none"}), 2, 8 * 1024**3)
-    assert "for the CPU" in cpu
-    assert "estimate:" in build.estimate(settings.resolve({"CCA": ""}), 2, 8 * 1024**3)

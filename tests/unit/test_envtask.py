@@ -1,15 +1,20 @@
 """What invoke env decides to write, from host facts and chosen values."""
 
+from pathlib import Path
+
 import pytest
 
-from torchkiln import envfile, envtask
+from torchkiln import compose, envfile, envtask
 from torchkiln.errors import UserError
 from torchkiln.hostfacts import HostUser
 
 ALICE = HostUser(1234, 1234, "alice", "alice")
 
 
-def plan(host=ALICE, cca="8.6", nvidia=True, checkout="torchkiln", kept=None, cpu=False, **chosen):
+CHECKOUT = "torchkiln-0123abcd"
+
+
+def plan(host=ALICE, cca="8.6", nvidia=True, checkout=CHECKOUT, kept=None, cpu=False, **chosen):
     return envtask.plan_env(
         host, "Europe/Berlin", cca, nvidia, "no runtime", checkout, chosen, kept, cpu
     )
@@ -22,8 +27,8 @@ def test_host_facts_become_settings():
     assert result.values["CCA"] == "8.6"
     assert result.values["TZ"] == "Europe/Berlin"
     assert result.values["COMPOSE_FILE"] == "compose/compose.yaml"
-    assert result.values["COMPOSE_PROJECT_NAME"] == "torchkiln-alice"
-    assert result.values["TRAIN_IMAGE_NAME"] == "torchkiln-alice/train:latest"
+    assert result.values["COMPOSE_PROJECT_NAME"] == CHECKOUT
+    assert result.values["TRAIN_IMAGE_NAME"] == f"{CHECKOUT}/train:latest"
     assert result.notes == []
 
 
@@ -44,10 +49,11 @@ def test_uid_zero_means_root_and_no_user():
 
 
 def test_host_name_with_capitals_and_spaces_is_made_valid_and_said():
-    result = plan(host=HostUser(1000, 1000, "John Doe", "Domain Users"), checkout="My Repo")
+    identity = compose.checkout_identity(Path("/home/John Doe/My Repo"))
+    result = plan(host=HostUser(1000, 1000, "John Doe", "Domain Users"), checkout=identity)
     assert result.values["USR"] == "john_doe"
     assert result.values["GRP"] == "domain_users"
-    assert result.values["COMPOSE_PROJECT_NAME"] == "my-repo-john_doe"
+    assert result.values["COMPOSE_PROJECT_NAME"].startswith("my-repo-")
     assert any("John Doe" in note for note in result.notes)
 
 

@@ -46,10 +46,26 @@ def test_labels_become_expectations():
 
 
 def test_wheels_mode_expects_no_cca_and_user_flags_win():
-    wheels = {**SOURCE_LABELS, "io.torchkiln.build-mode": "wheels"}
+    wheels = {**SOURCE_LABELS, "io.torchkiln.build-mode": "wheels", "io.torchkiln.extensions": ""}
     assert incontainer.expectations(wheels, []) == ["--expect-torch", "2.14.1"]
     given = ["--expect-torch", "2.14.0", "--expect-cca", "9.0"]
     assert incontainer.expectations(SOURCE_LABELS, given) == []
+
+
+@pytest.mark.parametrize(
+    ("mode", "extensions"),
+    [("torch-wheel", ""), ("wheels", "causal-conv1d==1.7.0"), ("source", "../my_ops")],
+    ids=["torch-wheel", "wheels with an extension", "source with an extension"],
+)
+def test_the_cca_label_drives_the_audit_when_something_was_compiled_for_it(mode, extensions):
+    labels = {
+        **SOURCE_LABELS,
+        "io.torchkiln.build-mode": mode,
+        "io.torchkiln.extensions": extensions,
+    }
+    assert incontainer.expectations(labels, []) == [
+        "--expect-torch", "2.14.1", "--expect-cca", "8.6;9.0",
+    ]  # fmt: skip
 
 
 def test_ngc_image_has_no_expectations():

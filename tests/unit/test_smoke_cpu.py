@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -155,8 +156,11 @@ def test_missing_torch_is_one_failing_check(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     data = json.loads(result.stdout)
     assert data["ok"] is False
-    assert [c["name"] for c in data["checks"]] == ["torch import"]
+    # Why torch does not import is often a library it cannot find: the link audit still runs.
+    assert [c["name"] for c in data["checks"]] == ["torch import", "link audit"]
     assert "libtorch_cuda.so" in data["checks"][0]["detail"]
+    assert data["checks"][1]["status"] in ("pass", "fail")
+    assert isinstance(data["links"], list) and data["links"]
 
     result = run_module("torchkiln.bench", extra_path=tmp_path)
     assert result.returncode == bench.EXIT_NO_GPU
@@ -187,6 +191,14 @@ def test_smoke_allow_cpu_passes() -> None:
         assert statuses[name] == "skip"
     details = {c["name"]: c["detail"] for c in data["checks"]}
     assert details["matmul bf16"].startswith("--allow-cpu")
+    # The link audit and torch.compile need no GPU.
+    assert statuses["link audit"] == "pass", details["link audit"]
+    assert re.match(r"\d+ files need \d+ libraries; all resolve", details["link audit"])
+    assert {row["package"] for row in data["links"]} >= {"torch"}
+    assert statuses["torch.compile"] == "pass", details["torch.compile"]
+    assert details["torch.compile"].startswith(
+        "Inductor C++ kernel on cpu: sin(x)*2+1 matches eager"
+    )
 
 
 def test_smoke_without_gpu_fails_with_diagnosis() -> None:
@@ -218,6 +230,105 @@ def test_smoke_table_and_expectations() -> None:
     checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
     assert checks["torch version"]["status"] == "fail"
     assert "expected 1.0.0" in checks["torch version"]["detail"]
+
+
+def test_compile_failure_without_a_compiler_names_the_fix(tmp_path: Path) -> None:
+    no_gpu_torch()
+    env_cxx = dict(os.environ, CXX=str(tmp_path / "no-such-g++"))
+    result = subprocess.run(
+        [sys.executable, "-m", "torchkiln.inimage.workers", "compile"],
+        capture_output=True,
+        text=True,
+        env={**env_cxx, "PYTHONPATH": str(SRC)},
+        timeout=300,
+        check=False,
+    )
+    verdict = json.loads(result.stdout.splitlines()[-1])
+    assert verdict["status"] == "fail"
+    assert verdict["detail"].startswith("no working C++ compiler (g++) in this image: install g++")
+
+
+TOOLS = {
+    "g++": "/usr/bin/g++",
+    "gcc": "/usr/bin/gcc",
+    "Python.h": "/usr/include/python3.12/Python.h",
+    "include": "/usr/include/python3.12",
+    "python": "python3.12",
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "device", "missing", "expected"),
+    [
+        (
+            "InductorError: InvalidCxxCompiler: No working C++ compiler found in "
+            "torch._inductor.config.cpp.cxx: (None, 'g++')",
+            "cpu",
+            (),
+            "no working C++ compiler (g++) in this image: install g++",
+        ),
+        (
+            "CppCompileError: C++ compile error ... fatal error: Python.h: No such file or "
+            "directory",
+            "cpu",
+            (),
+            "no Python.h for this Python (looked in /usr/include/python3.12): install "
+            "python3.12-dev",
+        ),
+        (
+            "CalledProcessError: Command '['/usr/bin/gcc', 'cuda_utils.c']' returned non-zero "
+            "exit status 1.",
+            "cuda",
+            ("Python.h",),
+            "no Python.h for this Python",
+        ),
+        (
+            "RuntimeError: Failed to find C compiler. Please specify via CC environment variable",
+            "cuda",
+            (),
+            "no C compiler for Triton's launcher: install gcc",
+        ),
+        (
+            "RuntimeError: Cannot find a working triton installation.",
+            "cuda",
+            (),
+            "Triton is not installed: pip install the triton version torch requires",
+        ),
+        ("RuntimeError: something else", "cpu", ("g++",), "no working C++ compiler (g++)"),
+        ("RuntimeError: something else", "cuda", (), "torch.compile on cuda failed: RuntimeError"),
+    ],
+    ids=["no g++", "no Python.h", "triton launcher", "no gcc", "no triton", "tools", "other"],
+)
+def test_compile_diagnosis(text: str, device: str, missing: tuple, expected: str) -> None:
+    tools = {**TOOLS, **dict.fromkeys(missing, "")}
+    assert workers.compile_diagnosis(text, device, tools).startswith(expected)
+
+
+def test_compile_check_uses_fresh_caches(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/kept")
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    with workers.fresh_compile_caches():
+        inductor = os.environ["TORCHINDUCTOR_CACHE_DIR"]
+        assert inductor != "/kept" and os.path.isdir(os.path.dirname(inductor))
+        assert os.path.dirname(os.environ["TRITON_CACHE_DIR"]) == os.path.dirname(inductor)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/kept"
+    assert "TRITON_CACHE_DIR" not in os.environ
+    assert not os.path.exists(os.path.dirname(inductor))
+
+
+def test_a_compile_worker_that_dies_or_hangs_fails_the_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    worker = workers.CompileInBackground.__new__(workers.CompileInBackground)
+    worker.timeout, worker.timed_out = 240, True
+    worker.proc = subprocess.Popen(
+        [sys.executable, "-c", "pass"], stdout=subprocess.PIPE, text=True
+    )
+    monkeypatch.setattr(worker, "output", lambda: None)
+    with pytest.raises(report.CheckFailed, match="did not finish within 240 s"):
+        worker.result(None, "cpu")
+    worker.timed_out = False
+    worker.proc.wait()
+    with pytest.raises(report.CheckFailed, match="worker exited 0 without a verdict"):
+        worker.result(None, "cpu")
 
 
 def test_bench_without_gpu_exits_2_with_one_line() -> None:

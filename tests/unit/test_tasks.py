@@ -12,10 +12,12 @@ import tasks
 
 @pytest.fixture(autouse=True)
 def built_images(monkeypatch):
-    """Every image counts as built unless a test says otherwise."""
-    from torchkiln import incontainer
+    """Every image counts as built, and the checkout as sound (.env present, the shell's Compose
+    variables its own, no other checkout in its project), unless a test says otherwise."""
+    from torchkiln import checkout, incontainer
 
     monkeypatch.setattr(incontainer, "image_labels", lambda root, service: (f"img/{service}", {}))
+    monkeypatch.setattr(checkout, "guard", lambda root, environ=None, action="": "demo")
 
 
 def ran(task, *args, **kwargs) -> list[str]:
@@ -62,6 +64,22 @@ def test_an_unbuilt_image_is_refused_not_built(task, monkeypatch):
     assert caught.value.message == (
         "error: image img/full of full is not built; run invoke build --service full"
     )
+
+
+@pytest.mark.parametrize("task", [tasks.up, tasks.down, tasks.shell], ids=["up", "down", "shell"])
+def test_a_checkout_the_guard_refuses_runs_no_compose_command(task, monkeypatch):
+    from torchkiln import checkout
+    from torchkiln.errors import UserError
+
+    def refuse(root, environ=None, action=""):
+        raise UserError(f"{action}: /x/.env does not exist; run invoke env first")
+
+    monkeypatch.setattr(checkout, "guard", refuse)
+    context = MockContext(run=Result(), repeat=True)
+    with pytest.raises(Exit) as caught:
+        task(context)
+    assert "run invoke env first" in caught.value.message
+    assert context.run.call_args_list == []
 
 
 def test_logs_that_are_empty_say_why(capsys):

@@ -23,8 +23,9 @@ import shlex
 import site
 import sys
 import sysconfig
-import time
-from collections.abc import Iterable, Sequence
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,14 +173,14 @@ def is_shared_object(name: str) -> bool:
 
 
 def owners(root: Path) -> dict[str, str]:
-    """Map the shared objects wheels installed under a site-packages folder to their wheel's
-    name as its dist-info spells it (nvidia_cublas, torch_scatter)."""
+    """Map the files wheels installed under a folder to their wheel's name as its dist-info
+    spells it (nvidia_cublas, torch_scatter)."""
     found: dict[str, str] = {}
     for record in root.glob("*.dist-info/RECORD"):
         name = record.parent.name.split("-", 1)[0]
         with contextlib.suppress(OSError, csv.Error), open(record, newline="") as handle:
             for row in csv.reader(handle):
-                if row and is_shared_object(row[0]):
+                if row and not row[0].endswith((".py", ".pyc", ".pyi")):
                     found[os.path.normpath(root / row[0])] = name
     return found
 
@@ -210,50 +211,160 @@ def root_of(path: Path, roots: Sequence[Path]) -> Path | None:
     return None
 
 
-def collect(paths: Sequence[str | os.PathLike[str]]) -> dict[str, list[Library]]:
-    """Read the shared objects under `paths` (site-packages when empty), by package, keeping
-    only files with device code; raises AuditInputError for a path that does not exist or a
-    named file that is no ELF."""
+@dataclass(frozen=True)
+class PackageFile:
+    """A file found under the audited paths, with the project it belongs to."""
+
+    path: Path  # the file to read: a link's target when that stays inside the root
+    root: Path  # the folder its relative path and package are counted from
+    package: str
+    named: bool  # the user named this very file
+
+    @property
+    def relative(self) -> str:
+        """The path under its root, as tables show it: torch/lib/libtorch_cpu.so."""
+        return self.path.relative_to(self.root).as_posix()
+
+
+class ProjectNames:
+    """Name the project a file belongs to: the nearest *.dist-info RECORD that lists it, else
+    the top package folder (under site-packages, or the outermost folder with __init__.py:
+    nerfacc for nerfacc/csrc.so, not csrc), else the file's own stem."""
+
+    def __init__(self, roots: Sequence[Path]) -> None:
+        self.roots = list(roots)
+        self.records: dict[Path, dict[str, str]] = {}
+
+    def recorded(self, folder: Path) -> dict[str, str]:
+        if folder not in self.records:
+            self.records[folder] = owners(folder)
+        return self.records[folder]
+
+    def name(self, file: Path, root: Path) -> str:
+        for folder in file.parents:
+            owner = self.recorded(folder).get(str(file))
+            if owner:
+                return owner
+        relative = file.relative_to(root)
+        if root in self.roots or root.name in ("site-packages", "dist-packages"):
+            return package_name(relative, None)
+        top = None
+        for folder in file.parents:
+            if not (folder / "__init__.py").is_file():
+                break
+            top = folder
+        return top.name if top else package_name(relative, None)
+
+
+def package_files(
+    paths: Sequence[str | os.PathLike[str]],
+    wanted: Callable[[os.DirEntry[str]], bool] | None = None,
+) -> Iterator[PackageFile]:
+    """Yield the files under `paths` (site-packages when empty) that `wanted` accepts (shared
+    objects by name when None), each real file once, with its project; raises AuditInputError
+    for a path that does not exist."""
     roots = [path.resolve() for path in site_packages()]
     given = [Path(path) for path in paths]
     for path in given:
         if not path.exists():
             raise AuditInputError(f"path '{path}' does not exist; name files or folders to audit")
-    packages: dict[str, list[Library]] = {}
+    names = ProjectNames(roots)
     seen: set[Path] = set()
-    record_owners: dict[Path, dict[str, str]] = {}
     for start in [path.resolve() for path in given] or roots:
         root = root_of(start, roots) or (start if start.is_dir() else start.parent)
-        for found in walk(start):
+        for found in walk(start, wanted):
             real = Path(os.path.realpath(found))
             if real in seen:
                 continue  # libx.so and libx.so.1 are one library
             seen.add(real)
             # A link names its target's package, unless it points out of the root.
             file = real if real.is_relative_to(root) else found
-            library = read_library(file, named=found == start)
-            if library is None:
-                continue
-            if root not in record_owners:
-                record_owners[root] = owners(root)
-            owner = record_owners[root].get(str(file))
-            package = package_name(file.relative_to(root), owner)
-            packages.setdefault(package, []).append(library)
+            yield PackageFile(file, root, names.name(file, root), found == start)
+
+
+def collect(paths: Sequence[str | os.PathLike[str]]) -> dict[str, list[Library]]:
+    """Read the shared objects under `paths` (site-packages when empty), by package, keeping
+    only files with device code; raises AuditInputError for a path that does not exist or a
+    named file that is no ELF."""
+    packages: dict[str, list[Library]] = {}
+    for found in package_files(paths):
+        library = read_library(found.path, named=found.named)
+        if library is not None:
+            packages.setdefault(found.package, []).append(library)
     return packages
 
 
-def walk(start: Path) -> Iterable[Path]:
-    """Yield the shared objects in a folder tree, or the file itself."""
+def shared_object_entry(entry: os.DirEntry[str]) -> bool:
+    """Tell whether a folder entry is a shared object by its name (the arch audit's files)."""
+    return is_shared_object(entry.name)
+
+
+def walk(start: Path, wanted: Callable[[os.DirEntry[str]], bool] | None = None) -> Iterator[Path]:
+    """Yield the files of a folder tree that `wanted` accepts (shared objects by name when
+    None), folder by folder in name order, or the file itself."""
     if start.is_file():
         yield start
         return
-    for folder, dirs, files in os.walk(start):
-        dirs.sort()
-        for name in sorted(files):
-            if is_shared_object(name):
-                path = Path(folder) / name
-                if path.is_file():  # not a dangling link
-                    yield path
+    yield from walk_folder(str(start), wanted or shared_object_entry)
+
+
+def walk_folder(folder: str, wanted: Callable[[os.DirEntry[str]], bool]) -> Iterator[Path]:
+    """Walk one folder: its files first, then its subfolders (links to folders not followed)."""
+    try:
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda entry: entry.name)
+    except OSError:
+        return
+    subfolders = []
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            subfolders.append(entry.path)
+        elif entry.is_file() and wanted(entry):  # is_file: not a dangling link
+            yield Path(entry.path)
+    for subfolder in subfolders:
+        yield from walk_folder(subfolder, wanted)
+
+
+@contextlib.contextmanager
+def unpacked_wheels(paths: Sequence[str]) -> Iterator[tuple[list[str], dict[str, str]]]:
+    """Stand each .whl among `paths` in for the folder it unpacks to (removed on exit), so the
+    audits read a wheel as they read site-packages: its projects named from its dist-info.
+    Yields the paths to audit and, per temporary folder, the wheel it holds (for display)."""
+    local: list[str] = []
+    shown: dict[str, str] = {}
+    with contextlib.ExitStack() as stack:
+        for path in paths:
+            if not path.endswith(".whl") or not os.path.isfile(path):
+                local.append(path)
+                continue
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="torchkiln-whl-"))
+            unpack_wheel(path, folder)
+            local.append(folder)
+            shown[folder] = path
+        yield local, shown
+
+
+def unpack_wheel(wheel: str, folder: str) -> None:
+    """Unpack a wheel, keeping its files' permission bits (zipfile drops them)."""
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            for info in archive.infolist():
+                target = archive.extract(info, folder)
+                mode = (info.external_attr >> 16) & 0o777
+                if mode and not info.is_dir():
+                    os.chmod(target, mode)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise AuditInputError(
+            f"wheel '{wheel}' cannot be unpacked ({exc}); name a .whl file that pip installs, "
+            "a shared object or a folder"
+        ) from None
+
+
+def shown_paths(text: str, shown: dict[str, str]) -> str:
+    """Write the wheels' names where their temporary folders appear in the audits' output."""
+    for folder, wheel in shown.items():
+        text = text.replace(folder, wheel)
+    return text
 
 
 def read_library(path: Path, named: bool) -> Library | None:
@@ -338,14 +449,31 @@ def judge(package: str, libraries: list[Library], targets: Sequence[Target]) -> 
         )
     else:
         count = len(libraries)
-        on = ", ".join(str(t) for t in targets if t not in {t for t, _ in jitting})
+        jit_targets = {t for t, _ in jitting}
+        served = served_text(
+            [
+                (t, per["how"])
+                for t, per in zip(targets, per_target, strict=True)
+                if t not in jit_targets
+            ]
+        )
         row.detail = f"{count} CUDA file{'s' if count != 1 else ''}"
-        if on:
-            row.detail += f", SASS for {on}"
+        if served:
+            row.detail += f"; {served}"
         if jitting:
             row.detail += "; " + jit_text(libraries, jitting) + " (NVIDIA's PTX for newer GPUs)"
-        row.detail += ": " + " ".join(sass + ptx)
+        row.detail += "; holds " + " ".join(sass + ptx)
     return row
+
+
+def served_text(served: Sequence[tuple[Target, dict[str, str | None]]]) -> str:
+    """Say through which SASS each target runs: 'runs on 8.6 (NVIDIA RTX A6000) through SASS
+    sm_80', so an older arch serving a GPU is not read as code built for it."""
+    clauses = []
+    for target, hows in served:
+        names = union([re.findall(r"SASS (\S+)", how or "") for how in hows.values()])
+        clauses.append(f"{target} through SASS {' '.join(names)}")
+    return "runs on " + ", on ".join(clauses) if clauses else ""
 
 
 def by_files(
@@ -468,29 +596,6 @@ def audit_json(rows: Sequence[PackageRow], targets: Sequence[Target], seconds: f
         },
         indent=2,
     )
-
-
-def run_audit_only(paths: Sequence[str], expect_cca: str | None, as_json: bool) -> int:
-    """`smoke --audit-only`: print the audit, return 0 (all covered), 1 (some package fails)
-    or 2 (bad input, one line on stderr). Never imports torch."""
-    start = time.perf_counter()
-    try:
-        expected = cca_targets(expect_cca) if expect_cca else []
-        gpus, why = visible_gpus()
-        targets = merge_targets(gpus, expected)
-        if not targets:
-            raise AuditInputError(
-                f"nothing to audit against: {why} and no --expect-cca; pass --expect-cca with "
-                "the GPUs' compute capability, e.g. --expect-cca 8.6"
-            )
-        rows = audit(paths, targets)
-    except (AuditInputError, arch_rules.CCAError) as exc:
-        print(f"smoke --audit-only: {exc}", file=sys.stderr, flush=True)
-        return 2
-    seconds = time.perf_counter() - start
-    out = audit_json(rows, targets, seconds) if as_json else render_table(rows, targets, seconds)
-    print(out, flush=True)
-    return 1 if overall(rows) == FAIL else 0
 
 
 # --- smoke's background read ----------------------------------------------------------------

@@ -45,6 +45,7 @@ class Report:
     driver: str | None = None
     devices: list[dict[str, Any]] = field(default_factory=list)
     audit: list[dict[str, Any]] = field(default_factory=list)  # the arch audit's package rows
+    links: list[dict[str, Any]] = field(default_factory=list)  # the link audit's package rows
     seconds: float = 0.0
 
     @property
@@ -134,6 +135,7 @@ def report_json(report: Report) -> str:
             "driver": report.driver,
             "devices": report.devices,
             "audit": report.audit,
+            "links": report.links,
             "seconds": round(report.seconds, 3),
         },
         indent=2,

@@ -2,21 +2,25 @@
 
 Runs inside the built images, so it imports only the standard library and torch (torchvision
 and torchaudio when present). Every check catches its own errors and reports them as a row.
-`--audit-only [PATH ...]` runs just the arch audit (torchkiln.inimage.audit), without torch.
+`--audit-only [PATH ...]` runs just the arch audit (torchkiln.inimage.audit) and the link audit
+(torchkiln.inimage.links), without torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
 import time
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from torchkiln.inimage import archs as arch_rules
 from torchkiln.inimage import audit as arch_audit
+from torchkiln.inimage import links as link_audit
 from torchkiln.inimage.numerics import (
     TOL_FP32,
     TOL_HALF,
@@ -50,7 +54,9 @@ from torchkiln.inimage.report import (
 )
 from torchkiln.inimage.workers import (
     AllReduce,
+    CompileInBackground,
     TorchvisionInBackground,
+    check_compile,
     check_torchvision,
     import_optional,
 )
@@ -134,6 +140,22 @@ def check_arch_audit(
     if status == WARN:
         raise CheckWarned(text)
     return text
+
+
+def check_link_audit(report: Report, started: link_audit.AuditInBackground | None = None) -> str:
+    """Check every NEEDED library of every ELF file in site-packages resolves as the dynamic
+    linker would; the per-package rows go into the report."""
+    data = started.result() if started else link_audit.audit_data(link_audit.audit())
+    report.links = data["packages"]
+    text = link_audit.summary(data)
+    if not data["ok"]:
+        raise CheckFailed(text)
+    return text
+
+
+def compile_result(torch: Any, device: str, started: CompileInBackground | None) -> str:
+    """The torch.compile check's verdict, from the background worker when there is one."""
+    return started.result(torch, device) if started else check_compile(torch, device)
 
 
 def check_expected_cca(archs: list[str], expected: str) -> str:
@@ -230,13 +252,11 @@ def check_cuda_available(torch: Any, runner: Runner) -> str:
 
 
 def run_cuda_checks(
-    torch: Any,
-    runner: Runner,
-    args: argparse.Namespace,
-    vision: TorchvisionInBackground | None = None,
-    files: arch_audit.CollectInBackground | None = None,
+    torch: Any, runner: Runner, args: argparse.Namespace, workers: Background | None = None
 ) -> None:
     """Run the checks that need a working GPU."""
+    vision = workers.vision if workers else None
+    files = workers.files if workers else None
     started = start_all_reduce(torch)
     archs = torch_arch_list(torch)
     for device in runner.report.devices:
@@ -246,6 +266,7 @@ def run_cuda_checks(
             lambda i=index, d=device: check_gpu_arch(torch, i, archs, d),
         )
     runner.run("arch audit", lambda: check_arch_audit(runner.report, args.expect_cca, files))
+    runner.run("link audit", lambda: check_link_audit(runner.report, workers and workers.links))
     if args.expect_cca:
         runner.run("expected CCA", lambda: check_expected_cca(archs, args.expect_cca))
     runner.run("cuDNN conv2d fwd/bwd", lambda: check_cudnn(torch))
@@ -264,6 +285,8 @@ def run_cuda_checks(
     runner.run("nccl all-reduce", lambda: check_nccl_all_reduce(torch, started))
     runner.run("torchvision", lambda: torchvision_result(torch, "cuda", vision))
     runner.run("torchaudio", check_torchaudio, required=False)
+    compiling = workers.compile if workers else None
+    runner.run("torch.compile", lambda: compile_result(torch, "cuda", compiling))
 
 
 def run_cpu_checks(
@@ -279,27 +302,49 @@ def run_cpu_checks(
     runner.run("torchaudio", check_torchaudio, required=False)
 
 
+@dataclass
+class Background:
+    """The checks smoke starts in other processes before it imports torch."""
+
+    vision: TorchvisionInBackground
+    files: arch_audit.CollectInBackground
+    links: link_audit.AuditInBackground
+    compile: CompileInBackground
+
+    @classmethod
+    def start(cls) -> Background:
+        """Start every worker at once, so their imports and reads overlap."""
+        return cls(
+            TorchvisionInBackground(),
+            arch_audit.CollectInBackground(),
+            link_audit.AuditInBackground(),
+            CompileInBackground(),
+        )
+
+    def stop(self) -> None:
+        """End the workers whose answers were not taken."""
+        for worker in (self.vision, self.files, self.links, self.compile):
+            worker.stop()
+
+
 def run_all(args: argparse.Namespace) -> Report:
     """Run every check that applies here and return the report."""
     start = time.perf_counter()
-    vision = TorchvisionInBackground()
-    files = arch_audit.CollectInBackground()
+    workers = Background.start()
     try:
-        return _run_all(args, start, vision, files)
+        return _run_all(args, start, workers)
     finally:
-        vision.stop()
-        files.stop()
+        workers.stop()
 
 
-def _run_all(
-    args: argparse.Namespace,
-    start: float,
-    vision: TorchvisionInBackground,
-    files: arch_audit.CollectInBackground | None = None,
-) -> Report:
+def _run_all(args: argparse.Namespace, start: float, workers: Background | None = None) -> Report:
     runner = Runner()
     report = runner.report
     torch_box: list[Any] = []
+    vision = workers.vision if workers else None
+    files = workers.files if workers else None
+    links = workers.links if workers else None
+    compiling = workers.compile if workers else None
 
     def import_torch() -> str:
         import torch
@@ -309,6 +354,8 @@ def _run_all(
 
     runner.run("torch import", import_torch)
     if not torch_box:
+        # Why torch does not import is often a library it cannot find: name it.
+        runner.run("link audit", lambda: check_link_audit(report, links))
         report.seconds = time.perf_counter() - start
         return report
     torch = torch_box[0]
@@ -326,7 +373,7 @@ def _run_all(
 
     cuda = runner.run("CUDA available", lambda: check_cuda_available(torch, runner))
     if cuda.status == PASS:
-        run_cuda_checks(torch, runner, args, vision, files)
+        run_cuda_checks(torch, runner, args, workers)
     else:
         reason = "--allow-cpu" if args.allow_cpu else "CUDA not available"
         if args.allow_cpu:
@@ -344,8 +391,11 @@ def _run_all(
                 )
         # The code in the files says which GPUs the image will run on, GPU or not.
         runner.run("arch audit", lambda: check_arch_audit(report, args.expect_cca, files))
+        runner.run("link audit", lambda: check_link_audit(report, links))
         if args.allow_cpu:
             run_cpu_checks(torch, runner, vision)
+        # Without a GPU, torch.compile is checked on the CPU (Inductor's C++ backend).
+        runner.run("torch.compile", lambda: compile_result(torch, "cpu", compiling))
     report.seconds = time.perf_counter() - start
     return report
 
@@ -370,14 +420,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--audit-only",
         action="store_true",
-        help="only check that the CUDA code in site-packages (or in PATHs) runs on each visible "
-        "GPU and --expect-cca item; does not import torch",
+        help="only audit site-packages (or PATHs: files, folders, .whl): the CUDA code runs on "
+        "each visible GPU and --expect-cca item, and every ELF file's libraries resolve; does "
+        "not import torch",
     )
     parser.add_argument(
         "paths",
         nargs="*",
         metavar="PATH",
-        help="with --audit-only: shared objects or folders to audit instead of site-packages",
+        help="with --audit-only: shared objects, folders or wheels to audit instead of "
+        "site-packages",
     )
     return parser.parse_args(argv)
 
@@ -391,6 +443,60 @@ def refused(args: argparse.Namespace) -> str | None:
     return None
 
 
+def run_audit_only(paths: Sequence[str], expect_cca: str | None, as_json: bool) -> int:
+    """`smoke --audit-only`: print the arch audit (skipped, with the reason, when there is
+    neither a GPU nor --expect-cca) and the link audit; return 0 (both pass), 1 (one fails) or
+    2 (bad input: one line on stderr, and under --json an object with an error). Never
+    imports torch."""
+    try:
+        expected = arch_audit.cca_targets(expect_cca) if expect_cca else []
+        with arch_audit.unpacked_wheels(paths) as (local, shown):
+            start = time.perf_counter()
+            gpus, why = arch_audit.visible_gpus()
+            targets = arch_audit.merge_targets(gpus, expected)
+            rows = arch_audit.audit(local, targets) if targets else None
+            arch_seconds = time.perf_counter() - start
+            site = [str(path.resolve()) for path in arch_audit.site_packages()]
+            links = link_audit.audit(local, [(folder, site) for folder in shown])
+            text = audits_text(rows, targets, arch_seconds, why, links, paths, as_json)
+            print(arch_audit.shown_paths(text, shown), flush=True)
+    except (arch_audit.AuditInputError, link_audit.LinkInputError, arch_rules.CCAError) as exc:
+        print(f"smoke --audit-only: {exc}", file=sys.stderr, flush=True)
+        if as_json:
+            print(json.dumps({"ok": False, "error": str(exc)}), flush=True)
+        return 2
+    arch_failed = rows is not None and arch_audit.overall(rows) == FAIL
+    return 1 if arch_failed or not links.ok else 0
+
+
+def audits_text(
+    rows: list[arch_audit.PackageRow] | None,
+    targets: Sequence[arch_audit.Target],
+    arch_seconds: float,
+    why: str,
+    links: link_audit.LinkAudit,
+    paths: Sequence[str],
+    as_json: bool,
+) -> str:
+    """Both audits as two tables, or as one JSON object {ok, arch, links}."""
+    skipped = (
+        f"arch audit skipped: {why} and no --expect-cca; pass --expect-cca with the GPUs' "
+        "compute capability, e.g. --expect-cca 8.6"
+    )
+    if as_json:
+        arch = (
+            json.loads(arch_audit.audit_json(rows, targets, arch_seconds))
+            if rows is not None
+            else {"ok": True, "skipped": skipped}
+        )
+        data = {"ok": arch["ok"] and links.ok, "arch": arch, "links": link_audit.audit_data(links)}
+        return json.dumps(data, indent=2)
+    arch_text = (
+        arch_audit.render_table(rows, targets, arch_seconds) if rows is not None else skipped
+    )
+    return arch_text + "\n\n" + link_audit.render_table(links, paths)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the checks, print the report, return 0 when every required check passed."""
     args = parse_args(argv)
@@ -399,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"smoke: {problem}", file=sys.stderr, flush=True)
         return 2
     if args.audit_only:
-        return arch_audit.run_audit_only(args.paths, args.expect_cca, args.json)
+        return run_audit_only(args.paths, args.expect_cca, args.json)
     report = run_all(args)
     print(report_json(report) if args.json else render_table(report), flush=True)
     return 0 if report.ok else 1

@@ -4,13 +4,17 @@ torchkiln.inimage.workers torchvision`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from torchkiln.inimage.numerics import random_boxes, reference_nms
@@ -189,6 +193,7 @@ class ModuleInBackground:
 
     def __init__(self, module: str, *args: str, timeout: float) -> None:
         self.timeout = timeout
+        self.timed_out = False
         self.proc = start_module(module, *args)
 
     def stop(self) -> None:
@@ -204,6 +209,7 @@ class ModuleInBackground:
         try:
             out, _ = self.proc.communicate(timeout=self.timeout)
         except subprocess.TimeoutExpired:
+            self.timed_out = True
             self.stop()
             return None
         return out if self.proc.returncode == 0 else None
@@ -247,5 +253,172 @@ def torchvision_worker() -> int:
     return 0
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["torchvision"]:
-    sys.exit(torchvision_worker())
+# --- torch.compile ---------------------------------------------------------------------------
+
+# How long the background torch.compile check may take (a cold Inductor C++ compile on two
+# cores takes about 15 s).
+COMPILE_TIMEOUT_S = 240
+COMPILE_TOL = 1e-5
+
+
+@contextlib.contextmanager
+def fresh_compile_caches() -> Iterator[None]:
+    """Point Inductor's and Triton's caches at an empty folder for the check, so a kernel
+    compiled earlier cannot hide a compiler or Python.h the image lacks now."""
+    names = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
+    saved = {name: os.environ.get(name) for name in names}
+    with tempfile.TemporaryDirectory(prefix="torchkiln-compile-") as folder:
+        for name in names:
+            os.environ[name] = os.path.join(folder, name.split("_", 1)[0].lower())
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+def compile_tools() -> dict[str, str]:
+    """What torch.compile builds with here: g++/gcc on PATH and this Python's Python.h ('' for
+    each that is missing)."""
+    include = sysconfig.get_paths().get("include", "")
+    header = os.path.join(include, "Python.h") if include else ""
+    return {
+        "g++": shutil.which(os.environ.get("CXX", "g++")) or "",
+        "gcc": shutil.which(os.environ.get("CC", "gcc")) or "",
+        "Python.h": header if header and os.path.isfile(header) else "",
+        "include": include,
+        "python": f"python{sys.version_info[0]}.{sys.version_info[1]}",
+    }
+
+
+def compile_diagnosis(text: str, device: str, tools: dict[str, str]) -> str:
+    """Turn a torch.compile failure into its cause and fix, in one line: what the error says
+    first, else what this image lacks (g++, Python.h, gcc), else the error itself."""
+    no_cxx = (
+        "no working C++ compiler (g++) in this image: install g++ (apt-get install g++) or "
+        "point CXX at one; Inductor compiles its CPU kernels with it"
+    )
+    no_header = (
+        f"no Python.h for this Python (looked in {tools['include'] or 'its include folder'}): "
+        f"install {tools['python']}-dev (uv's CPython ships its headers); Inductor and "
+        "Triton compile against it"
+    )
+    no_cc = "no C compiler for Triton's launcher: install gcc (apt-get install gcc) or set CC"
+    if "InvalidCxxCompiler" in text or "No working C++ compiler" in text:
+        return no_cxx
+    if "Python.h" in text:
+        return no_header
+    if "Failed to find C compiler" in text:
+        return no_cc
+    if "Cannot find a working triton installation" in text or "No module named 'triton'" in text:
+        return (
+            "Triton is not installed: pip install the triton version torch requires (pip show "
+            "torch lists it); torch.compile on the GPU generates Triton kernels"
+        )
+    if device == "cpu" and not tools["g++"]:
+        return no_cxx
+    if not tools["Python.h"]:
+        return no_header
+    if device != "cpu" and not tools["gcc"]:
+        return no_cc
+    return f"torch.compile on {device} failed: {one_line(text, 300)}"
+
+
+def exception_text(exc: BaseException) -> str:
+    """The exception and those it was raised from, as 'Type: message' joined."""
+    parts, seen = [], set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        parts.append(f"{type(current).__name__}: {current}")
+        current = current.__cause__ or current.__context__
+    return " <- ".join(parts)
+
+
+def check_compile(torch: Any, device: str) -> str:
+    """Compile sin(x)*2+1 with Inductor (C++ on the CPU, a Triton kernel on a GPU) in fresh
+    caches and compare it with eager."""
+    start = time.perf_counter()
+
+    def function(x: Any) -> Any:
+        return torch.sin(x) * 2 + 1
+
+    x = torch.linspace(-3, 3, 4096, device=device)
+    try:
+        with fresh_compile_caches():
+            compiled = torch.compile(function, fullgraph=True)
+            try:
+                from torch._inductor.utils import run_and_get_code
+            except ImportError:  # a private helper: without it, values alone are compared
+                got, code = compiled(x), None
+            else:
+                got, codes = run_and_get_code(compiled, x)
+                code = "\n".join(codes)
+            if device != "cpu":
+                torch.cuda.synchronize()
+    except Exception as exc:
+        raise CheckFailed(compile_diagnosis(exception_text(exc), device, compile_tools())) from exc
+    kernel = "Triton kernel" if device != "cpu" else "Inductor C++ kernel"
+    if code is not None and ("@triton.jit" if device != "cpu" else "cpp_fused") not in code:
+        raise CheckFailed(f"torch.compile on {device} made no {kernel} for sin(x)*2+1")
+    error = float((got - function(x)).abs().max().item())
+    if not error <= COMPILE_TOL:
+        raise CheckFailed(f"{kernel} on {device} differs from eager by {error:.1e}")
+    seconds = time.perf_counter() - start
+    return (
+        f"{kernel} on {device}: sin(x)*2+1 matches eager (max diff {error:.0e}) in {seconds:.1f} s"
+    )
+
+
+class CompileInBackground(ModuleInBackground):
+    """The torch.compile check in a second process, started before this one imports torch: a
+    cold compile takes seconds (Inductor's import, g++ or Triton), which overlap the others."""
+
+    def __init__(self) -> None:
+        super().__init__("torchkiln.inimage.workers", "compile", timeout=COMPILE_TIMEOUT_S)
+
+    def result(self, torch: Any, device: str) -> str:
+        """Take the worker's verdict for `device`; check here when it could not start or saw
+        another device; fail when it ran out of time or died."""
+        if self.proc is None:
+            return check_compile(torch, device)
+        verdict = self._collect()
+        if verdict is None:
+            if self.timed_out:
+                raise CheckFailed(f"torch.compile did not finish within {self.timeout:.0f} s")
+            raise CheckFailed(
+                f"the torch.compile worker exited {self.proc.returncode} without a verdict; run "
+                "python -m torchkiln.inimage.workers compile to see why"
+            )
+        if verdict.get("device") != device:
+            return check_compile(torch, device)
+        raised = RAISED.get(verdict["status"])
+        if raised:
+            raise raised(verdict["detail"])
+        return str(verdict["detail"])
+
+    def _collect(self) -> dict[str, Any] | None:
+        lines = [line for line in (self.output() or "").splitlines() if line.startswith("{")]
+        try:
+            return json.loads(lines[-1]) if lines else None
+        except ValueError:
+            return None
+
+
+def compile_worker() -> int:
+    """Run only the torch.compile check, on CUDA when it works, and print it as one JSON line."""
+    import torch
+
+    device = "cuda" if torch.version.cuda is not None and torch.cuda.is_available() else "cpu"
+    status, detail = outcome(lambda: check_compile(torch, device))
+    print(json.dumps({"device": device, "status": status, "detail": detail}), flush=True)
+    return 0
+
+
+WORKERS = {"torchvision": torchvision_worker, "compile": compile_worker}
+
+if __name__ == "__main__" and sys.argv[1:2] and sys.argv[1] in WORKERS and len(sys.argv) == 2:
+    sys.exit(WORKERS[sys.argv[1]]())

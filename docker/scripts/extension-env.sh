@@ -1,0 +1,67 @@
+# shellcheck shell=bash
+# Sourced by build-wheel.sh, after MAX_JOBS, with the source tree as $1: the environment of the
+# builds that name no compiler launcher, i.e. torch.utils.cpp_extension and a project's own
+# setup.py or CMake (torchvision, torchaudio, every extension).
+#  - One ccache stats log per build (CCACHE_STATSLOG), so the summary counts this build's
+#    compiles, not those of the steps BuildKit runs beside it on the same cache mount.
+#  - C and C++ through ccache: its masquerade links (cc, c++, gcc, g++ and the triplet names
+#    Python's sysconfig uses) first on PATH, for this build only.
+#  - nvcc through torchkiln.inimage.nvcc (ccache, EXTENSION_ARCHS, --threads), wherever a build
+#    looks for it: cpp_extension runs $CUDA_HOME/bin/nvcc by absolute path (or PYTORCH_NVCC),
+#    CMake runs CUDACXX, others run `nvcc` from PATH; a CUDA_HOME of links to the real one,
+#    whose bin/nvcc is the wrapper, serves them all.
+#  - EXTENSION_ARCHS=cca (build-extensions.sh): the arch variables of projects that read their
+#    own (FLASH_ATTN_CUDA_ARCHS, TCNN_CUDA_ARCHITECTURES, CMake's CUDAARCHS), from the CCA.
+# PyTorch's own build names ccache as CMake's compiler launcher (torch-build's ENV): it gets the
+# stats log only, since ccache calling ccache fails.
+
+extension_env() {
+  local tree=$1 tools python library real cuda_home shadow entry name triplet
+  tools=$(mktemp -d /tmp/torchkiln-tools.XXXXXX)
+  export CCACHE_STATSLOG=$tools/ccache-stats.log
+  [[ -z ${CMAKE_CXX_COMPILER_LAUNCHER:-} ]] || return 0
+
+  if command -v ccache >/dev/null; then
+    mkdir "$tools/ccache-bin"
+    triplet=$(gcc -dumpmachine 2>/dev/null || true)
+    for name in cc c++ gcc g++ ${triplet:+"$triplet-gcc" "$triplet-g++"}; do
+      if command -v "$name" >/dev/null; then
+        ln -s "$(command -v ccache)" "$tools/ccache-bin/$name"
+      fi
+    done
+    TORCHKILN_CCACHE=$(command -v ccache)
+    export TORCHKILN_CCACHE TORCHKILN_CCACHE_BIN=$tools/ccache-bin PATH=$tools/ccache-bin:$PATH
+  fi
+
+  cuda_home=${CUDA_HOME:-/usr/local/cuda}
+  real=$cuda_home/bin/nvcc
+  [[ ${USE_CUDA:-1} != 0 && -x $real ]] || return 0
+  python=$(command -v python3 || command -v python)
+  if ! library=$("$python" -c 'import os, torchkiln.inimage.nvcc as m
+print(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(m.__file__)))))'); then
+    echo "ERROR: torchkiln.inimage is not importable by $python; extension-env.sh needs it on" \
+      "PYTHONPATH (net.sh sets it in the build stages; on a host, PYTHONPATH=<checkout>/src)" >&2
+    return 1
+  fi
+  shadow=$tools/cuda
+  mkdir -p "$shadow/bin"
+  for entry in "$cuda_home"/*; do
+    [[ $(basename "$entry") == bin ]] || ln -s "$entry" "$shadow/"
+  done
+  for entry in "$cuda_home"/bin/*; do
+    [[ $(basename "$entry") == nvcc ]] || ln -s "$entry" "$shadow/bin/"
+  done
+  # -I: the wrapper sees no PYTHONPATH or user site of the build; the path comes as argv[1].
+  cat >"$shadow/bin/nvcc" <<EOF
+#!/bin/sh
+# torchkiln's nvcc (docker/scripts/extension-env.sh): ccache, EXTENSION_ARCHS, --threads.
+exec "$python" -I -c 'import sys; sys.path.insert(0, sys.argv.pop(1)); from torchkiln.inimage.nvcc import wrap; sys.exit(wrap(sys.argv[1:]))' "$library" "\$@"
+EOF
+  chmod +x "$shadow/bin/nvcc"
+  export TORCHKILN_REAL_NVCC=$real CUDA_HOME=$shadow CUDA_PATH=$shadow
+  export PYTORCH_NVCC=$shadow/bin/nvcc CUDACXX=$shadow/bin/nvcc CUDA_NVCC_EXECUTABLE=$shadow/bin/nvcc
+  export PATH=$shadow/bin:$PATH TORCHKILN_EXTENSION_ARCHS=${EXTENSION_ARCHS:-as-is}
+  eval "$("$python" -m torchkiln.inimage.nvcc env "$tree")"
+}
+extension_env "$1"
+unset -f extension_env

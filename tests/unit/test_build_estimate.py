@@ -1,0 +1,219 @@
+"""The estimate (published figures, then this machine's record), the summary's next steps, the
+failure line and what a dry run leaves: pure functions, no Docker."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from invoke import Config, MockContext, Result
+
+from torchkiln import build, doctor, settings
+from torchkiln.runner import Streamed
+
+GB = 1024**3
+DOTENV = {"UID": "1000", "GID": "1000", "CCA": "8.6", "COMPOSE_PROJECT_NAME": "demo"}
+
+
+def hours_range(text: str) -> tuple[float, float]:
+    """The 'A to B' of an estimate, in hours."""
+
+    def hours(part: str) -> float:
+        found = dict((unit, float(number)) for number, unit in re.findall(r"(\d+) (h|min|s)", part))
+        return found.get("h", 0) + found.get("min", 0) / 60 + found.get("s", 0) / 3600
+
+    low, high = re.search(r"takes (.+?) to (.+?) (?:the first time|\(|;)", text).groups()
+    return hours(low), hours(high)
+
+
+def test_one_arch_is_25_to_40_core_hours_over_the_jobs_plus_a_serial_part() -> None:
+    text = build.estimate(settings.resolve({"CCA": "8.6"}), cpus=16, memory_bytes=64 * GB)
+    # 64 GB at 6 GB a job: 10 jobs, not 16.
+    assert "with 10 parallel jobs (16 cores, 64 GB memory: one job per 6 GB)" in text
+    low, high = hours_range(text)
+    # The serial part (configure, the slowest objects, linking) and the downloads come on top.
+    assert low == pytest.approx(0.3 + 3 / 60 + 25 / 10, abs=0.02)
+    assert high == pytest.approx(0.6 + 10 / 60 + 40 / 10, abs=0.02)
+    assert "25-40 core-hours for the first arch" in text and "40 GB of disk" in text
+
+
+def test_further_archs_and_the_arch_specific_kernels_of_9_0_cost_more() -> None:
+    one = hours_range(build.estimate(settings.resolve({"CCA": "8.6"}), 16, 64 * GB))
+    two = hours_range(build.estimate(settings.resolve({"CCA": "8.6;8.9"}), 16, 64 * GB))
+    hopper = hours_range(build.estimate(settings.resolve({"CCA": "8.6;9.0"}), 16, 64 * GB))
+    assert two[0] == pytest.approx(one[0] + 8 / 10, abs=0.02)
+    assert two[1] == pytest.approx(one[1] + 15 / 10, abs=0.02)
+    assert hopper[0] == pytest.approx(two[0] + 4 / 10, abs=0.02)
+    assert hopper[1] == pytest.approx(two[1] + 8 / 10, abs=0.02)
+
+
+def test_max_jobs_wins_and_small_memory_bounds_the_jobs() -> None:
+    values = settings.resolve({"CCA": "8.6", "MAX_JOBS": "3"})
+    assert "with 3 parallel jobs (32 cores, 128 GB memory: MAX_JOBS)" in build.estimate(
+        values, 32, 128 * GB
+    )
+    assert "with 2 parallel jobs" in build.estimate(settings.resolve({"CCA": "8.6"}), 32, 16 * GB)
+    assert "with 1 parallel job " in build.estimate(settings.resolve({"CCA": "8.6"}), 2, 4 * GB)
+
+
+def test_this_machine_s_record_scales_to_the_archs_and_jobs_of_the_next_build() -> None:
+    history = [
+        {"stage": "torch-build", "cuda": True, "cca": "8.6", "seconds": 4 * 3600, "jobs": 10,
+         "hits": 5, "misses": 7000, "date": "2026-01-02"},
+        # A rebuild from ccache says nothing about a first compile.
+        {"stage": "torch-build", "cuda": True, "cca": "8.6", "seconds": 600, "jobs": 10,
+         "hits": 7000, "misses": 5, "date": "2026-01-03"},
+    ]  # fmt: skip
+    same = build.estimate(settings.resolve({"CCA": "8.6"}), 16, 64 * GB, history)
+    assert "this machine compiled torch for 8.6 in 4 h with 10 jobs on 2026-01-02" in same
+    assert "so here about 4 h;" in same
+    half_the_jobs = build.estimate(settings.resolve({"CCA": "8.6"}), 5, 64 * GB, history)
+    assert "so here about 8 h;" in half_the_jobs
+    cpu = build.estimate(settings.resolve({"CUDA_FROM": "none"}), 16, 64 * GB, history)
+    assert "this machine compiled" not in cpu  # a CUDA record says nothing about a CPU build
+
+
+def test_wheels_modes_give_a_range_and_what_this_machine_took() -> None:
+    wheels = build.estimate(settings.resolve({"BUILD_MODE": "wheels"}), 2, 8 * GB)
+    assert wheels.startswith("estimate: BUILD_MODE=wheels takes 3 min to 10 min")
+    pypi = settings.resolve(
+        {"BUILD_MODE": "wheels", "CUDA_FROM": "pypi", "EXTENSIONS": "causal-conv1d==1.5.0"}
+    )
+    history = [
+        {"stage": "build", "mode": "wheels", "seconds": 2305},
+        {"stage": "extensions-build", "seconds": 1700},
+    ]
+    text = build.estimate(pypi, 2, 8 * GB, history)
+    low, high = hours_range(text)
+    assert low > 0.5 and high > 1.5, "an extension compile is not ten minutes"
+    assert "this machine's last BUILD_MODE=wheels build took 38 min" in text
+    assert "this machine's last extension compile took 28 min" in text
+
+
+def test_the_estimate_needs_no_cca_where_nothing_is_compiled_for_one() -> None:
+    cpu = build.estimate(settings.resolve({"CUDA_FROM": "none"}), 2, 8 * GB)
+    assert "for the CPU" in cpu and "4-8 core-hours without CUDA" in cpu
+    assert "for the CPU" in build.estimate(settings.resolve({"CCA": ""}), 2, 8 * GB)
+
+
+LOG = """\
+#5 [train base 1/2] FROM local/debian:bookworm
+#5 DONE 0.1s
+#12 [train torch-build 1/1] RUN --mount=type=cache build-wheel.sh
+#12 0.512 torchkiln-jobs: pytorch MAX_JOBS=8 (16 cores, 64 GB memory: one job per 6 GB)
+#12 3590.1 torchkiln-ccache: pytorch hits=12 misses=7012 remote_hits=0 remote_errors=0
+#12 DONE 3600.5s
+#13 [train vision-build 1/1] RUN build-wheel.sh
+#13 CACHED
+#14 [train runtime 4/9] RUN setup-user.sh
+#14 DONE 3.0s
+"""
+
+
+def test_a_finished_build_records_its_compile_stages_and_its_total() -> None:
+    values = settings.resolve({"CCA": "8.6;9.0"})
+    entries = build.timing_entries(values, LOG, 3700.2, "2026-02-03")
+    assert entries == [
+        {"stage": "build", "seconds": 3700, "date": "2026-02-03", "mode": "source",
+         "cuda": True, "cca": "8.6;9.0"},
+        {"stage": "torch-build", "seconds": 3600, "date": "2026-02-03", "mode": "source",
+         "cuda": True, "cca": "8.6;9.0", "hits": 12, "misses": 7012, "jobs": 8},
+    ]  # fmt: skip
+
+
+def test_timings_are_kept_and_read_back_and_a_bad_file_is_no_record(tmp_path: Path) -> None:
+    assert build.read_timings(tmp_path) == []
+    (tmp_path / ".torchkiln").mkdir()
+    build.record_timings(tmp_path, [{"stage": "build", "seconds": 1}])
+    build.record_timings(tmp_path, [{"stage": "build", "seconds": 2}])
+    assert [entry["seconds"] for entry in build.read_timings(tmp_path)] == [1, 2]
+    (tmp_path / ".torchkiln" / build.TIMINGS_FILE).write_text("{not json")
+    assert build.read_timings(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("values", "gpu_here", "smoke"),
+    [
+        ({"CCA": "8.6"}, True, "nox -s smoke -- --service train"),
+        ({"CCA": "8.6;9.0"}, False,
+         "nox -s smoke -- --service train --allow-cpu --expect-cca '8.6;9.0'"),
+        ({"CUDA_FROM": "none"}, True, "nox -s smoke -- --service train --allow-cpu"),
+        ({"CUDA_FROM": "none"}, False, "nox -s smoke -- --service train --allow-cpu"),
+    ],
+    ids=["gpu", "no-gpu-cuda-build", "cpu-build-gpu-host", "cpu-build-no-gpu"],
+)  # fmt: skip
+def test_next_steps_are_what_works_on_this_machine(values, gpu_here, smoke) -> None:
+    import shlex
+
+    steps = build.next_steps("train", True, settings.resolve(values), gpu_here)
+    assert [shlex.join(step) for step in steps] == [
+        "docker compose exec train zsh",
+        smoke,
+        "invoke wheels --service train",
+    ]
+
+
+def test_the_summary_names_the_log_and_the_next_steps(tmp_path: Path) -> None:
+    plan = build.plan(
+        tmp_path, build.BuildOptions(), environ={}, dotenv={**DOTENV, "CUDA_FROM": "none"},
+        cwd=tmp_path,
+    )  # fmt: skip
+    text = build.summary(plan, 4000, 2 * 10**9, LOG, gpu_here=False)
+    assert "build time:  1 h 7 min" in text
+    assert "log:         .torchkiln/build-train.log" in text
+    assert "  nox -s smoke -- --service train --allow-cpu" in text
+
+
+CERT_LOGS = {
+    "pip": "#9 3.1 Could not fetch URL https://h/simple/x/: There was a problem confirming the "
+    "ssl certificate: ... [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: "
+    "self-signed certificate in certificate chain (_ssl.c:1006)",
+    "apt": "#7 1.2 Err:1 https://h/debian bookworm InRelease\n#7 1.2   Certificate verification "
+    "failed: The certificate is NOT trusted. The certificate issuer is unknown.",
+    "git": "#8 0.9 fatal: unable to access 'https://h/x.git/': SSL certificate problem: "
+    "self-signed certificate in certificate chain",
+    "uv": "#10 2.0 error: invalid peer certificate: UnknownIssuer",
+}
+
+
+@pytest.mark.parametrize("tool", sorted(CERT_LOGS))
+def test_a_certificate_failure_ends_with_the_ca_bundle_to_add(tool: str) -> None:
+    result = Streamed(17, CERT_LOGS[tool] + "\n#9 ERROR: process did not complete\n")
+    line = build.failure_line(
+        "docker compose build train", result, ".torchkiln/build-train.log", "", "/etc/host.pem"
+    )
+    assert "\n" not in line
+    assert "(the whole output is in .torchkiln/build-train.log)" in line
+    assert line.endswith(
+        "give the build its CA bundle: --ca-bundle /etc/host.pem, the one this host uses "
+        "(invoke doctor's tls row says which one verifies the index)"
+    )
+    given = build.failure_line("docker compose build train", result, ca_bundle="/my/ca.pem")
+    assert "with the CA bundle given (/my/ca.pem)" in given and "--ca-bundle FILE" in given
+
+
+def test_no_certificate_word_means_no_ca_bundle_advice() -> None:
+    line = build.failure_line("build", Streamed(1, "#9 ERROR: compiler crashed\n"))
+    assert "--ca-bundle" not in line
+
+
+def test_a_dry_run_writes_nothing_a_later_command_reads(tmp_path: Path, monkeypatch) -> None:
+    plan = build.plan(tmp_path, build.BuildOptions(cca="9.0"), environ={}, dotenv=DOTENV,
+                      cwd=tmp_path)  # fmt: skip
+    # A real build ran before: its record and override must stay as they were.
+    state = tmp_path / ".torchkiln"
+    state.mkdir()
+    record = {"service": "train", "inputs": {"cca": "8.6", "torch": "2.13.0"}}
+    (state / "build-train.json").write_text(json.dumps(record))
+    (state / "build-train.yaml").write_text("real build's override")
+    before = {path.name: path.read_bytes() for path in state.iterdir()}
+    monkeypatch.setattr(doctor, "require_ready", lambda values, up, service: None)
+    context = MockContext(config=Config(overrides={"run": {"dry": True}}), run=Result())
+    build.build_service(context, plan)
+    after = {path.name: path.read_bytes() for path in state.iterdir()}
+    assert {name: after[name] for name in before} == before
+    assert set(after) - set(before) == {"dry-build-train.yaml"}
+    options, note = build.with_recorded_inputs(tmp_path, build.BuildOptions())
+    assert options.cca == "8.6" and options.torch == "2.13.0", note
