@@ -1,65 +1,96 @@
 #!/bin/bash
-# On a GPU host with torch and nvcc but no Docker: build a published CUDA extension (its sdist,
-# $1) and the torchvision stand-in with docker/scripts/build-wheel.sh, the script the image's
-# build stages run, for CCA 9.0 and for 8.6 (the arch lists from torchkiln's own CCA parser);
-# run their ops on the GPU against the CPU; and let the arch audit say beforehand whether they
-# can run. Then audit the whole site-packages. Results go to $2.
+# On a GPU host with torch, nvcc, cmake and ninja but no Docker and no network: build
+# causal-conv1d 1.7.0 (its sdist, carried in) for one CCA (default 9.0) with
+# docker/scripts/build-wheel.sh, the script the image's build stages run, and the same nvcc
+# wrapper (docker/scripts/extension-env.sh): once with EXTENSION_ARCHS=cca (the default policy)
+# and once with as-is, one after the other, timing both; print each wheel's size and SASS (the
+# fatbin reader, and cuobjdump when the toolkit has it) and the build's own report line; audit the
+# cca wheel on this GPU; run the package's own tests/test_causal_conv1d.py on the GPU against it.
+#
+# Usage: scripts/gpu_extensions.sh CARRY OUT [CCA]   (from the checkout's root)
+# CARRY holds what this machine cannot download:
+#   causal_conv1d-1.7.0.tar.gz   the sdist (it includes tests/test_causal_conv1d.py)
+#   wheels/                      setuptools, wheel, packaging (its setup.py imports them), einops,
+#                                pytest, iniconfig, pluggy (the tests'), as py3-none-any wheels;
+#                                pip takes from here only what the host's Python lacks
+# OUT gets each build's log, wheel, nvcc call log and report, the tests' output, summary.txt.
 set -euo pipefail
-sdist=$1 out=$2
+carry=$(cd "$1" && pwd)
+mkdir -p "$2"
+out=$(cd "$2" && pwd) cca=${3:-9.0}
 repo=$(pwd)
-mkdir -p "$out"
+sdist=$carry/causal_conv1d-1.7.0.tar.gz
+[[ -s $sdist ]] || { echo "ERROR: $sdist is missing; see the head of $0" >&2; exit 1; }
 export PYTHONPATH=$repo/src
-# build-wheel.sh calls `pip` and `python`; a bare host may only have python3.
+# build-wheel.sh calls `pip` and `python`; a bare host may only have python3. No network: pip
+# takes what is missing from the carried wheels.
 shims=$(mktemp -d)
 printf '#!/bin/sh\nexec python3 -m pip "$@"\n' >"$shims/pip"
 printf '#!/bin/sh\nexec python3 "$@"\n' >"$shims/python"
 chmod +x "$shims/pip" "$shims/python"
-export PATH=$shims:$PATH FORCE_CUDA=1 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
-python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(0), torch.cuda.get_arch_list())' | tee "$out/host.txt"
-build_for() {
-  local cca=$1 work=/tmp/torchkiln-gpu-$1 tree started
-  rm -rf "$work" && mkdir -p "$work/src" "$work/wheels"
-  eval "$(python3 -c "
+export PATH=$shims:$PATH PIP_NO_INDEX=1 PIP_FIND_LINKS=$carry/wheels
+export FORCE_CUDA=1 CAUSAL_CONV1D_FORCE_BUILD=TRUE CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+# The timings compare compiles: ccache (if this host has it) must not serve the second build.
+export CCACHE_DISABLE=1
+eval "$(python3 -c "
 from torchkiln import gpu
 for name, value in gpu.cca_build_args('$cca').items():
     print(f'export {name}={value!r}')")"
+python3 -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda, torch.cuda.get_device_name(0))' |
+  tee "$out/host.txt"
+echo "cores $(nproc), memory $(awk '/^MemTotal:/ {print int($2 / 1048576)}' /proc/meminfo) GB, nvcc: $("$CUDA_HOME/bin/nvcc" --version | tail -1)" |
+  tee -a "$out/host.txt"
+
+summary=$out/summary.txt
+: >"$summary"
+build_as() {
+  local policy=$1 work=$out/$1 tree started seconds wheel
+  rm -rf "$work" && mkdir -p "$work/src" "$work/wheels"
   tar -xzf "$sdist" -C "$work/src"
-  cp -r tests/fixtures/vision "$work/src/vision"
+  tree=$(find "$work/src" -mindepth 1 -maxdepth 1 -type d)
   started=$(date +%s)
-  for tree in "$work"/src/*/; do
-    docker/scripts/build-wheel.sh "$tree" "$work/wheels" >"$out/build-$cca-$(basename "$tree").log" 2>&1 &
-  done
-  wait
-  echo "CCA $cca: TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST built in $(($(date +%s) - started)) s" >"$work/built.txt"
-  python3 -m pip install -q --no-deps --target "$work/site" "$work"/wheels/*.whl
+  EXTENSION_ARCHS=$policy TORCHKILN_NVCC_LOG=$work/nvcc-calls.jsonl \
+    TORCHKILN_BUILD_NAME=causal-conv1d "$repo/docker/scripts/build-wheel.sh" "$tree" "$work/wheels" \
+    >"$work/build.log" 2>&1 || { tail -40 "$work/build.log"; echo "ERROR: the $policy build failed"; exit 1; }
+  seconds=$(($(date +%s) - started))
+  wheel=$(ls "$work"/wheels/causal_conv1d-*.whl)
+  {
+    echo "=== EXTENSION_ARCHS=$policy, CCA $cca: built in $seconds s"
+    grep -E '^torchkiln(-jobs)?: (nvcc through|.*MAX_JOBS=)' "$work/build.log" || true
+    echo "wheel: $(basename "$wheel") $(stat -c %s "$wheel") bytes ($(($(stat -c %s "$wheel") / 1000000)) MB)"
+    python3 -m torchkiln.inimage.extreport report --name causal-conv1d \
+      --source causal-conv1d==1.7.0 --wheel "$wheel" --cca "$TORCH_CUDA_ARCH_LIST" \
+      --policy "$policy" --nvcc-log "$work/nvcc-calls.jsonl" --tree "$tree" --seconds "$seconds" |
+      grep -v '^torchkiln-extension: ' || true
+    if [[ -x $CUDA_HOME/bin/cuobjdump ]]; then
+      mkdir -p "$work/unpacked" && python3 -m zipfile -e "$wheel" "$work/unpacked"
+      echo "cuobjdump: $("$CUDA_HOME/bin/cuobjdump" --list-elf --list-ptx "$work"/unpacked/*.so 2>&1 |
+        grep -oE '(sm_[0-9]+[af]?)\.(cubin|ptx)' | sort -u | tr '\n' ' ')"
+    fi
+  } | tee -a "$summary"
+  echo "$seconds" >"$work/seconds"
 }
-# Both CCAs at once.
-build_for 9.0 & build_for 8.6 &
-wait
-for cca in 9.0 8.6; do
-  work=/tmp/torchkiln-gpu-$cca
-  tee -a "$out/summary.txt" <"$work/built.txt"
-  echo "--- audit of the $cca build on this GPU (before running anything):" | tee -a "$out/summary.txt"
-  python3 -m torchkiln.smoke --audit-only "$work/site" | tee -a "$out/summary.txt" || true
-  echo "--- the ops on the GPU:" | tee -a "$out/summary.txt"
-  PYTHONPATH=$work/site:$PYTHONPATH python3 scripts/gpu_extension_ops.py | tee -a "$out/summary.txt"
-done
-echo "--- audit of the whole site-packages:" | tee -a "$out/summary.txt"
-/usr/bin/time -f "audit wall %e s" python3 -m torchkiln.smoke --audit-only --json >"$out/audit-site.json" 2>"$out/audit-time.txt" || true
-cat "$out/audit-time.txt" | tee -a "$out/summary.txt"
-python3 - "$out/audit-site.json" <<'PY' | tee -a "$out/summary.txt"
-import json, sys
-import torch
-data = json.load(open(sys.argv[1]))
-rows = {row["package"]: row for row in data["packages"]}
-print(f"{len(rows)} packages with CUDA code; ok={data['ok']}")
-for name, row in sorted(rows.items()):
-    print(f"  {name:28} {row['status']:5} sass={' '.join(row['sass'])} ptx={' '.join(row['ptx']) or '-'}")
-arch = set(torch.cuda.get_arch_list())
-torch_row = rows.get("torch")
-if torch_row:
-    print("torch.cuda.get_arch_list():", sorted(arch))
-    libtorch = [f for f in torch_row["files"] if f["path"].endswith("libtorch_cuda.so")]
-    if libtorch:
-        print("libtorch_cuda.so SASS:", libtorch[0]["sass"], "PTX:", libtorch[0]["ptx"])
+build_as cca
+build_as as-is
+cca_s=$(cat "$out/cca/seconds") asis_s=$(cat "$out/as-is/seconds")
+python3 - "$cca_s" "$asis_s" "$out"/cca/wheels/*.whl <<'PY' | tee -a "$summary"
+import os, sys
+cca, asis, wheel = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+print(f"=== cca/as-is build time: {cca:.0f} s / {asis:.0f} s = {cca / asis:.2f} (goal <= 0.50)")
+print(f"=== cca wheel: {os.path.getsize(wheel) / 1e6:.1f} MB (goal <= 30 MB)")
 PY
+
+# The cca wheel on this GPU: the audit first (it must pass), then the package's own tests.
+site=$out/site-cca deps=$out/test-deps run=$out/tests-run
+rm -rf "$site" "$deps" "$run" && mkdir -p "$run"
+python3 -m pip install -q --no-deps --target "$site" "$out"/cca/wheels/*.whl
+python3 -m pip install -q --target "$deps" einops pytest
+echo "=== arch audit of the cca wheel on this GPU" | tee -a "$summary"
+python3 -m torchkiln.smoke --audit-only "$site" | tee -a "$summary" || true
+# Run from a folder of their own: the sdist's causal_conv1d/ (without the compiled module) must
+# not shadow the installed one.
+cp "$out"/cca/src/*/tests/test_causal_conv1d.py "$run/"
+echo "=== tests/test_causal_conv1d.py against the cca wheel" | tee -a "$summary"
+(cd "$run" && PYTHONPATH=$site:$deps:$PYTHONPATH python3 -m pytest -q -p no:cacheprovider \
+  test_causal_conv1d.py >"$out/tests.log" 2>&1) || true
+tail -3 "$out/tests.log" | tee -a "$summary"

@@ -43,7 +43,7 @@ fail() {
 
 # build_one NAME SOURCE TREE [FOLDER]
 build_one() {
-  local name=$1 source=$2 tree=$3 folder=${4:-} log before wheel
+  local name=$1 source=$2 tree=$3 folder=${4:-} log before wheel started=$SECONDS
   log=$(mktemp)
   echo "torchkiln: extension $name ($source), EXTENSION_ARCHS=$EXTENSION_ARCHS"
   before=$(find "$wheel_dir" -maxdepth 1 -name '*.whl' | sort)
@@ -60,7 +60,8 @@ build_one() {
   fi
   if ! python -m torchkiln.inimage.extreport report --name "$name" --source "$source" \
     --wheel "$wheel" --cca "${TORCH_CUDA_ARCH_LIST:-}" --policy "$EXTENSION_ARCHS" \
-    --nvcc-log "$TORCHKILN_NVCC_LOG" --tree "$tree" 2>&1 | tee -a "$log"; then
+    --nvcc-log "$TORCHKILN_NVCC_LOG" --tree "$tree" --seconds $((SECONDS - started)) 2>&1 |
+    tee -a "$log"; then
     fail "$name" "$source" "the arch check of its wheel" "$log" "$folder"
   fi
 }

@@ -116,6 +116,12 @@ PY
   echo "torchkiln: torch will require $PYTORCH_EXTRA_INSTALL_REQUIREMENTS"
 fi
 
+# torchvision, torchaudio and extensions compile through torch.utils.cpp_extension, which takes
+# fewer archs than PyTorch's CMake (8.8, for one): refuse those in seconds, before the compile.
+if [[ $name != pytorch && ${USE_CUDA:-1} != 0 && -n ${TORCH_CUDA_ARCH_LIST:-} ]]; then
+  python -m torchkiln.inimage.wheelcheck --cpp-extension
+fi
+
 # ccache is in every image's build base; outside one (a bare GPU host) the build runs without.
 has_ccache=$(command -v ccache || true)
 # `command pip`: no index is needed here, so the compile never sees the index token. -v: the
@@ -126,17 +132,21 @@ command pip wheel -v --no-build-isolation --no-deps --wheel-dir "$wheel_dir" "$s
 if [[ -n $has_ccache ]]; then
   # This build's calls only (extension-env.sh's CCACHE_STATSLOG: other steps share the cache),
   # as one machine-readable line for invoke build's summary. A compile ccache could not cache
-  # (an option it does not know, a failed preprocessing) counts as uncached, links not at all.
-  touch "$CCACHE_STATSLOG" && ccache --show-log-stats
+  # (an option it does not know, a failed preprocessing) counts as uncached; links and compiler
+  # probes (no input file, output to stdout) not at all.
+  # (ccache 4.8 crashes on an empty stats log: a step that compiled nothing)
+  touch "$CCACHE_STATSLOG"
+  [[ ! -s $CCACHE_STATSLOG ]] || ccache --show-log-stats
   awk -v name="${TORCHKILN_BUILD_NAME:-$name}" '
     function done_entry() {
-      if (entry) { if (hit) hits++; else if (miss) misses++; else if (!other) uncached++ }
-      entry = hit = miss = other = 0
+      if (entry) { if (hit) hits++; else if (miss) misses++; else if (refused) uncached++ }
+      entry = hit = miss = refused = 0
     }
     /^# / {done_entry(); entry = 1; next}
     /^(direct|preprocessed)_cache_hit$/ {hit = 1}
     /^cache_miss$/ {miss = 1}
-    /^called_for_(link|preprocessing)$/ {other = 1}
+    /^(unsupported_[a-z_]+|multiple_source_files|preprocessor_error|could_not_use_[a-z_]+)$/ {refused = 1}
+    /^(compiler_produced_[a-z_]+|bad_compiler_arguments|compile_failed|internal_error)$/ {refused = 1}
     /^remote_storage_hit$/ {remote++}
     /^remote_storage_(error|timeout)$/ {errors++}
     END {done_entry()

@@ -41,7 +41,7 @@ case $what in
     missing=()
     while IFS=$'\t' read -r soname package; do
       [[ -n $soname ]] || continue
-      if ! ldconfig -p | grep -qE "^[[:space:]]+${soname//./\\.} "; then
+      if ! ldconfig -p | awk '{print $1}' | grep -qxF "$soname"; then
         missing+=("$package")
       fi
     done <"$file"

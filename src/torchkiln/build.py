@@ -221,12 +221,9 @@ def validate(service: str, values: Mapping[str, str], extensions: bool = False) 
     if cuda_from == "none" or (mode == "wheels" and not extensions):
         return
     for item in gpu.check_cca_for_cuda(mine["CCA"], cuda):
-        if item.suffix == "f":
-            raise UserError(
-                f"CCA '{item}': torchvision, torchaudio and extensions build with "
-                f"torch.utils.cpp_extension, which has no family-specific targets; write "
-                f"{item.base} (or list each GPU of the family, e.g. '10.0;10.3')"
-            )
+        problem = gpu.cpp_extension_problem(item)
+        if problem:
+            raise UserError(problem)
 
 
 def plan(
@@ -547,7 +544,7 @@ def _core_hours_text(cuda: bool) -> str:
 
 
 _STEP_STAT = re.compile(
-    r"^#(\d+) [\d.]+ torchkiln-(ccache|jobs): \S+ (?:hits=(\d+) misses=(\d+)|MAX_JOBS=(\d+))",
+    r"^#(\d+) [\d.]+ torchkiln-(ccache|jobs): .*?(?:\bhits=(\d+) misses=(\d+)|MAX_JOBS=(\d+))",
     re.MULTILINE,
 )
 
@@ -669,7 +666,9 @@ def check_builder(c, builder: str, *, export_cache: bool) -> None:
     """Refuse, in seconds, a builder that does not exist or cannot export the cache asked for."""
     if not builder and not export_cache:
         return
-    inspected = c.run(shlex.join(compose.builder_inspect_command(builder)), hide=True, warn=True)
+    inspected = c.run(
+        shlex.join(compose.builder_inspect_command(builder)), hide=True, warn=True, in_stream=False
+    )
     if inspected is None:
         return
     if inspected.failed and builder:
@@ -747,7 +746,8 @@ def build_service(c, built: BuildPlan) -> None:
 
     if built.service in settings.SOURCE:  # ngc compiles nothing
         history = read_timings(built.root)
-        print(estimate(mine, facts.cpus, facts.memory_bytes, history), flush=True)
+        folders = sum(1 for name in built.contexts if name in compose.EXTENSION_CONTEXTS)
+        print(estimate(mine, facts.cpus, facts.memory_bytes, history, folders), flush=True)
         # A remote cache that does not answer slows nothing down much and fails nothing: warn.
         problem = hostfacts.cache_server_problem(mine["CCACHE_REMOTE"])
         if problem:
@@ -775,7 +775,8 @@ def build_service(c, built: BuildPlan) -> None:
             record_timings(built.root, timing_entries(mine, result.output, elapsed, date))
     with c.cd(str(built.root)):
         if built.push:
-            pushed = c.run(shlex.join(built.push), warn=True)
+            # No stdin: what is typed meanwhile stays for the shell (docker compose exec …).
+            pushed = c.run(shlex.join(built.push), warn=True, in_stream=False)
             if pushed is not None and pushed.failed:
                 registry = built.push_ref.split("/", 1)[0]
                 raise UserError(
@@ -783,13 +784,14 @@ def build_service(c, built: BuildPlan) -> None:
                     f"check that REGISTRY_IMAGE names a repository you may push to"
                 )
         if built.options.up:
-            started_up = c.run(shlex.join(built.start), warn=True)
+            started_up = c.run(shlex.join(built.start), warn=True, in_stream=False)
             if started_up is not None and started_up.failed:
                 raise UserError(up_failure_line(built.service, started_up.stderr))
         inspected = c.run(
             shlex.join(["docker", "image", "inspect", "--format", "{{.Size}}", built.image]),
             hide=True,
             warn=True,
+            in_stream=False,
         )
     size = int(inspected.stdout.strip() or 0) if inspected.ok else 0
     gpu_here = facts.nvidia and "cpu.yaml" not in mine["COMPOSE_FILE"]

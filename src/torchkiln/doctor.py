@@ -344,14 +344,17 @@ def failed(rows: list[Row]) -> bool:
 
 
 def render(rows: list[Row]) -> str:
-    """Lay the rows out as a plain-text table with a fix under each failure."""
+    """Lay the rows out as a plain-text table with a fix under each failure; any URL password
+    a row names (an index, a proxy) shows as ****."""
+    from torchkiln.urls import mask_text
+
     width = max(len(row.check) for row in rows)
     lines = []
     for row in rows:
         mark = {"ok": "ok   ", "warn": "WARN ", "error": "ERROR"}[row.status]
-        lines.append(f"{row.check:<{width}}  {mark}  {row.detail}")
+        lines.append(f"{row.check:<{width}}  {mark}  {mask_text(row.detail)}")
         if row.fix and row.status != "ok":
-            lines.append(f"{'':<{width}}         fix: {row.fix}")
+            lines.append(f"{'':<{width}}         fix: {mask_text(row.fix)}")
     return "\n".join(lines)
 
 

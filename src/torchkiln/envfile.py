@@ -107,7 +107,8 @@ def _check_dollars(line: str, source: Path, number: int) -> None:
     match = _ASSIGNMENT.match(line.strip())
     if not match or match[2].lstrip().startswith("'"):
         return
-    if "$" in _SHARED_REFERENCE.sub("", match[2]):
+    value = match[2] if match[2].lstrip().startswith('"') else re.split(r"\s#", match[2])[0]
+    if "$" in _SHARED_REFERENCE.sub("", value):
         shown = masked_line(line.strip())
         raise UserError(
             f"{source}:{number}: '{shown}' holds a '$' that docker compose reads as a variable "

@@ -175,3 +175,46 @@ def resolve_versions(torch: str, torchvision: str = "", torchaudio: str = "") ->
                 f"and its last release is {TORCHAUDIO_LAST}; leave TORCHAUDIO_VERSION empty"
             )
     return VersionSet(torch=torch, torchvision=vision, torchaudio=torchaudio)
+
+
+# The archs torch.utils.cpp_extension accepts in TORCH_CUDA_ARCH_LIST (its `supported_arches`, each
+# also with +PTX), read from torch 2.14.1's torch/utils/cpp_extension.py. PyTorch's own CMake
+# accepts more (8.8, family targets), so a CCA can pass the torch compile and fail torchvision and
+# every extension right after it. The build checks again against the target torch itself.
+CPP_EXTENSION_ARCHES = frozenset(
+    [
+        "3.5", "3.7", "5.0", "5.2", "5.3", "6.0", "6.1", "6.2", "7.0", "7.2", "7.5", "8.0", "8.6",
+        "8.7", "8.9", "9.0", "9.0a", "10.0", "10.0a", "11.0", "11.0a", "10.3", "10.3a", "10.7",
+        "10.7a", "12.0", "12.0a", "12.1", "12.1a",
+    ]
+)  # fmt: skip
+
+
+def cpp_extension_problem(item: Arch) -> str | None:
+    """Say why torch.utils.cpp_extension (torchvision, torchaudio, extensions) refuses a CCA item,
+    None when it takes it."""
+    if f"{item.base}{item.suffix}" in CPP_EXTENSION_ARCHES:
+        return None
+    if item.suffix == "f":
+        return (
+            f"CCA '{item}': torchvision, torchaudio and extensions build with "
+            f"torch.utils.cpp_extension, which has no family-specific targets; write {item.base} "
+            f"(or list each GPU of the family, e.g. '10.0;10.3')"
+        )
+    below = [
+        arch
+        for arch in CPP_EXTENSION_ARCHES
+        if "a" not in arch
+        and version_tuple(arch)[0] == item.major
+        and version_tuple(arch) < (item.major, item.minor)
+    ]
+    hint = (
+        f"write {max(below, key=version_tuple)} (its code runs on {item.base} GPUs)"
+        if below
+        else "drop it"
+    )
+    return (
+        f"CCA '{item}': PyTorch's CMake builds it, but torch.utils.cpp_extension, which builds "
+        f"torchvision, torchaudio and extensions, does not; {hint}, or use BUILD_MODE=wheels "
+        f"without extensions"
+    )

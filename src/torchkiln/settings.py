@@ -92,7 +92,7 @@ def _extension_specs(name: str, value: str) -> None:
         key = project_key(spec.split("==", 1)[0])
         if key in seen:
             raise UserError(
-                f"{name} names {spec.split('==', 1)[0]} twice ({seen[key]} and {spec}); one "
+                f"{name} names {seen[key].split('==', 1)[0]} twice ({seen[key]} and {spec}); one "
                 f"image holds one version of a project: keep one"
             )
         seen[key] = spec

@@ -23,7 +23,9 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except UserError as error:
-        raise Exit(f"error: {error}", code=1) from None
+        from torchkiln.urls import mask_text  # no URL password in any message, whoever wrote it
+
+        raise Exit(f"error: {mask_text(str(error))}", code=1) from None
     except Interrupted as stopped:
         raise Exit(
             f"interrupted ({stopped}); nothing was changed: the image and dist/ are as before, "

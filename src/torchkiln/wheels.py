@@ -20,7 +20,7 @@ import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from torchkiln import __version__, build, compose, doctor, runner, settings
+from torchkiln import __version__, build, buildchecks, compose, doctor, runner, settings
 from torchkiln.errors import UserError
 from torchkiln.inimage import extreport
 
@@ -114,9 +114,18 @@ def wheel_cuda(path: Path) -> str | None:
 
 
 def wheel_entry(path: Path) -> dict[str, str]:
-    """Describe one wheel: file, distribution, version, sha256."""
+    """Describe one wheel: file, distribution, version, platform tag, sha256. The platform tag
+    says where it installs: manylinux_2_34_x86_64 for a wheel repaired to travel, any for pure
+    Python."""
     name, version = path.name.split("-")[:2]
-    return {"file": path.name, "name": name, "version": version, "sha256": sha256(path)}
+    platform = path.name.removesuffix(".whl").split("-")[-1]
+    return {
+        "file": path.name,
+        "name": name,
+        "version": version,
+        "platform": platform,
+        "sha256": sha256(path),
+    }
 
 
 def device_code(path: Path) -> dict[str, list[str]]:
@@ -289,6 +298,8 @@ def export_wheels(
             shutil.rmtree(staging)
     ran = build.executed_steps(result.output)
     print(f"steps run: {len(ran)} (the others from cache)")
+    for line in buildchecks.summary_lines(result.output):
+        print(line)
     print(f"{len(wheels)} wheels and {INFO_NAME} in {dest}:")
     for entry in info["wheels"]:
         held = " ".join([*entry["sass"], *(f"PTX {name}" for name in entry["ptx"])])

@@ -9,8 +9,12 @@ while its container keeps running.
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import types
 from pathlib import Path
 
+import projects
 import pytest
 from projects import Project, assert_ok, fixture_sources, make_project, remove_project
 
@@ -21,6 +25,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
 
 def twin(tmp_path: Path, parent: str) -> Project:
     """A project in <parent>/proj, with .env written by invoke env (identity-based names)."""
+    (tmp_path / parent).mkdir()
     made = make_project(tmp_path / parent, "twin")
     root = tmp_path / parent / "proj"
     made.root.rename(root)
@@ -106,3 +111,20 @@ def test_clean_lists_removes_and_says_only_this_checkouts(twins) -> None:
     assert "the build cache still holds" in said and "--cache --all-checkouts" in said
     assert not running(first) and not image_present(image, first)
     assert running(second) and image_present(second.image("train"), second)
+
+
+def test_the_suite_never_empties_the_engines_cache_for_room(monkeypatch) -> None:
+    """Low disk skips the test with what to do; no prune runs unless the engine is the suite's."""
+    ran: list[list[str]] = []
+    real_run = subprocess.run
+
+    def recording(command, *args, **kwargs):
+        ran.append(list(command))
+        return real_run(command, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", recording)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: types.SimpleNamespace(free=1e9))
+    monkeypatch.delenv(projects.PRUNE_OPT_IN, raising=False)
+    with pytest.raises(pytest.skip.Exception, match="deletes no build cache"):
+        projects.make_room("pypi")
+    assert ran and not [command for command in ran if "prune" in command]

@@ -114,7 +114,9 @@ def test_wheels_export_with_build_info(source_project) -> None:
     started = time.monotonic()
     output = assert_ok(project.invoke("wheels", "--dest", str(dest), *args))
     print(f"\nwheels export: {time.monotonic() - started:.0f} s")
+    # Only the repair of the compiled wheels is the export's own (the image needs none of it).
     rerun = [step for step in builder.executed_steps(output) if step[1] == "RUN"]
+    rerun = [step for step in rerun if step[0] != "repair"]
     assert not rerun, f"the export ran again what the build had just run: {rerun}\n{output[-3000:]}"
     info = json.loads((dest / "BUILD-INFO.json").read_text())
     assert info["versions"] == {"torch": "2.14.1", "torchvision": "0.29.1"}

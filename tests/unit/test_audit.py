@@ -238,13 +238,8 @@ def test_audit_only_json(site: Path) -> None:
     assert set(both) == {"ok", "arch", "links"}
     assert both["ok"] is False
     assert set(both["links"]) == {
-        "ok",
-        "files",
-        "libraries",
-        "ld_library_path",
-        "packages",
-        "seconds",
-    }
+        "ok", "warned", "files", "libraries", "ld_library_path", "packages", "seconds"
+    }  # fmt: skip
     data = both["arch"]
     assert set(data) == {"ok", "targets", "packages", "seconds"}
     assert data["ok"] is False

@@ -73,3 +73,20 @@ def test_torch_that_is_no_release_is_one_line(torch):
 def test_version_error_is_a_user_error():
     with pytest.raises(UserError, match="'abc' is not a version"):
         gpu.version_tuple("abc")
+
+
+@pytest.mark.parametrize(
+    ("cca", "words"),
+    [
+        ("8.8", "write 8.7 (its code runs on 8.8 GPUs)"),
+        ("10.0f", "no family-specific targets; write 10.0"),
+    ],
+)
+def test_extensions_refuse_what_cpp_extension_cannot_build(cca: str, words: str) -> None:
+    problem = gpu.cpp_extension_problem(gpu.parse_cca(cca)[0])
+    assert problem and words in problem
+
+
+@pytest.mark.parametrize("cca", ["8.6", "9.0a", "12.0+PTX", "10.3"])
+def test_extensions_take_what_cpp_extension_builds(cca: str) -> None:
+    assert gpu.cpp_extension_problem(gpu.parse_cca(cca)[0]) is None

@@ -316,7 +316,7 @@ def torch_site(tmp_path: Path, stubs: Path) -> Path:
     (site / "torch/__init__.py").write_text(TORCH_INIT)
     (site / "torch/version.py").write_text("cuda = '13.0'\n")
     build(site / "ext/_ops.cpython-311-x86_64-linux-gnu.so", needs=[c10, cudart, cublas])
-    build(site / "plain/_fast.cpython-311-x86_64-linux-gnu.so", needs=[cublas])
+    build(site / "plain/lib/libfast.so", needs=[cublas])
     return site
 
 
@@ -336,7 +336,7 @@ def test_what_import_torch_loads_resolves_an_extension(torch_site: Path, hermeti
     # An object that links nothing of torch's loads without torch: nothing is lent to it.
     assert rows["plain"].status == "fail"
     assert rows["plain"].detail == (
-        "missing libcublas.so.13 (needed by plain/_fast.cpython-311-x86_64-linux-gnu.so; "
+        "missing libcublas.so.13 (needed by plain/lib/libfast.so; "
         "pip install 'cuda-toolkit[cublas]')"
     )
 
@@ -438,6 +438,39 @@ def test_nvidia_plugins_nothing_links_are_optional(
     result = links.audit([str(site)])
     assert not result.ok
     assert rows_of(result)["nvidia.nvshmem"].missing[0]["library"] == "libibverbs.so.1"
+
+
+def test_a_module_other_packages_may_skip_warns_but_torchs_fail(
+    tmp_path: Path, stubs: Path, hermetic: None
+) -> None:
+    tbb = absent(stubs, "libtbb.so.12")
+    site = tmp_path / "site-packages"
+    build(site / "numba/np/ufunc/tbbpool.cpython-311-x86_64-linux-gnu.so", needs=[tbb])
+    result = links.audit([str(site)])
+    assert result.ok and result.warned
+    (row,) = result.rows
+    assert (row.status, row.detail) == (
+        "warn",
+        "missing libtbb.so.12 (needed by numba/np/ufunc/tbbpool.cpython-311-x86_64-linux-gnu.so): "
+        "that module cannot be imported (fine if numba does without it)",
+    )
+    assert links.verdict(result).endswith(
+        "; warn: libtbb.so.12 (needed by numba/np/ufunc/tbbpool.cpython-311-x86_64-linux-gnu.so)"
+    )
+    # The same in torchvision, or in a module something links, is a failure.
+    build(site / "torchvision/image.cpython-311-x86_64-linux-gnu.so", needs=[tbb])
+    build(
+        site / "numba/_helper.cpython-311-x86_64-linux-gnu.so", soname="libhelper.so", needs=[tbb]
+    )
+    helper = site / "numba/_helper.cpython-311-x86_64-linux-gnu.so"
+    build(
+        site / "numba/np/ufunc/tbbpool.cpython-311-x86_64-linux-gnu.so",
+        needs=[helper],
+        rpath="$ORIGIN/../..",
+    )
+    rows = rows_of(links.audit([str(site)]))
+    assert rows["torchvision"].status == "fail"
+    assert rows["numba"].status == "fail"
 
 
 def rows_of(result: links.LinkAudit) -> dict[str, links.PackageRow]:

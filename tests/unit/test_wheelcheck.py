@@ -60,3 +60,17 @@ def test_the_cli_ends_with_one_error_line(
     assert wheelcheck.main([str(torch_wheel(tmp_path, "13.0", "sm86.so"))]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ERROR: torch wheel torch-2.14.1")
+
+
+def test_cpp_extension_archs_are_read_from_the_installed_torch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    utils = tmp_path / "torch" / "utils"
+    utils.mkdir(parents=True)
+    (tmp_path / "torch" / "__init__.py").write_text("")
+    (utils / "cpp_extension.py").write_text(
+        "supported_arches = ['8.0', '8.6', '8.7', '8.9',\n    '9.0', '9.0a']\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert wheelcheck.cpp_extension_refuses("8.6;9.0a+PTX") == []
+    assert wheelcheck.cpp_extension_refuses("8.6;8.8") == ["8.8"]

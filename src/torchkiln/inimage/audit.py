@@ -172,16 +172,32 @@ def is_shared_object(name: str) -> bool:
     return bool(SHARED_OBJECT.search(name))
 
 
-def owners(root: Path) -> dict[str, str]:
+# RECORD rows that are never an ELF file: not kept, so a large site-packages reads fast.
+NOT_ELF_SUFFIXES = (".py", ".pyc", ".pyi", ".h", ".hpp", ".cuh", ".txt", ".json", ".md", ".typed")
+
+
+def owners(root: str | os.PathLike[str]) -> dict[str, str]:
     """Map the files wheels installed under a folder to their wheel's name as its dist-info
-    spells it (nvidia_cublas, torch_scatter)."""
+    spells it (nvidia_cublas, torch_scatter); source and text files are left out."""
     found: dict[str, str] = {}
-    for record in root.glob("*.dist-info/RECORD"):
-        name = record.parent.name.split("-", 1)[0]
-        with contextlib.suppress(OSError, csv.Error), open(record, newline="") as handle:
-            for row in csv.reader(handle):
-                if row and not row[0].endswith((".py", ".pyc", ".pyi")):
-                    found[os.path.normpath(root / row[0])] = name
+    folder = os.fspath(root)
+    try:
+        with os.scandir(folder) as listing:
+            infos = sorted(e.name for e in listing if e.name.endswith(".dist-info"))
+    except OSError:
+        return found
+    for info in infos:
+        name = info.split("-", 1)[0]
+        record = os.path.join(folder, info, "RECORD")
+        with (
+            contextlib.suppress(OSError, csv.Error, UnicodeDecodeError, StopIteration),
+            open(record, newline="") as handle,
+        ):
+            for line in handle:
+                # Plain rows split at the first comma; csv only for quoted ones.
+                path = line.split(",", 1)[0] if '"' not in line else next(csv.reader([line]))[0]
+                if path and not path.endswith(NOT_ELF_SUFFIXES):
+                    found[os.path.normpath(os.path.join(folder, path))] = name
     return found
 
 
@@ -232,28 +248,39 @@ class ProjectNames:
     nerfacc for nerfacc/csrc.so, not csrc), else the file's own stem."""
 
     def __init__(self, roots: Sequence[Path]) -> None:
-        self.roots = list(roots)
-        self.records: dict[Path, dict[str, str]] = {}
+        self.roots = [str(root) for root in roots]
+        self.records: dict[str, dict[str, str]] = {}
 
-    def recorded(self, folder: Path) -> dict[str, str]:
+    def recorded(self, folder: str) -> dict[str, str]:
         if folder not in self.records:
             self.records[folder] = owners(folder)
         return self.records[folder]
 
-    def name(self, file: Path, root: Path) -> str:
-        for folder in file.parents:
-            owner = self.recorded(folder).get(str(file))
+    def name(self, file: str, root: str) -> str:
+        for folder in ancestors(file):
+            owner = self.recorded(folder).get(file)
             if owner:
                 return owner
-        relative = file.relative_to(root)
-        if root in self.roots or root.name in ("site-packages", "dist-packages"):
+        relative = Path(os.path.relpath(file, root))
+        if root in self.roots or os.path.basename(root) in ("site-packages", "dist-packages"):
             return package_name(relative, None)
         top = None
-        for folder in file.parents:
-            if not (folder / "__init__.py").is_file():
+        for folder in ancestors(file):
+            if not os.path.isfile(os.path.join(folder, "__init__.py")):
                 break
             top = folder
-        return top.name if top else package_name(relative, None)
+        return os.path.basename(top) if top else package_name(relative, None)
+
+
+def ancestors(path: str) -> Iterator[str]:
+    """The folders above a path, nearest first, up to the file system's root."""
+    folder = os.path.dirname(path)
+    while True:
+        yield folder
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return
+        folder = parent
 
 
 def package_files(
@@ -269,17 +296,21 @@ def package_files(
         if not path.exists():
             raise AuditInputError(f"path '{path}' does not exist; name files or folders to audit")
     names = ProjectNames(roots)
-    seen: set[Path] = set()
+    seen: set[str] = set()
     for start in [path.resolve() for path in given] or roots:
         root = root_of(start, roots) or (start if start.is_dir() else start.parent)
+        top = str(root)
         for found in walk(start, wanted):
-            real = Path(os.path.realpath(found))
+            path = str(found)
+            # The walk starts from a resolved folder and follows no folder link: only a file
+            # that is a link can have another real path.
+            real = os.path.realpath(path) if os.path.islink(path) else path
             if real in seen:
                 continue  # libx.so and libx.so.1 are one library
             seen.add(real)
             # A link names its target's package, unless it points out of the root.
-            file = real if real.is_relative_to(root) else found
-            yield PackageFile(file, root, names.name(file, root), found == start)
+            file = real if real.startswith(top + os.sep) else path
+            yield PackageFile(Path(file), root, names.name(file, top), found == start)
 
 
 def collect(paths: Sequence[str | os.PathLike[str]]) -> dict[str, list[Library]]:

@@ -152,6 +152,7 @@ def judge(
     asked: Sequence[str],
     calls: int,
     build_file: str,
+    seconds: float | None = None,
 ) -> dict[str, object]:
     """Compare what a wheel holds with its CCA; the dict is the report line's content."""
     items = arch_rules.parse_cca(cca) if cca.strip() else []
@@ -177,6 +178,7 @@ def judge(
         "asked": list(asked),
         "nvcc_calls": calls,
         "build_file": build_file,
+        "seconds": seconds,
     }
 
 
@@ -234,6 +236,8 @@ def describe(report: dict[str, object]) -> str:
     sass: list[str] = report["sass"]  # type: ignore[assignment]
     ptx: list[str] = report["ptx"]  # type: ignore[assignment]
     size = _size(int(report["bytes"]))  # type: ignore[call-overload]
+    if report.get("seconds") is not None:
+        size += f", built in {float(report['seconds']):.0f} s"  # type: ignore[arg-type]
     if not sass and not ptx:
         return f"{name}: no CUDA code; {size}"
     held = _short(sass) + (f" + PTX {_short(ptx)}" if ptx else "")
@@ -294,6 +298,7 @@ def _report(options: argparse.Namespace) -> int:
         asked=own_targets(calls, arch_rules.expected_binaries(items)),
         calls=len(calls),
         build_file=build_file,
+        seconds=options.seconds,
     )
     print(REPORT_PREFIX + json.dumps(report))
     print(f"torchkiln: extension {describe(report)}")
@@ -318,6 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add_argument("--policy", choices=POLICIES, default="cca")
     report.add_argument("--nvcc-log", default="")
     report.add_argument("--tree", default="", help="the source tree (names its build file)")
+    report.add_argument("--seconds", type=float, default=None, help="how long its build took")
     name = commands.add_parser("name", help="the project name a source tree declares")
     name.add_argument("tree")
     name.add_argument("--default", default="")

@@ -38,13 +38,13 @@ import re
 import struct
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torchkiln.inimage import audit as arch_audit
-from torchkiln.inimage.report import FAIL, PASS
+from torchkiln.inimage.report import FAIL, PASS, WARN
 from torchkiln.inimage.workers import ModuleInBackground
 
 HEADER = struct.Struct("<16sHHIQQQIHHHHHH")  # ELF64: ident, type, machine ... shstrndx
@@ -120,6 +120,9 @@ PACKAGE_HINTS: tuple[tuple[str, str], ...] = (
 # What a NEEDED name came to; every kind but MISSING lets the object load.
 SEARCHED = ("path", "rpath", "LD_LIBRARY_PATH", "runpath", "ld.so.cache", "system dir")
 LOADED, DRIVER_KIND, OPTIONAL, MISSING = "loaded", "driver", "optional", "missing"
+UNIMPORTABLE = "unimportable"  # missing for a module its package may import only if it can
+# Packages whose every module must load: torch and what torch.compile and the images need.
+STRICT_PACKAGES = ("torch", "torchvision", "torchaudio", "triton")
 
 
 class LinkInputError(ValueError):
@@ -190,6 +193,7 @@ class PackageRow:
     missing: list[dict[str, Any]] = field(default_factory=list)  # library, needed_by, hint
     driver: list[str] = field(default_factory=list)
     optional: list[dict[str, Any]] = field(default_factory=list)  # file, libraries
+    unimportable: list[dict[str, Any]] = field(default_factory=list)  # as missing
     loaded: dict[str, str] = field(default_factory=dict)  # library -> what loads it
 
 
@@ -206,6 +210,11 @@ class LinkAudit:
     def ok(self) -> bool:
         """Tell whether every NEEDED name of every file resolves."""
         return all(row.status != FAIL for row in self.rows)
+
+    @property
+    def warned(self) -> bool:
+        """Tell whether some module cannot be imported (its package may not need it)."""
+        return any(row.unimportable for row in self.rows)
 
     @property
     def needed(self) -> list[str]:
@@ -268,7 +277,9 @@ def dynamic_in(view: mmap.mmap | bytes, path: str) -> Dynamic:
                 loads.append((vaddr, filesz, offset))
             elif kind == PT_DYNAMIC:
                 table = (offset, filesz)
-    sections = dynamic_section(view, fields, path) if shoff else None
+    # Section headers sit at the file's end, a page read of their own: read them only when
+    # the program headers do not do.
+    sections = dynamic_section(view, fields, path) if shoff and table is None else None
     if table is None:
         if sections is None:
             return Dynamic()  # statically linked: it needs nothing
@@ -286,7 +297,12 @@ def dynamic_in(view: mmap.mmap | bytes, path: str) -> Dynamic:
             needed.append(value)
         elif tag in (DT_STRTAB, DT_STRSZ, DT_SONAME, DT_RPATH, DT_RUNPATH, DT_FLAGS_1):
             tags[tag] = value
-    strings = string_table(tags, loads, sections, path)
+    try:
+        strings = string_table(tags, loads, sections, path)
+    except ElfError:
+        if not shoff or sections is not None:
+            raise
+        strings = string_table(tags, loads, dynamic_section(view, fields, path), path)
     start, count = strings
     if start + count > size:
         raise ElfError(f"{path}: truncated: the dynamic string table ends past byte {size}")
@@ -532,19 +548,31 @@ def package_hint(name: str, cuda_major: str = "13") -> str:
 # --- the audit ------------------------------------------------------------------------------
 
 
+# Files that are never ELF: skipped without a stat (site-packages holds tens of thousands).
+TEXT_SUFFIXES = (
+    ".py", ".pyc", ".pyi", ".h", ".hpp", ".cuh", ".inl", ".c", ".cc", ".cpp", ".cu", ".json",
+    ".txt", ".md", ".rst", ".html", ".js", ".css", ".csv", ".yaml", ".yml", ".toml", ".cfg",
+    ".png", ".jpg", ".svg", ".pem", ".typed", ".sh", ".cmake", ".proto", ".pxd", ".pyx",
+)  # fmt: skip
+
+
 def elf_entry(entry: os.DirEntry[str]) -> bool:
-    """Tell whether a folder entry may be an ELF the loader reads: a shared object by name, an
-    executable file (torch_shm_manager, triton's ptxas), or a file without a suffix (unzipped
-    wheels lose the executable bit)."""
+    """Tell whether a folder entry may be an ELF the loader reads: a shared object by name or
+    an executable file (torch_shm_manager, triton's ptxas)."""
     name = entry.name
-    if arch_audit.is_shared_object(name) or "." not in name:
+    if arch_audit.is_shared_object(name):
         return True
-    if name.endswith((".py", ".pyc", ".pyi", ".h", ".hpp", ".cuh", ".json", ".txt", ".sh")):
+    if name.endswith(TEXT_SUFFIXES):
         return False
     try:
         return bool(entry.stat().st_mode & 0o111)
     except OSError:
         return False
+
+
+def unpacked_entry(entry: os.DirEntry[str]) -> bool:
+    """elf_entry, plus files without a suffix: `python -m zipfile -e` drops executable bits."""
+    return elf_entry(entry) or "." not in entry.name
 
 
 class Auditor:
@@ -557,11 +585,20 @@ class Auditor:
         self.by_path: dict[str, ElfFile] = {}  # real path -> file, the audited ones
         self.extra: dict[str, ElfFile | None] = {}  # read on demand (torch elsewhere)
         self.wanted = identity_of(os.path.realpath(sys.executable)) or (2, 1, 62)
+        self.reals: dict[str, str] = {}
 
-    def read(self, paths: Sequence[str]) -> None:
+    def real(self, path: str) -> str:
+        """A path's real path, each looked up once (realpath stats every component)."""
+        if path not in self.reals:
+            self.reals[path] = os.path.realpath(path)
+        return self.reals[path]
+
+    def read(
+        self, paths: Sequence[str], wanted: Callable[[os.DirEntry[str]], bool] = elf_entry
+    ) -> None:
         """Read every ELF file under `paths` (site-packages when empty)."""
         try:
-            found = list(arch_audit.package_files(paths, elf_entry))
+            found = list(arch_audit.package_files(paths, wanted))
         except arch_audit.AuditInputError as exc:
             raise LinkInputError(str(exc)) from None
         for item in found:
@@ -582,7 +619,7 @@ class Auditor:
             file = ElfFile(str(item.path), item.relative, item.package, str(item.root), dynamic)
             file.error = error
             self.files.append(file)
-            self.by_path[os.path.realpath(file.path)] = file
+            self.by_path[self.real(file.path)] = file
             if str(item.root) not in self.roots:
                 self.roots.append(str(item.root))
 
@@ -601,7 +638,7 @@ class Auditor:
     def file_at(self, path: str) -> ElfFile | None:
         """The audited file at a path, or one read now if it lies under a root (a closure
         that leaves the audited paths: the installed torch of a wheel's extension)."""
-        real = os.path.realpath(path)
+        real = self.real(path)
         if real in self.by_path:
             return self.by_path[real]
         if real not in self.extra:
@@ -625,7 +662,7 @@ class Auditor:
         seen: set[str] = set()
         while queue:
             path = queue.pop()
-            real = os.path.realpath(path)
+            real = self.real(path)
             if real in seen:
                 continue
             seen.add(real)
@@ -747,7 +784,7 @@ def apply_providers(auditor: Auditor, providers: Sequence[Provider]) -> None:
         missing = {n for n, r in file.needs.items() if r.how == MISSING}
         for index, provider in enumerate(providers):
             if missing & provider.gate:
-                after.setdefault(os.path.realpath(file.path), set()).add(index)
+                after.setdefault(auditor.real(file.path), set()).add(index)
     queue = list(after)
     while queue:
         real = queue.pop()
@@ -761,7 +798,7 @@ def apply_providers(auditor: Auditor, providers: Sequence[Provider]) -> None:
                     found = Resolved(LOADED, provider.loaded[name], provider.label)
                     file.needs[name] = found
             if found.path:
-                dependency = os.path.realpath(found.path)
+                dependency = auditor.real(found.path)
                 if dependency in auditor.by_path and not after[real] <= after.get(
                     dependency, set()
                 ):
@@ -769,18 +806,32 @@ def apply_providers(auditor: Auditor, providers: Sequence[Provider]) -> None:
                     queue.append(dependency)
 
 
-def mark_optional(auditor: Auditor) -> None:
-    """Missing libraries of NVIDIA plugins that nothing links are optional (nvshmem's UCX and
-    MPI transports, cuFile's RDMA): loaded only when that transport is asked for."""
-    linked = {os.path.realpath(r.path) for f in auditor.files for r in f.needs.values() if r.path}
+def mark_optional(auditor: Auditor, torch_names: set[str]) -> None:
+    """Lower what nothing links and may be loaded only on demand: the missing libraries of
+    NVIDIA's plugins are optional (nvshmem's UCX and MPI transports, cuFile's RDMA), those of
+    other packages' extension modules make them unimportable, a warning (numba's TBB pool,
+    mpi4py's MPICH variant, CuPy's cuTENSOR: their packages try them and go on). Modules of
+    torch, torchvision, torchaudio, triton, and modules that link torch's libraries, stay
+    failures."""
+    linked = {auditor.real(r.path) for f in auditor.files for r in f.needs.values() if r.path}
     for file in auditor.files:
-        if not file.vendor or os.path.realpath(file.path) in linked:
+        if auditor.real(file.path) in linked:
             continue
-        if EXTENSION.search(os.path.basename(file.path)):
+        module = bool(EXTENSION.search(os.path.basename(file.path)))
+        if file.vendor and not module:
+            kind = OPTIONAL
+        elif (
+            module
+            and file.package not in STRICT_PACKAGES
+            and not set(file.dynamic.needed) & torch_names
+            and all(found.how != LOADED for found in file.needs.values())
+        ):
+            kind = UNIMPORTABLE
+        else:
             continue
         for name, found in file.needs.items():
             if found.how == MISSING:
-                file.needs[name] = Resolved(OPTIONAL)
+                file.needs[name] = Resolved(kind)
 
 
 def audit(paths: Sequence[str] = (), overlays: Sequence[tuple[str, list[str]]] = ()) -> LinkAudit:
@@ -798,7 +849,7 @@ def audit(paths: Sequence[str] = (), overlays: Sequence[tuple[str, list[str]]] =
         providers = [torch] if torch else []
         providers += module_providers(auditor, missing - (torch.gate if torch else set()))
         apply_providers(auditor, providers)
-        mark_optional(auditor)
+        mark_optional(auditor, torch.gate if torch else set())
     major = cuda_major(torch_folder(auditor.roots))
     rows = judge_all(auditor.files, major)
     return LinkAudit(auditor.files, rows, linker.ld_library_path, time.perf_counter() - start)
@@ -827,11 +878,14 @@ def judge(package: str, files: list[ElfFile], major: str) -> PackageRow:
     needed = sorted({name for file in files for name in file.needs})
     row = PackageRow(package, PASS, "", files[0].vendor, len(files), needed)
     by_name: dict[str, list[str]] = {}
+    unimportable: dict[str, list[str]] = {}
     optional: dict[str, list[str]] = {}
     for file in files:
         for name, found in file.needs.items():
             if found.how == MISSING:
                 by_name.setdefault(name, []).append(file.relative)
+            elif found.how == UNIMPORTABLE:
+                unimportable.setdefault(name, []).append(file.relative)
             elif found.how == OPTIONAL:
                 optional.setdefault(file.relative, []).append(name)
             elif found.how == DRIVER_KIND:
@@ -843,6 +897,10 @@ def judge(package: str, files: list[ElfFile], major: str) -> PackageRow:
         {"library": name, "needed_by": needers, "hint": package_hint(name, major)}
         for name, needers in sorted(by_name.items())
     ]
+    row.unimportable = [
+        {"library": name, "needed_by": needers, "hint": package_hint(name, major)}
+        for name, needers in sorted(unimportable.items())
+    ]
     row.optional = [{"file": f, "libraries": sorted(n)} for f, n in sorted(optional.items())]
     row.driver.sort()
     broken = [file for file in files if file.error]
@@ -853,6 +911,13 @@ def judge(package: str, files: list[ElfFile], major: str) -> PackageRow:
         row.detail = "; ".join(clauses)
         return row
     count = len(files)
+    if row.unimportable:
+        row.status = WARN
+        row.detail = "; ".join(
+            f"missing {text}: that module cannot be imported (fine if {package} does without it)"
+            for text in missing_texts(row.unimportable)
+        )
+        return row
     row.detail = f"{count} file{'s' if count != 1 else ''}, {len(needed)} libraries: all resolve"
     clauses = notes([row])
     if clauses:
@@ -928,7 +993,8 @@ def verdict(result: LinkAudit) -> str:
     """The last line: OK with the counts, or FAILED naming each missing library."""
     counts = f"{len(result.files)} files, {len(result.needed)} libraries needed"
     if result.ok:
-        return f"OK  ({counts}, {result.seconds:.1f} s)"
+        warned = warnings(result.rows)
+        return f"OK  ({counts}, {result.seconds:.1f} s)" + (f"; warn: {warned}" if warned else "")
     return f"FAILED: {failures(result.rows)}  ({counts}, {result.seconds:.1f} s)"
 
 
@@ -945,11 +1011,20 @@ def failures(rows: Sequence[PackageRow]) -> str:
     return ", ".join(missing_texts([item for _, item in sorted(merged.items())]) + unreadable)
 
 
+def warnings(rows: Sequence[PackageRow]) -> str:
+    """The modules that cannot be imported, with the libraries they miss."""
+    return ", ".join(missing_texts([item for row in rows for item in row.unimportable]))
+
+
 def summary(data: dict[str, Any]) -> str:
     """One line for smoke's "link audit" row, from audit_data's object."""
     rows = rows_from_data(data)
     if not data["ok"]:
         return failures(rows)
+    if any(row.unimportable for row in rows):
+        return "modules that cannot be imported (fine if their packages do without them): " + (
+            warnings(rows)
+        )
     counts = f"{data['files']} files need {data['libraries']} libraries; all resolve"
     driver = sorted({name for row in rows for name in row.driver})
     optional = sum(len(row.optional) for row in rows)
@@ -966,6 +1041,7 @@ def audit_data(result: LinkAudit) -> dict[str, Any]:
     """The audit as a JSON-ready object: ok, files, libraries, one object per package."""
     return {
         "ok": result.ok,
+        "warned": result.warned,
         "files": len(result.files),
         "libraries": len(result.needed),
         "ld_library_path": result.ld_library_path,
@@ -1011,7 +1087,7 @@ def needs_from_system(paths: Sequence[str]) -> list[tuple[str, str]]:
     linker = Linker.here()
     trees = [os.path.realpath(path) for path in paths]
     auditor = Auditor(linker, trees)
-    auditor.read(paths)
+    auditor.read(paths, unpacked_entry)
     inside: set[str] = set()
     for tree in trees:
         for _, _, names in os.walk(tree):
@@ -1022,7 +1098,7 @@ def needs_from_system(paths: Sequence[str]) -> list[tuple[str, str]]:
             if name in inside or is_driver_library(name):
                 continue
             resolved = linker.resolve(name, file.path, file.dynamic, auditor.wanted)
-            real = os.path.realpath(resolved.path) if resolved.path else ""
+            real = auditor.real(resolved.path) if resolved.path else ""
             if real and any(real.startswith(tree + os.sep) for tree in trees):
                 continue
             if not found.get(name):

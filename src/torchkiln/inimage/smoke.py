@@ -150,6 +150,8 @@ def check_link_audit(report: Report, started: link_audit.AuditInBackground | Non
     text = link_audit.summary(data)
     if not data["ok"]:
         raise CheckFailed(text)
+    if data.get("warned"):
+        raise CheckWarned(text)
     return text
 
 

@@ -12,6 +12,7 @@ environment; exit 0 with one `torchkiln-wheelcheck:` line, or 1 with one ERROR l
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import sys
@@ -70,10 +71,47 @@ def check(wheel: Path, use_cuda: bool, arch_list: str) -> str:
     return f"CUDA {cuda}, libtorch_cuda.so holds {' '.join(held)} (asked {arch_list})"
 
 
+_SUPPORTED = re.compile(r"supported_arches\s*=\s*\[([^\]]*)\]")
+
+
+def cpp_extension_refuses(arch_list: str) -> list[str]:
+    """The items of TORCH_CUDA_ARCH_LIST that the installed torch's torch.utils.cpp_extension does
+    not accept (its `supported_arches`, read from its source without importing torch); [] when
+    it takes them all or there is no such torch."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    source = Path(next(iter(spec.submodule_search_locations)), "utils", "cpp_extension.py")
+    try:
+        match = _SUPPORTED.search(source.read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return []
+    if not match:
+        return []
+    supported = set(re.findall(r"['\"]([^'\"]+)['\"]", match[1]))
+    items = [item.strip() for item in re.split(r"[;\s]+", arch_list) if item.strip()]
+    return [item for item in items if item.removesuffix("+PTX") not in supported]
+
+
 def main(argv: list[str]) -> int:
-    """Check the wheel named on the command line against the environment's settings."""
+    """Check the wheel named on the command line against the environment's settings; with
+    --cpp-extension, check TORCH_CUDA_ARCH_LIST against the installed torch's extension builder."""
+    if argv == ["--cpp-extension"]:
+        arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
+        refused = cpp_extension_refuses(arch_list)
+        if refused:
+            print(
+                f"ERROR: TORCH_CUDA_ARCH_LIST={arch_list}: this torch's torch.utils.cpp_extension "
+                f"does not build {' '.join(refused)}; choose a CCA it accepts (invoke build says "
+                f"which before building)",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
     if len(argv) != 1:
-        print("usage: python -m torchkiln.inimage.wheelcheck WHEEL", file=sys.stderr)
+        print(
+            "usage: python -m torchkiln.inimage.wheelcheck WHEEL | --cpp-extension", file=sys.stderr
+        )
         return 2
     use_cuda = os.environ.get("USE_CUDA", "1") != "0"
     arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "")

@@ -264,12 +264,15 @@ COMPILE_TOL = 1e-5
 @contextlib.contextmanager
 def fresh_compile_caches() -> Iterator[None]:
     """Point Inductor's and Triton's caches at an empty folder for the check, so a kernel
-    compiled earlier cannot hide a compiler or Python.h the image lacks now."""
-    names = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
+    compiled earlier cannot hide a compiler or Python.h the image lacks now; and compile in
+    this process, since starting Inductor's pool of compile workers costs more than the one
+    small kernel."""
+    names = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "TORCHINDUCTOR_COMPILE_THREADS")
     saved = {name: os.environ.get(name) for name in names}
     with tempfile.TemporaryDirectory(prefix="torchkiln-compile-") as folder:
-        for name in names:
-            os.environ[name] = os.path.join(folder, name.split("_", 1)[0].lower())
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(folder, "torchinductor")
+        os.environ["TRITON_CACHE_DIR"] = os.path.join(folder, "triton")
+        os.environ["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
         try:
             yield
         finally:

@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""Print what ccache saves an extension rebuild on this machine: the warm-to-cold time ratio.
+
+The extension is tests/fixtures/extension (three sources: ops.cpp, scale.cu, shift.cu), built
+by `invoke build` for CCA 8.6 with CUDA from the index (CUDA_FROM=pypi, the official torch):
+
+- cold: a copy whose shared header carries a new line, so every source misses the cache;
+- warm: the same copy with a one-line change in shift.cu, so ccache serves ops.cpp and scale.cu.
+
+Each figure is the extension's own build time as the build step reports it (`built in N s`,
+pip wheel alone, not the torch install before it), with ccache's hits and misses, and the time
+of the whole extension step. A first run also builds the stages before it (minutes, cached).
+It works in a temporary copy of the repository with the CI settings (TORCHKILN_TEST_BASE_IMAGE or
+debian:bookworm, Python 3.11, the host CA bundle) and removes what it made, except the cache.
+Usage: python3 scripts/measure_extension_cache.py
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests" / "integration")]
+
+import projects as images  # noqa: E402
+
+from torchkiln import build, extensions  # noqa: E402
+
+FIXTURE = ROOT / "tests" / "fixtures" / "extension"
+
+
+def build_once(project: images.Project, folder: Path) -> dict[str, object]:
+    """Build with the extension folder; its report, ccache counts and step time."""
+    vision = f"vision={project.root / 'tests' / 'fixtures' / 'vision'}"
+    started = time.monotonic()
+    output = images.assert_ok(
+        project.invoke(
+            "build", "--no-up", "--cca", "8.6", "--source", vision, "--extension", str(folder)
+        )
+    )
+    wall = time.monotonic() - started
+    (report,) = extensions.reports(output)
+    counts = re.search(r"torchkiln-ccache: \S+ hits=(\d+) misses=(\d+)", output)
+    step = dict(build.stage_seconds(output)).get("extensions-build", 0.0)
+    return {
+        "seconds": float(report["seconds"] or 0.0),  # type: ignore[arg-type]
+        "hits": int(counts[1]) if counts else 0,
+        "misses": int(counts[2]) if counts else 0,
+        "step": step,
+        "wall": wall,
+    }
+
+
+def main() -> int:
+    work = Path(tempfile.mkdtemp(prefix="torchkiln-measure-ext-"))
+    project = images.make_project(
+        work, "measureext", CUDA_FROM="pypi", BUILD_MODE="torch-wheel", MAX_JOBS=""
+    )
+    folder = work / "extension"
+    shutil.copytree(FIXTURE, folder)
+    header = folder / "csrc" / "ops.h"
+    header.write_text(
+        header.read_text() + f"// cold build {uuid.uuid4().hex}\n#define KILN_COLD 1\n"
+    )
+    try:
+        cold = build_once(project, folder)
+        kernel = folder / "csrc" / "shift.cu"
+        kernel.write_text(kernel.read_text() + f"static const long touched = {time.time_ns()}L;\n")
+        warm = build_once(project, folder)
+    finally:
+        images.remove_project(project)
+        shutil.rmtree(work, ignore_errors=True)
+    for label, figures in (("cold", cold), ("warm", warm)):
+        hits, misses = figures["hits"], figures["misses"]
+        print(
+            f"{label}: extension built in {figures['seconds']:.0f} s (ccache {hits} hits, "
+            f"{misses} misses); its build step {figures['step']:.0f} s; "
+            f"invoke build {figures['wall']:.0f} s"
+        )
+    ratio = warm["seconds"] / cold["seconds"] if cold["seconds"] else float("nan")  # type: ignore[operator]
+    step_ratio = warm["step"] / cold["step"] if cold["step"] else float("nan")  # type: ignore[operator]
+    print(f"warm-to-cold ratio, the extension's build: {ratio:.2f}")
+    print(f"warm-to-cold ratio, its whole build step (torch install included): {step_ratio:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

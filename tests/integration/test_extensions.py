@@ -1,0 +1,235 @@
+"""Extensions compiled for exactly the CCA, on the real engine with CUDA from the index: the
+fixture tests/fixtures/extension hard-codes two -gencode flags in its setup.py (as causal-conv1d
+does nine). Built with EXTENSION_ARCHS=as-is the summary names the project's archs; with cca the
+exported wheel holds exactly the CCA's SASS, read with the fatbin reader and with NVIDIA's
+cuobjdump (from its wheel on the index). A one-line change in one .cu rebuilds that file alone:
+ccache serves the others. Bad extension inputs are refused in seconds, before any build.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+import zipfile
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from projects import REPO, Project, assert_ok, make_project, remove_project
+
+from torchkiln.inimage import extreport, fatbin
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
+
+FIXTURE = REPO / "tests" / "fixtures" / "extension"
+NAME = "kiln_gencode_ops"
+CCA = "8.6"
+# CUDA from the index, torch the official wheel (torchvision's stand-in compiled against it, as
+# test_cuda.py's cuda_wheel builds it: the same steps, so BuildKit shares them).
+CUDA = {"CUDA_FROM": "pypi", "MAX_JOBS": "", "BUILD_MODE": "torch-wheel"}
+
+
+def fixture_copy(where: Path, change: str = "") -> Path:
+    """A copy of the fixture that BuildKit has not seen (a new file outside the compile), so the
+    extension step runs and reports; `change` is a line appended to shift.cu."""
+    target = where / f"ext-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(FIXTURE, target)
+    (target / "BUILD-STAMP").write_text(uuid.uuid4().hex)
+    if change:
+        kernel = target / "csrc" / "shift.cu"
+        kernel.write_text(kernel.read_text() + change + "\n")
+    return target
+
+
+@pytest.fixture(scope="module")
+def extension_project(tmp_path_factory: pytest.TempPathFactory):
+    project = make_project(tmp_path_factory.mktemp("ext"), "ext", **CUDA)
+    try:
+        yield project
+    finally:
+        remove_project(project)
+
+
+@pytest.fixture(scope="module")
+def inputs_project(tmp_path_factory: pytest.TempPathFactory):
+    """A CPU project: the input checks run before anything builds, whatever the image."""
+    project = make_project(tmp_path_factory.mktemp("extinputs"), "extinputs")
+    try:
+        yield project
+    finally:
+        remove_project(project)
+
+
+def build(project: Project, folder: Path, policy: str | None = None) -> str:
+    vision = f"vision={project.root / 'tests' / 'fixtures' / 'vision'}"
+    env = dict(project.env, **({"EXTENSION_ARCHS": policy} if policy else {}))
+    started = time.monotonic()
+    result = replace(project, env=env).invoke(
+        "build", "--no-up", "--cca", CCA, "--source", vision, "--extension", str(folder)
+    )
+    output = assert_ok(result)
+    print(f"\nbuild with EXTENSION_ARCHS={policy or 'default'}: {time.monotonic() - started:.0f} s")
+    return output
+
+
+def export(project: Project, policy: str | None = None) -> tuple[Path, dict[str, object]]:
+    """Export the last build's wheels; the fixture's wheel and its BUILD-INFO entry."""
+    dest = project.root / f"dist-{uuid.uuid4().hex[:6]}"
+    env = dict(project.env, **({"EXTENSION_ARCHS": policy} if policy else {}))
+    assert_ok(replace(project, env=env).invoke("wheels", "--dest", str(dest)))
+    (wheel,) = dest.glob(f"{NAME}-*.whl")
+    info = json.loads((dest / "BUILD-INFO.json").read_text())
+    (entry,) = [entry for entry in info["wheels"] if entry["name"] == NAME]
+    return wheel, entry
+
+
+def extension_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("extension:")]
+
+
+@pytest.fixture(scope="module")
+def cuobjdump(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """NVIDIA's cuobjdump, from its wheel on the index (the toolkit wheels the images install
+    have no cuobjdump)."""
+    folder = tmp_path_factory.mktemp("cuobjdump")
+    download = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps"]
+    subprocess.run(
+        [*download, "--only-binary", ":all:", "--dest", str(folder), "nvidia-cuda-cuobjdump"],
+        check=True,
+        timeout=300,
+    )
+    (wheel,) = folder.glob("nvidia_cuda_cuobjdump-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        (member,) = [name for name in archive.namelist() if name.endswith("bin/cuobjdump")]
+        program = folder / "cuobjdump"
+        program.write_bytes(archive.read(member))
+    program.chmod(0o755)
+    return program
+
+
+def device_code(wheel: Path, tmp: Path, cuobjdump: Path) -> tuple[list[str], list[str], str]:
+    """The extension library's SASS and PTX by the fatbin reader, and cuobjdump's listing."""
+    with zipfile.ZipFile(wheel) as archive:
+        (member,) = [name for name in archive.namelist() if name.endswith(".so")]
+        library = tmp / Path(member).name
+        library.write_bytes(archive.read(member))
+    found = fatbin.read_archs(library)
+    listing = subprocess.run(
+        [str(cuobjdump), "--list-elf", "--list-ptx", str(library)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return found.sass, found.ptx, listing.stdout + listing.stderr
+
+
+def cuobjdump_archs(listing: str) -> tuple[list[str], list[str]]:
+    """SASS and PTX names in `cuobjdump --list-elf --list-ptx` output (`x.sm_86.cubin`)."""
+    sass = sorted(set(re.findall(r"ELF file\s+\d+: \S*?\.(sm_\d+[af]?)\.cubin", listing)))
+    ptx = sorted(set(re.findall(r"PTX file\s+\d+: \S*?\.sm_(\d+[af]?)\.ptx", listing)))
+    return sass, [f"compute_{number}" for number in ptx]
+
+
+def test_as_is_keeps_the_projects_archs_and_the_summary_names_them(
+    extension_project: Project, cuobjdump: Path, tmp_path: Path
+) -> None:
+    output = build(extension_project, fixture_copy(tmp_path), "as-is")
+    (line,) = extension_lines(output)
+    assert re.fullmatch(
+        rf"extension: +{NAME}: sm_75 sm_80 \(2 archs\) although CCA is 8\.6 — its setup\.py "
+        r"sets its own -gencode flags; runs on 8\.6 through SASS sm_80; [\d.]+ MB, built in "
+        r"\d+ s; "
+        r"EXTENSION_ARCHS=cca builds only 8\.6",
+        line,
+    ), line
+    wheel, entry = export(extension_project, "as-is")
+    sass, ptx, listing = device_code(wheel, tmp_path, cuobjdump)
+    assert (sass, ptx) == (["sm_75", "sm_80"], [])
+    assert cuobjdump_archs(listing) == (["sm_75", "sm_80"], []), listing
+    assert (entry["sass"], entry["ptx"]) == (["sm_75", "sm_80"], [])
+
+
+def test_cca_builds_exactly_the_cca_whatever_the_setup_py_says(
+    extension_project: Project, cuobjdump: Path, tmp_path: Path
+) -> None:
+    output = build(extension_project, fixture_copy(tmp_path))  # the default: cca
+    (line,) = extension_lines(output)
+    assert re.fullmatch(
+        rf"extension: +{NAME}: sm_86 \(CCA 8\.6\); [\d.]+ MB, built in \d+ s; its setup\.py "
+        r"asked for sm_75 "
+        r"sm_80, EXTENSION_ARCHS=cca compiled only the CCA",
+        line,
+    ), line
+    assert "FLASH_ATTN_CUDA_ARCHS=86" in output  # the projects' own variables, from the CCA
+    wheel, entry = export(extension_project)
+    sass, ptx, listing = device_code(wheel, tmp_path, cuobjdump)
+    assert (sass, ptx) == (["sm_86"], [])
+    assert cuobjdump_archs(listing) == (["sm_86"], []), listing
+    assert (entry["sass"], entry["ptx"]) == (["sm_86"], [])
+    report = next(
+        json.loads(text.split(extreport.REPORT_PREFIX, 1)[1])
+        for text in output.splitlines()
+        if extreport.REPORT_PREFIX in text
+    )
+    assert report["asked"] == ["sm_75", "sm_80"] and report["policy"] == "cca"
+
+
+def test_a_one_line_change_in_one_cu_recompiles_that_file_alone(
+    extension_project: Project, tmp_path: Path
+) -> None:
+    build(extension_project, fixture_copy(tmp_path))
+    # A change the compiler sees (a comment would be a preprocessed-mode hit, rightly).
+    change = f"static const long torchkiln_touched = {int(time.time() * 1000)}L;"
+    output = build(extension_project, fixture_copy(tmp_path, change))
+    counts = re.search(rf"torchkiln-ccache: {NAME} hits=(\d+) misses=(\d+)", output)
+    assert counts, output[-3000:]
+    print(f"\nafter a one-line change in shift.cu: ccache hits={counts[1]} misses={counts[2]}")
+    # ops.cpp and scale.cu from the cache, shift.cu compiled.
+    assert (int(counts[1]), int(counts[2])) == (2, 1)
+    assert re.search(r"ccache: +67% \(2 hits, 1 misses\)", output), output[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--extension", ""], ["--extension '' is empty"]),
+        (["--extension", "six>=1.16"], ["'six>=1.16' is not one pinned release"]),
+        (
+            ["--extension", "six==1.16.0", "--extension", "six==1.17.0"],
+            ["six==1.16.0", "six==1.17.0", "one project twice"],
+        ),
+        (["--extension", "six==99.0.0"], ["six 99.0.0 has no source distribution", "1.17.0"]),
+        (["--extension", "."], ["this torchkiln checkout itself"]),
+    ],
+    ids=["empty", "range", "two-versions", "not-on-the-index", "the-checkout"],
+)
+def test_bad_extension_inputs_are_refused_before_anything_runs(
+    inputs_project: Project, args: list[str], words: list[str]
+) -> None:
+    started = time.monotonic()
+    result = inputs_project.invoke("--dry", "build", "--cca", CCA, *args)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    assert "docker compose" not in result.stdout  # no build command was even printed
+    assert time.monotonic() - started < 60
+
+
+def test_a_configured_extension_list_is_joined_and_said(inputs_project: Project) -> None:
+    env = dict(inputs_project.env, EXTENSIONS="torchsort==0.1.10")
+    result = replace(inputs_project, env=env).invoke(
+        "--dry", "build", "--cca", CCA, "--extension", "six==1.17.0"
+    )
+    output = assert_ok(result)
+    assert (
+        "note: building EXTENSIONS from the environment (torchsort==0.1.10) as well as "
+        "--extension" in output
+    )
+    assert '"EXTENSIONS": "torchsort==0.1.10 six==1.17.0"' in output
