@@ -140,7 +140,8 @@ def build(
         if options.up:  # `up` would recreate a container another checkout runs in the project
             from torchkiln import checkout
 
-            checkout.guard(ROOT, action="invoke build (its up step)")
+            # An engine that does not answer is named by the build's own preflight.
+            checkout.guard(ROOT, action="invoke build (its up step)", engine_errors=False)
         build_module.build_service(c, built)
 
 

@@ -23,7 +23,7 @@ export FLASH_ATTENTION_FORCE_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_FOR
 # fail NAME SOURCE STEP LOG [FOLDER]: the ERROR line, and the machine-readable line invoke build
 # turns into its last line (with the folder's path on the host).
 fail() {
-  local name=$1 source=$2 step=$3 log=$4 folder=${5:-} hint="see the lines above"
+  local name=$1 source=$2 step=$3 log=$4 folder=${5:-} hint="see the lines above" first
   if grep -q '^torchkiln-nvcc-hint: ' "$log"; then
     hint=$(grep '^torchkiln-nvcc-hint: ' "$log" | tail -1 | cut -d' ' -f2-)
   elif grep -qiE 'no CUDA GPUs are available|cuda\.is_available\(\)|found no NVIDIA driver' "$log"; then
@@ -34,6 +34,17 @@ fail() {
     hint="it compiles as C++17, and this torch needs C++20: use a release made for this torch"
   elif grep -qE '^ERROR: extension .* holds ' "$log"; then
     hint=$(grep -E '^ERROR: extension .* holds ' "$log" | tail -1 | sed 's/^ERROR: //')
+  else
+    # What the build itself said: a compiler's first error, else the last Python exception
+    # (a setup.py's), never pip's wrapping of them.
+    first=$(grep -E '(^|[ :)])(fatal )?error( [A-Za-z#0-9-]+)?: ' "$log" |
+      grep -vE '^ *#|^ERROR: |subprocess-exited-with-error|metadata-generation-failed' |
+      head -1 | sed -E 's/^[[:space:]]+//' | cut -c1-200 || true)
+    if [[ -z $first ]]; then
+      first=$(grep -E '^ *[A-Za-z_][A-Za-z0-9_.]*(Error|Exception|Exit): ' "$log" |
+        tail -1 | sed -E 's/^[[:space:]]+//' | cut -c1-200 || true)
+    fi
+    [[ -z $first ]] || hint="its build said: $first"
   fi
   python -m torchkiln.inimage.extreport failed --name "$name" --source "$source" \
     --step "$step" --hint "$hint" ${folder:+--folder "$folder"}

@@ -43,8 +43,10 @@ print(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(m.__file__
       "PYTHONPATH (net.sh sets it in the build stages; on a host, PYTHONPATH=<checkout>/src)" >&2
     return 1
   fi
-  shadow=$tools/cuda
-  mkdir -p "$shadow/bin"
+  # At one path for every build: cpp_extension puts -I$CUDA_HOME/include on each command line and
+  # the headers' paths reach the preprocessed code, both of which ccache hashes.
+  shadow=/tmp/torchkiln-cuda-$(id -u)
+  rm -rf "$shadow" && mkdir -p "$shadow/bin"
   for entry in "$cuda_home"/*; do
     [[ $(basename "$entry") == bin ]] || ln -s "$entry" "$shadow/"
   done

@@ -6,7 +6,8 @@ apt_options=()
 if [[ -s $ca_bundle ]]; then
   export PIP_CERT=$ca_bundle SSL_CERT_FILE=$ca_bundle REQUESTS_CA_BUNDLE=$ca_bundle
   export CURL_CA_BUNDLE=$ca_bundle GIT_SSL_CAINFO=$ca_bundle
-  apt_options+=(-o "Acquire::https::CAInfo=$ca_bundle")
+  # apt's https method runs as _apt, which cannot read the root-only secret mount.
+  apt_options+=(-o "Acquire::https::CAInfo=$ca_bundle" -o "APT::Sandbox::User=root")
 fi
 [[ -n ${PIP_INDEX_URL:-} ]] || unset PIP_INDEX_URL
 # A non-empty local wheelhouse (invoke build --wheelhouse DIR) replaces every index: air-gapped.

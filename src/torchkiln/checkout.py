@@ -244,12 +244,24 @@ def candidate_images(project: str, identity: str) -> list[Image]:
     return images(query(["docker", "image", "inspect", *ids])) if ids else []
 
 
-def guard(root: Path, environ: Mapping[str, str] | None = None, action: str = "") -> str:
+def guard(
+    root: Path,
+    environ: Mapping[str, str] | None = None,
+    action: str = "",
+    engine_errors: bool = True,
+) -> str:
     """Refuse, before a Compose task runs, a missing .env, a foreign environment, and a project
-    another checkout's containers use; return the project."""
+    another checkout's containers use; return the project. Without engine_errors an engine that
+    does not answer passes here, for a preflight of the caller's own to name."""
     environ = os.environ if environ is None else environ
     _, project = project_of(root, environ)
-    others = foreign_containers(project_containers(project), root)
+    try:
+        found = project_containers(project)
+    except UserError:
+        if engine_errors:
+            raise
+        found = []
+    others = foreign_containers(found, root)
     if others:
         raise UserError(foreign_line(project, others, action or "this task"))
     return project

@@ -231,6 +231,8 @@ def remove_project(project: Project) -> None:
     """Remove what the project made: its containers and its images, the untagged ones its
     rebuilds left included (they carry its checkout's label). BuildKit's cache stays."""
     project.run("docker", "compose", "down", "--timeout", "1", timeout=120)
+    # Also the project it was made with, should a test have renamed it (invoke env --force).
+    project.run("docker", "compose", "-p", project.name, "down", "--timeout", "1", timeout=120)
     label = (
         f"label={builder.compose.CHECKOUT_LABEL}={builder.compose.checkout_identity(project.root)}"
     )

@@ -113,6 +113,22 @@ def test_clean_lists_removes_and_says_only_this_checkouts(twins) -> None:
     assert running(second) and image_present(second.image("train"), second)
 
 
+def test_a_dry_clean_of_the_cache_lists_each_record_and_removes_none(twins) -> None:
+    """Run under --dry only: a real --cache --all-checkouts would empty a shared engine's cache."""
+    second = twins[1]
+    refused = second.invoke("clean", "--cache")
+    said = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert refused.returncode == 1 and len(said) == 1, refused.stderr
+    assert re.search(r"holds [\d.]+ \w?B of layers and [\d.]+ \w?B of ccache, pip and apt", said[0])
+    assert running(second), "a refused clean removed something"
+    dry = assert_ok(second.invoke("--dry", "clean", "--cache", "--all-checkouts"))
+    record = r"^would remove cache record \w+ .*torchkiln.* \([\d.]+ \w?B\)$"
+    records = re.findall(record, dry, re.MULTILINE)
+    assert records, dry[-2000:]
+    assert "docker buildx prune --force --filter 'description~=torchkiln'" in dry
+    assert "invoke --dry: nothing was removed" in dry and running(second)
+
+
 def test_the_suite_never_empties_the_engines_cache_for_room(monkeypatch) -> None:
     """Low disk skips the test with what to do; no prune runs unless the engine is the suite's."""
     ran: list[list[str]] = []

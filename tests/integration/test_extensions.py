@@ -233,3 +233,33 @@ def test_a_configured_extension_list_is_joined_and_said(inputs_project: Project)
         "--extension" in output
     )
     assert '"EXTENSIONS": "torchsort==0.1.10 six==1.17.0"' in output
+
+
+def test_a_failing_local_extension_is_named_by_project_path_and_step(
+    tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path
+) -> None:
+    """The build's last line names the project, the folder as given and the step, with the
+    first error its build printed (not "docker compose build train failed")."""
+    where = tmp_path_factory.mktemp("extfail")
+    broken = where / "broken_ops"
+    broken.mkdir()
+    (broken / "setup.py").write_text(
+        "from setuptools import setup\n"
+        "raise RuntimeError('kiln_broken_ops cannot build here')\n"
+        "setup(name='kiln_broken_ops')\n"
+    )
+    project = make_project(where, "extfail", BUILD_MODE="wheels")
+    try:
+        result = project.invoke(
+            "build", "--no-up", "--torch", "2.13.0", "--wheelhouse", str(wheelhouse),
+            "--extension", str(broken),
+        )  # fmt: skip
+        assert result.returncode != 0, result.stdout[-3000:]
+        last = result.stderr.strip().splitlines()[-1]
+        assert last == (
+            f"error: extension kiln_broken_ops ({broken}) failed at compile (pip wheel "
+            f"--no-build-isolation): its build said: RuntimeError: kiln_broken_ops cannot build "
+            f"here (the whole output is in .torchkiln/build-train.log)"
+        ), last
+    finally:
+        remove_project(project)

@@ -169,8 +169,21 @@ def test_doctor_reads_the_passwords_and_shows_neither(secured) -> None:
     assert hidden_everywhere(shown) == []
 
 
-def test_env_force_keeps_the_password_private_and_unprinted(secured) -> None:
+@pytest.fixture
+def restored_env(secured) -> Iterator[Project]:
+    """The project, its .env put back afterwards (invoke env --force renames the project)."""
     project, _, _ = secured
+    path = project.root / ".env"
+    saved, mode = path.read_text(), path.stat().st_mode
+    try:
+        yield project
+    finally:
+        path.write_text(saved)
+        path.chmod(mode)
+
+
+def test_env_force_keeps_the_password_private_and_unprinted(restored_env: Project) -> None:
+    project = restored_env
     (project.root / ".env").write_text(
         (project.root / ".env").read_text()
         + f"CCACHE_REMOTE='redis://:{CACHE_PASSWORD.replace(chr(39), '%27')}@cache:6379'\n"

@@ -153,3 +153,18 @@ def test_the_project_name_comes_from_the_source_tree(tmp_path, files, name) -> N
     for file, text in files.items():
         (tmp_path / file).write_text(text)
     assert extreport.project_name(tmp_path) == name
+
+
+def test_build_info_records_what_each_wheel_holds(tmp_path: Path) -> None:
+    from torchkiln import settings, wheels
+
+    extension = wheel_with(tmp_path, {"kiln_ops/_C.so": FATBINS / "sm90_ptx90.so"})
+    plain = tmp_path / "six-1.17.0-py2.py3-none-any.whl"
+    with zipfile.ZipFile(plain, "w") as archive:
+        archive.writestr("six.py", "")
+    values = settings.resolve({}, {}, {"CCA": "9.0", "EXTENSIONS": "six==1.17.0"})
+    info = wheels.build_info([extension, plain], "train", values, "sha256:abc")
+    entries = {entry["name"]: entry for entry in info["wheels"]}  # type: ignore[union-attr]
+    assert (entries["kiln_ops"]["sass"], entries["kiln_ops"]["ptx"]) == (["sm_90"], ["compute_90"])
+    assert (entries["six"]["sass"], entries["six"]["ptx"]) == ([], [])
+    assert info["extension_archs"] == "cca"

@@ -611,6 +611,7 @@ def test_needs_from_system(tmp_path: Path, stubs: Path) -> None:
     system_path = (links.ld_so_cache().get("libm.so.6") or [""])[0]
     missing = absent(stubs, "libtkabsent_sys.so.1")
     cuda = absent(stubs, "libcuda.so.1")
+    missing_tool = absent(stubs, "libtkabsent_tool.so.1")
     trees = tmp_path / "unpacked"
     c10 = build(trees / "torch-2.14.1/torch/lib/libc10.so", soname="libc10.so")
     base = build(trees / "torch-2.14.1/torch/lib/libbase.so.1", soname="libbase.so.1")
@@ -621,11 +622,18 @@ def test_needs_from_system(tmp_path: Path, stubs: Path) -> None:
         flags=["-lm"],
     )
     build(trees / "vision-0.29.1/torchvision/_C.so", needs=[c10], flags=["-lm"])
+    # An executable unzipped without its mode bits still counts (python -m zipfile -e).
+    tool = build(trees / "torch-2.14.1/torch/bin/torch_shm_manager", needs=[missing_tool])
+    tool.chmod(0o644)
     result = run_module("torchkiln.inimage.links", "--needs-from-system", str(trees))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert [line.split("\t")[0] for line in lines] == ["libm.so.6", "libtkabsent_sys.so.1"]
-    assert lines[1] == "libtkabsent_sys.so.1\t"
+    assert [line.split("\t")[0] for line in lines] == [
+        "libm.so.6",
+        "libtkabsent_sys.so.1",
+        "libtkabsent_tool.so.1",
+    ]
+    assert lines[1:] == ["libtkabsent_sys.so.1\t", "libtkabsent_tool.so.1\t"]
     resolved = lines[0].split("\t")[1]
     assert os.path.isabs(resolved) and resolved.endswith("/libm.so.6")
     if system_path:

@@ -187,3 +187,16 @@ def test_a_dest_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
     parent.write_text("")
     with pytest.raises(UserError, match=r"^--dest .*cannot write into"):
         wheels.make_staging(parent / "dist")
+
+
+def test_doctor_warns_of_a_password_in_env_index_url_and_masks_every_row() -> None:
+    from torchkiln import doctor
+
+    assert doctor.check_index_password({"PIP_INDEX_URL": "https://pypi.example/simple"}) is None
+    row = doctor.check_index_password({"PIP_INDEX_URL": "https://me:s3cret@pypi.example/simple"})
+    assert row is not None and row.status == "warn"
+    assert "PIP_INDEX_URL=https://me@pypi.example/simple" in row.fix and "s3cret" not in row.fix
+    # A row another check wrote with a URL in it: the table masks it all the same.
+    other = doctor.Row("tls", "warn", "https://me:s3cret@h/simple does not answer", "see x:y@z")
+    shown = doctor.render([row, other])
+    assert "s3cret" not in shown and "https://me:****@h/simple" in shown

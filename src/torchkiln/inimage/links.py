@@ -57,6 +57,7 @@ DT_NULL, DT_NEEDED, DT_STRTAB, DT_STRSZ, DT_SONAME, DT_RPATH = 0, 1, 5, 10, 14, 
 DT_RUNPATH, DT_FLAGS_1 = 29, 0x6FFFFFFB
 DF_1_NODEFLIB = 0x800
 
+MACHINES = {"x86_64": 62, "aarch64": 183, "ppc64le": 21}  # e_machine, when python's is unread
 LD_SO_CACHE = "/etc/ld.so.cache"
 WORKER = "--smoke-worker"  # smoke's background run: the audit's JSON, exit 0 even when it fails
 AUDIT_TIMEOUT_S = 60
@@ -584,7 +585,8 @@ class Auditor:
         self.files: list[ElfFile] = []
         self.by_path: dict[str, ElfFile] = {}  # real path -> file, the audited ones
         self.extra: dict[str, ElfFile | None] = {}  # read on demand (torch elsewhere)
-        self.wanted = identity_of(os.path.realpath(sys.executable)) or (2, 1, 62)
+        machine = MACHINES.get(os.uname().machine, 62)
+        self.wanted = identity_of(os.path.realpath(sys.executable)) or (2, 1, machine)
         self.reals: dict[str, str] = {}
 
     def real(self, path: str) -> str:
