@@ -9,10 +9,14 @@
 #
 # Usage: scripts/gpu_extensions.sh CARRY OUT [CCA]   (from the checkout's root)
 # CARRY holds what this machine cannot download:
-#   causal_conv1d-1.7.0.tar.gz   the sdist (it includes tests/test_causal_conv1d.py)
-#   wheels/                      setuptools, wheel, packaging (its setup.py imports them), einops,
-#                                pytest, iniconfig, pluggy (the tests'), as py3-none-any wheels;
-#                                pip takes from here only what the host's Python lacks
+#   causal_conv1d-1.7.0.tar.gz   the sdist, sha256 3202758494eaa7b597ce1c282dfa188889506bfcb92cad3c407d26736bfcd32b
+#                                (it has tests/test_causal_conv1d.py); in any environment with
+#                                torch: CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE pip download --no-deps
+#                                --no-build-isolation --no-binary :all: causal-conv1d==1.7.0 -d CARRY
+#   wheels/                      pip download --only-binary :all: --python-version 3.12 -d
+#                                CARRY/wheels setuptools wheel packaging einops pytest (its setup.py
+#                                imports the first three, its tests the others; pytest brings
+#                                iniconfig, pluggy, pygments); pip takes only what the host lacks
 # OUT gets each build's log, wheel, nvcc call log and report, the tests' output, summary.txt.
 set -euo pipefail
 carry=$(cd "$1" && pwd)

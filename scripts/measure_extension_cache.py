@@ -2,7 +2,7 @@
 """Print what ccache saves an extension rebuild on this machine: the warm-to-cold time ratio.
 
 The extension is tests/fixtures/extension (three sources: ops.cpp, scale.cu, shift.cu), built
-by `invoke build` for CCA 8.6 with CUDA from the index (CUDA_FROM=pypi, the official torch):
+by `invoke wheels` for CCA 8.6 with CUDA from the index (CUDA_FROM=pypi, the official torch):
 
 - cold: a copy whose shared header carries a new line, so every source misses the cache;
 - warm: the same copy with a one-line change in shift.cu, so ccache serves ops.cpp and scale.cu.
@@ -36,17 +36,16 @@ FIXTURE = ROOT / "tests" / "fixtures" / "extension"
 
 
 def build_once(project: images.Project, folder: Path) -> dict[str, object]:
-    """Build with the extension folder; its report, ccache counts and step time."""
+    """Export the wheels built with the extension folder (the stages, not the train image);
+    the extension's report, ccache counts and step time."""
     vision = f"vision={project.root / 'tests' / 'fixtures' / 'vision'}"
+    dest = project.root / f"dist-{uuid.uuid4().hex[:6]}"
     started = time.monotonic()
-    output = images.assert_ok(
-        project.invoke(
-            "build", "--no-up", "--cca", "8.6", "--source", vision, "--extension", str(folder)
-        )
-    )
+    args = ["--dest", str(dest), "--cca", "8.6", "--source", vision, "--extension", str(folder)]
+    output = images.assert_ok(project.invoke("wheels", *args))
     wall = time.monotonic() - started
     (report,) = extensions.reports(output)
-    counts = re.search(r"torchkiln-ccache: \S+ hits=(\d+) misses=(\d+)", output)
+    counts = re.search(r"torchkiln-ccache: kiln_gencode_ops hits=(\d+) misses=(\d+)", output)
     step = dict(build.stage_seconds(output)).get("extensions-build", 0.0)
     return {
         "seconds": float(report["seconds"] or 0.0),  # type: ignore[arg-type]
@@ -81,7 +80,7 @@ def main() -> int:
         print(
             f"{label}: extension built in {figures['seconds']:.0f} s (ccache {hits} hits, "
             f"{misses} misses); its build step {figures['step']:.0f} s; "
-            f"invoke build {figures['wall']:.0f} s"
+            f"invoke wheels {figures['wall']:.0f} s"
         )
     ratio = warm["seconds"] / cold["seconds"] if cold["seconds"] else float("nan")  # type: ignore[operator]
     step_ratio = warm["step"] / cold["step"] if cold["step"] else float("nan")  # type: ignore[operator]

@@ -24,8 +24,9 @@ export FLASH_ATTENTION_FORCE_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_FOR
 # turns into its last line (with the folder's path on the host).
 fail() {
   local name=$1 source=$2 step=$3 log=$4 folder=${5:-} hint="see the lines above" first
-  if grep -q '^torchkiln-nvcc-hint: ' "$log"; then
-    hint=$(grep '^torchkiln-nvcc-hint: ' "$log" | tail -1 | cut -d' ' -f2-)
+  # The nvcc wrapper's own diagnosis first (pip -v indents the build's lines).
+  if grep -qE '^ *torchkiln-nvcc-hint: ' "$log"; then
+    hint=$(grep -E '^ *torchkiln-nvcc-hint: ' "$log" | tail -1 | sed -E 's/^ *torchkiln-nvcc-hint: //')
   elif grep -qiE 'no CUDA GPUs are available|cuda\.is_available\(\)|found no NVIDIA driver' "$log"; then
     hint="it wants a GPU at build time; its force switch (FORCE_CUDA=1 is set) or a newer release may build without one"
   elif grep -qiE 'urlopen|urllib|HTTPError|Downloading https?://.*\.(whl|so|tar)' "$log"; then
@@ -77,6 +78,10 @@ build_one() {
   fi
 }
 
+# What the venv held before this step: what the step adds (torch and its NVIDIA libraries, some
+# GB, and the projects' build requirements) is removed at the end, so that BuildKit's record of
+# the step, kept for every extension rebuild, holds the wheels and not another torch.
+installed_before=$(command pip list --format=freeze | cut -d= -f1 | sort)
 # Extensions' setup.py imports torch even to say what they are: torch goes in first, and the
 # source distributions are fetched without build isolation.
 if compgen -G "$torch_wheels/*.whl" >/dev/null; then
@@ -106,3 +111,9 @@ for folder in /opt/src/extensions/*/; do
   fi
 done
 ls -l "$wheel_dir"
+mapfile -t added < <(comm -13 <(echo "$installed_before") \
+  <(command pip list --format=freeze | cut -d= -f1 | sort))
+if ((${#added[@]})); then
+  command pip uninstall --quiet --yes "${added[@]}"
+fi
+rm -rf /tmp/extensions  # the sources and their build trees

@@ -20,7 +20,7 @@ import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from torchkiln import __version__, build, buildchecks, compose, doctor, runner, settings
+from torchkiln import __version__, build, buildchecks, compose, doctor, extensions, runner, settings
 from torchkiln.errors import UserError
 from torchkiln.inimage import extreport
 
@@ -285,7 +285,10 @@ def export_wheels(
         with runner.checkout_lock(root, "wheels"):
             result = runner.stream(command(str(staging)), root, token)
         if result.failed:
-            raise UserError(build.failure_line(f"exporting the wheels of {service}", result))
+            line = build.failure_line(f"exporting the wheels of {service}", result)
+            # A failed extension is named by project, spec or folder, and step (as by build).
+            named = extensions.failure_line(result.output, built.contexts)
+            raise UserError(named if named and "--ca-bundle" not in line else line)
         wheels = sorted(staging.glob("*.whl"))
         if not wheels:
             raise UserError(f"the wheels stage of {service} holds no wheel; check BUILD_MODE")
@@ -299,6 +302,10 @@ def export_wheels(
     ran = build.executed_steps(result.output)
     print(f"steps run: {len(ran)} (the others from cache)")
     for line in buildchecks.summary_lines(result.output):
+        print(line)
+    # What the compile steps of this export did (nothing when BuildKit took them from its cache).
+    print(f"ccache: {build.ccache_rate(result.output)}")
+    for line in extensions.summary_lines(result.output):
         print(line)
     print(f"{len(wheels)} wheels and {INFO_NAME} in {dest}:")
     for entry in info["wheels"]:

@@ -65,27 +65,35 @@ def inputs_project(tmp_path_factory: pytest.TempPathFactory):
         remove_project(project)
 
 
-def build(project: Project, folder: Path, policy: str | None = None) -> str:
+def run_task(project: Project, task: str, folder: Path, policy: str | None, *args: str) -> str:
+    """Run `invoke build` or `invoke wheels` for CCA with the vision stand-in and the folder."""
     vision = f"vision={project.root / 'tests' / 'fixtures' / 'vision'}"
     env = dict(project.env, **({"EXTENSION_ARCHS": policy} if policy else {}))
     started = time.monotonic()
     result = replace(project, env=env).invoke(
-        "build", "--no-up", "--cca", CCA, "--source", vision, "--extension", str(folder)
+        task, *args, "--cca", CCA, "--source", vision, "--extension", str(folder)
     )
     output = assert_ok(result)
-    print(f"\nbuild with EXTENSION_ARCHS={policy or 'default'}: {time.monotonic() - started:.0f} s")
+    print(
+        f"\n{task} with EXTENSION_ARCHS={policy or 'default'}: {time.monotonic() - started:.0f} s"
+    )
     return output
 
 
-def export(project: Project, policy: str | None = None) -> tuple[Path, dict[str, object]]:
-    """Export the last build's wheels; the fixture's wheel and its BUILD-INFO entry."""
+def build(project: Project, folder: Path, policy: str | None = None) -> str:
+    """`invoke build` (the train image too, for its summary)."""
+    return run_task(project, "build", folder, policy, "--no-up")
+
+
+def export(project: Project, folder: Path, policy: str | None = None) -> tuple[str, Path, dict]:
+    """`invoke wheels` of the stages alone (no train image: each costs gigabytes of disk); its
+    output, the fixture's wheel and its BUILD-INFO entry."""
     dest = project.root / f"dist-{uuid.uuid4().hex[:6]}"
-    env = dict(project.env, **({"EXTENSION_ARCHS": policy} if policy else {}))
-    assert_ok(replace(project, env=env).invoke("wheels", "--dest", str(dest)))
+    output = run_task(project, "wheels", folder, policy, "--dest", str(dest))
     (wheel,) = dest.glob(f"{NAME}-*.whl")
     info = json.loads((dest / "BUILD-INFO.json").read_text())
     (entry,) = [entry for entry in info["wheels"] if entry["name"] == NAME]
-    return wheel, entry
+    return output, wheel, entry
 
 
 def extension_lines(output: str) -> list[str]:
@@ -138,7 +146,8 @@ def cuobjdump_archs(listing: str) -> tuple[list[str], list[str]]:
 def test_as_is_keeps_the_projects_archs_and_the_summary_names_them(
     extension_project: Project, cuobjdump: Path, tmp_path: Path
 ) -> None:
-    output = build(extension_project, fixture_copy(tmp_path), "as-is")
+    folder = fixture_copy(tmp_path)
+    output = build(extension_project, folder, "as-is")
     (line,) = extension_lines(output)
     assert re.fullmatch(
         rf"extension: +{NAME}: sm_75 sm_80 \(2 archs\) although CCA is 8\.6 — its setup\.py "
@@ -147,7 +156,7 @@ def test_as_is_keeps_the_projects_archs_and_the_summary_names_them(
         r"EXTENSION_ARCHS=cca builds only 8\.6",
         line,
     ), line
-    wheel, entry = export(extension_project, "as-is")
+    _, wheel, entry = export(extension_project, folder, "as-is")
     sass, ptx, listing = device_code(wheel, tmp_path, cuobjdump)
     assert (sass, ptx) == (["sm_75", "sm_80"], [])
     assert cuobjdump_archs(listing) == (["sm_75", "sm_80"], []), listing
@@ -157,7 +166,7 @@ def test_as_is_keeps_the_projects_archs_and_the_summary_names_them(
 def test_cca_builds_exactly_the_cca_whatever_the_setup_py_says(
     extension_project: Project, cuobjdump: Path, tmp_path: Path
 ) -> None:
-    output = build(extension_project, fixture_copy(tmp_path))  # the default: cca
+    output, wheel, entry = export(extension_project, fixture_copy(tmp_path))  # the default: cca
     (line,) = extension_lines(output)
     assert re.fullmatch(
         rf"extension: +{NAME}: sm_86 \(CCA 8\.6\); [\d.]+ MB, built in \d+ s; its setup\.py "
@@ -166,7 +175,6 @@ def test_cca_builds_exactly_the_cca_whatever_the_setup_py_says(
         line,
     ), line
     assert "FLASH_ATTN_CUDA_ARCHS=86" in output  # the projects' own variables, from the CCA
-    wheel, entry = export(extension_project)
     sass, ptx, listing = device_code(wheel, tmp_path, cuobjdump)
     assert (sass, ptx) == (["sm_86"], [])
     assert cuobjdump_archs(listing) == (["sm_86"], []), listing
@@ -182,16 +190,16 @@ def test_cca_builds_exactly_the_cca_whatever_the_setup_py_says(
 def test_a_one_line_change_in_one_cu_recompiles_that_file_alone(
     extension_project: Project, tmp_path: Path
 ) -> None:
-    build(extension_project, fixture_copy(tmp_path))
+    export(extension_project, fixture_copy(tmp_path))
     # A change the compiler sees (a comment would be a preprocessed-mode hit, rightly).
     change = f"static const long torchkiln_touched = {int(time.time() * 1000)}L;"
-    output = build(extension_project, fixture_copy(tmp_path, change))
+    output, _, _ = export(extension_project, fixture_copy(tmp_path, change))
     counts = re.search(rf"torchkiln-ccache: {NAME} hits=(\d+) misses=(\d+)", output)
     assert counts, output[-3000:]
     print(f"\nafter a one-line change in shift.cu: ccache hits={counts[1]} misses={counts[2]}")
     # ops.cpp and scale.cu from the cache, shift.cu compiled.
     assert (int(counts[1]), int(counts[2])) == (2, 1)
-    assert re.search(r"ccache: +67% \(2 hits, 1 misses\)", output), output[-3000:]
+    assert re.search(r"^ccache: 67% \(2 hits, 1 misses\)", output, re.MULTILINE), output[-3000:]
 
 
 @pytest.mark.parametrize(
@@ -263,3 +271,41 @@ def test_a_failing_local_extension_is_named_by_project_path_and_step(
         ), last
     finally:
         remove_project(project)
+
+
+def test_arch_specific_code_the_cca_drops_fails_naming_the_target_and_both_fixes(
+    extension_project: Project, tmp_path: Path
+) -> None:
+    """A project that compiles Hopper-only code under its own sm_90a flag, built for CCA 9.0:
+    the compile fails, and the last line says which target was dropped and what fixes it."""
+    folder = tmp_path / "hopper_ops"
+    (folder / "csrc").mkdir(parents=True)
+    (folder / "csrc" / "wgmma.cu").write_text(
+        "// Code for sm_90a's arch-specific features (wgmma, setmaxnreg), as FlashAttention-3's.\n"
+        "#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)\n"
+        '#error "this kernel needs sm_90a"\n'
+        "#endif\n"
+        "__global__ void kernel(float* x) { x[threadIdx.x] += 1.0f; }\n"
+    )
+    (folder / "setup.py").write_text(
+        "from setuptools import setup\n"
+        "from torch.utils.cpp_extension import BuildExtension, CUDAExtension\n\n"
+        "flags = ['-gencode', 'arch=compute_90a,code=sm_90a']\n"
+        "setup(\n"
+        "    name='hopper_ops',\n"
+        "    ext_modules=[CUDAExtension('hopper_ops._C', ['csrc/wgmma.cu'],\n"
+        "                               extra_compile_args={'cxx': [], 'nvcc': flags})],\n"
+        "    cmdclass={'build_ext': BuildExtension},\n"
+        ")\n"
+    )
+    vision = f"vision={extension_project.root / 'tests' / 'fixtures' / 'vision'}"
+    dest = extension_project.root / "dist-hopper"
+    result = extension_project.invoke(
+        "wheels", "--dest", str(dest), "--cca", "9.0", "--source", vision,
+        "--extension", str(folder),
+    )  # fmt: skip
+    assert result.returncode != 0, result.stdout[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: extension hopper_ops ({folder}) failed at compile"), last
+    for words in ("wgmma.cu", "sm_90a", "CCA to 9.0a", "EXTENSION_ARCHS=as-is"):
+        assert words in last, last

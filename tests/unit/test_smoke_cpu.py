@@ -356,7 +356,7 @@ def test_torchvision_check_runs_in_the_background_worker() -> None:
     vision = workers.TorchvisionInBackground()
     try:
         assert vision.proc is not None
-        outcome = vision._collect()
+        outcome = vision.verdict()
         assert outcome is not None and outcome["device"] == "cpu"
     finally:
         vision.stop()
@@ -373,6 +373,6 @@ def test_torchvision_worker_for_another_device_is_not_trusted(monkeypatch) -> No
     torch = pytest.importorskip("torch")
     vision = workers.TorchvisionInBackground()
     vision.stop()
-    monkeypatch.setattr(vision, "_collect", lambda: {"device": "cpu", "status": "pass"})
+    monkeypatch.setattr(vision, "verdict", lambda: {"device": "cpu", "status": "pass"})
     monkeypatch.setattr(workers, "check_torchvision", lambda torch, device: f"ran on {device}")
     assert vision.result(torch, "cuda") == "ran on cuda"

@@ -23,5 +23,5 @@ def test_official_wheels_compile_nothing_and_take_any_cca_cuda_builds() -> None:
 
 
 def test_extensions_in_wheels_mode_are_held_to_the_same_rule() -> None:
-    with pytest.raises(UserError, match="torch.utils.cpp_extension"):
+    with pytest.raises(UserError, match=r"torch\.utils\.cpp_extension"):
         build.validate("train", values(CCA="8.8", BUILD_MODE="wheels"), extensions=True)

@@ -32,9 +32,9 @@ GENCODE = ("-gencode", "--generate-code")
 ARCH = ("-arch", "--gpu-architecture")
 CODE = ("-code", "--gpu-code")
 THREADS = ("-t", "--threads")
-# nvcc's long dependency options, which ccache 4.7 does not know: it takes the file after
-# --dependency-output for a second source and compiles uncached ("multiple source files"), so no
-# ninja build of torch.utils.cpp_extension was ever cached. Their short forms (gcc's) it knows.
+# nvcc's long dependency options (the ninja files of many torch.utils.cpp_extension releases use
+# them), which ccache 4.7 does not know: it takes the file after --dependency-output for a second
+# source and compiles uncached ("multiple source files"). Their short forms it knows.
 DEPENDENCY_ALIASES = {
     "--generate-dependencies-with-compile": "-MD",
     "--generate-nonsystem-dependencies-with-compile": "-MMD",

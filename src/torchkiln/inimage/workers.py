@@ -215,7 +215,37 @@ class ModuleInBackground:
         return out if self.proc.returncode == 0 else None
 
 
-class TorchvisionInBackground(ModuleInBackground):
+class CheckInBackground(ModuleInBackground):
+    """A check run by a worker of this module, which prints its verdict as one JSON line."""
+
+    def verdict(self) -> dict[str, Any] | None:
+        """The worker's last JSON line, None without one."""
+        lines = [line for line in (self.output() or "").splitlines() if line.startswith("{")]
+        try:
+            return json.loads(lines[-1]) if lines else None
+        except ValueError:
+            return None
+
+
+def as_result(verdict: dict[str, Any]) -> str:
+    """Raise a worker's failing verdict as the check's outcome, or return its detail."""
+    raised = RAISED.get(verdict["status"])
+    if raised:
+        raise raised(verdict["detail"])
+    return str(verdict["detail"])
+
+
+def run_worker(check: Any) -> int:
+    """Run one check on CUDA when it works (else the CPU) and print it as one JSON line."""
+    import torch
+
+    device = "cuda" if torch.version.cuda is not None and torch.cuda.is_available() else "cpu"
+    status, detail = outcome(lambda: check(torch, device))
+    print(json.dumps({"device": device, "status": status, "detail": detail}), flush=True)
+    return 0
+
+
+class TorchvisionInBackground(CheckInBackground):
     """The torchvision check in a second process, started before this one imports torch.
 
     Importing torchvision takes seconds; a second process does it (and its own torch import) on
@@ -227,30 +257,15 @@ class TorchvisionInBackground(ModuleInBackground):
 
     def result(self, torch: Any, device: str) -> str:
         """Take the worker's verdict for `device`, or check in this process when it has none."""
-        verdict = self._collect()
+        verdict = self.verdict()
         if not verdict or verdict.get("device") != device:
             return check_torchvision(torch, device)
-        raised = RAISED.get(verdict["status"])
-        if raised:
-            raise raised(verdict["detail"])
-        return str(verdict["detail"])
-
-    def _collect(self) -> dict[str, Any] | None:
-        lines = [line for line in (self.output() or "").splitlines() if line.startswith("{")]
-        try:
-            return json.loads(lines[-1]) if lines else None
-        except ValueError:
-            return None
+        return as_result(verdict)
 
 
 def torchvision_worker() -> int:
-    """Run only the torchvision check, on CUDA when it works, and print it as one JSON line."""
-    import torch
-
-    device = "cuda" if torch.version.cuda is not None and torch.cuda.is_available() else "cpu"
-    status, detail = outcome(lambda: check_torchvision(torch, device))
-    print(json.dumps({"device": device, "status": status, "detail": detail}), flush=True)
-    return 0
+    """Run only the torchvision check, and print it as one JSON line."""
+    return run_worker(check_torchvision)
 
 
 # --- torch.compile ---------------------------------------------------------------------------
@@ -376,7 +391,7 @@ def check_compile(torch: Any, device: str) -> str:
     )
 
 
-class CompileInBackground(ModuleInBackground):
+class CompileInBackground(CheckInBackground):
     """The torch.compile check in a second process, started before this one imports torch: a
     cold compile takes seconds (Inductor's import, g++ or Triton), which overlap the others."""
 
@@ -388,7 +403,7 @@ class CompileInBackground(ModuleInBackground):
         another device; fail when it ran out of time or died."""
         if self.proc is None:
             return check_compile(torch, device)
-        verdict = self._collect()
+        verdict = self.verdict()
         if verdict is None:
             if self.timed_out:
                 raise CheckFailed(f"torch.compile did not finish within {self.timeout:.0f} s")
@@ -398,27 +413,12 @@ class CompileInBackground(ModuleInBackground):
             )
         if verdict.get("device") != device:
             return check_compile(torch, device)
-        raised = RAISED.get(verdict["status"])
-        if raised:
-            raise raised(verdict["detail"])
-        return str(verdict["detail"])
-
-    def _collect(self) -> dict[str, Any] | None:
-        lines = [line for line in (self.output() or "").splitlines() if line.startswith("{")]
-        try:
-            return json.loads(lines[-1]) if lines else None
-        except ValueError:
-            return None
+        return as_result(verdict)
 
 
 def compile_worker() -> int:
-    """Run only the torch.compile check, on CUDA when it works, and print it as one JSON line."""
-    import torch
-
-    device = "cuda" if torch.version.cuda is not None and torch.cuda.is_available() else "cpu"
-    status, detail = outcome(lambda: check_compile(torch, device))
-    print(json.dumps({"device": device, "status": status, "detail": detail}), flush=True)
-    return 0
+    """Run only the torch.compile check, and print it as one JSON line."""
+    return run_worker(check_compile)
 
 
 WORKERS = {"torchvision": torchvision_worker, "compile": compile_worker}
