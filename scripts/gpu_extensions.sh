@@ -40,7 +40,8 @@ eval "$(python3 -c "
 from torchkiln import gpu
 for name, value in gpu.cca_build_args('$cca').items():
     print(f'export {name}={value!r}')")"
-python3 -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda, torch.cuda.get_device_name(0))' |
+python3 -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda,
+  torch.cuda.get_device_name(0) if torch.cuda.is_available() else "(no GPU visible)")' |
   tee "$out/host.txt"
 echo "cores $(nproc), memory $(awk '/^MemTotal:/ {print int($2 / 1048576)}' /proc/meminfo) GB, nvcc: $("$CUDA_HOME/bin/nvcc" --version | tail -1)" |
   tee -a "$out/host.txt"

@@ -4,7 +4,7 @@
 The extension is tests/fixtures/extension (three sources: ops.cpp, scale.cu, shift.cu), built
 by `invoke wheels` for CCA 8.6 with CUDA from the index (CUDA_FROM=pypi, the official torch):
 
-- cold: a copy whose shared header carries a new line, so every source misses the cache;
+- cold: a copy whose shared header carries a new declaration, so every source misses the cache;
 - warm: the same copy with a one-line change in shift.cu, so ccache serves ops.cpp and scale.cu.
 
 Each figure is the extension's own build time as the build step reports it (`built in N s`,
@@ -64,9 +64,9 @@ def main() -> int:
     folder = work / "extension"
     shutil.copytree(FIXTURE, folder)
     header = folder / "csrc" / "ops.h"
-    header.write_text(
-        header.read_text() + f"// cold build {uuid.uuid4().hex}\n#define KILN_COLD 1\n"
-    )
+    # A line the compiler sees (a comment or an unused macro would leave the preprocessed code as
+    # it was, and ccache would serve it), in the header every source includes.
+    header.write_text(header.read_text() + f"static const long kiln_cold = {time.time_ns()}L;\n")
     try:
         cold = build_once(project, folder)
         kernel = folder / "csrc" / "shift.cu"
@@ -84,6 +84,11 @@ def main() -> int:
         )
     ratio = warm["seconds"] / cold["seconds"] if cold["seconds"] else float("nan")  # type: ignore[operator]
     step_ratio = warm["step"] / cold["step"] if cold["step"] else float("nan")  # type: ignore[operator]
+    if not warm["hits"]:
+        print(
+            "warning: the warm build had no ccache hit: the compile cache was emptied between "
+            "the two builds (docker builder prune removes BuildKit's cache mounts); run again"
+        )
     print(f"warm-to-cold ratio, the extension's build: {ratio:.2f}")
     print(f"warm-to-cold ratio, its whole build step (torch install included): {step_ratio:.2f}")
     return 0

@@ -172,7 +172,9 @@ def test_wheels_of_a_pushed_build_come_from_the_registry_cache(pushed, tmp_path:
     print(f"\nwheels from the registry cache, main engine: {time.monotonic() - started:.0f} s")
     executed = builder.executed_steps(output)
     print(f"steps re-run: {executed}")
-    assert [step for step in executed if step[1] == "RUN"] == []
+    # Every compile comes from the cache; only the export's own repair of the wheels runs (the
+    # image needs none of it, so the pushed build never ran it).
+    assert [step for step in executed if step[1] == "RUN" and step[0] != "repair"] == []
     info = json.loads((dest / "BUILD-INFO.json").read_text())
     assert info["versions"] == {"torch": "2.14.1", "torchvision": "0.29.1"}
     for entry in info["wheels"]:
