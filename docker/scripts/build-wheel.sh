@@ -53,7 +53,7 @@ MAX_JOBS=$((budget / stages))
 ((MAX_JOBS >= 1)) || MAX_JOBS=1
 ((stages == 1)) || why="$why, shared by $stages stages built at once"
 export MAX_JOBS
-echo "torchkiln-jobs: $name MAX_JOBS=$MAX_JOBS ($why)"
+echo "torchkiln-jobs: ${TORCHKILN_BUILD_NAME:-$name} MAX_JOBS=$MAX_JOBS ($why)"
 echo "torchkiln: TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-none (CPU)} FORCE_CUDA=${FORCE_CUDA:-}"
 export USE_CUDNN USE_NCCL USE_FLASH_ATTENTION USE_MEM_EFF_ATTENTION DEBUG
 export CCACHE_DIR=/root/.cache/ccache CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-40G}
@@ -166,5 +166,5 @@ if [[ $name == pytorch ]]; then
 fi
 # The compile step's peak memory (cgroup v2), against which MAX_JOBS can be tuned.
 if [[ -r /sys/fs/cgroup/memory.peak ]]; then
-  echo "torchkiln-memory: $name peak=$(($(cat /sys/fs/cgroup/memory.peak) / 1024 / 1024)) MB MAX_JOBS=$MAX_JOBS"
+  echo "torchkiln-memory: ${TORCHKILN_BUILD_NAME:-$name} peak=$(($(cat /sys/fs/cgroup/memory.peak) / 1024 / 1024)) MB MAX_JOBS=$MAX_JOBS"
 fi

@@ -43,9 +43,10 @@ print(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(m.__file__
       "PYTHONPATH (net.sh sets it in the build stages; on a host, PYTHONPATH=<checkout>/src)" >&2
     return 1
   fi
-  # At one path for every build: cpp_extension puts -I$CUDA_HOME/include on each command line and
-  # the headers' paths reach the preprocessed code, both of which ccache hashes.
-  shadow=/tmp/torchkiln-cuda-$(id -u)
+  # At one path for every build of a tree: cpp_extension puts -I$CUDA_HOME/include on each
+  # command line and the headers' paths reach the preprocessed code, both of which ccache hashes
+  # (a build stage's trees are at fixed paths); builds of other trees on one host run beside it.
+  shadow=/tmp/torchkiln-cuda-$(id -u)-$(printf '%s' "$tree" | cksum | cut -d' ' -f1)
   rm -rf "$shadow" && mkdir -p "$shadow/bin"
   for entry in "$cuda_home"/*; do
     [[ $(basename "$entry") == bin ]] || ln -s "$entry" "$shadow/"
@@ -63,6 +64,9 @@ EOF
   export TORCHKILN_REAL_NVCC=$real CUDA_HOME=$shadow CUDA_PATH=$shadow
   export PYTORCH_NVCC=$shadow/bin/nvcc CUDACXX=$shadow/bin/nvcc CUDA_NVCC_EXECUTABLE=$shadow/bin/nvcc
   export PATH=$shadow/bin:$PATH TORCHKILN_EXTENSION_ARCHS=${EXTENSION_ARCHS:-as-is}
+  # torch.utils.cpp_extension (2.x) puts ccache before the compilers it runs when ccache is on
+  # PATH: the links above and the wrapper already do, and ccache must not run the wrapper.
+  export TORCH_NO_COMPILER_WRAPPER=1
   eval "$("$python" -m torchkiln.inimage.nvcc env "$tree")"
 }
 extension_env "$1"

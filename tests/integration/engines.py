@@ -14,6 +14,8 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from projects import BASE, assert_ok
@@ -169,3 +171,56 @@ def free_subnet() -> ipaddress.IPv4Network:
         if f"172.31.{third}." not in used:
             return subnet
     raise AssertionError("no free 172.31.x.0/24 for the second engine's bridge")
+
+
+def bridge_address() -> str:
+    """The docker0 bridge's address on the host: build steps reach the host there."""
+    shown = run(["docker", "network", "inspect", "bridge", "--format",
+                 "{{(index .IPAM.Config 0).Gateway}}"], check=True)  # fmt: skip
+    return shown.stdout.strip()
+
+
+def redis_command(address: str, port: int, *commands: tuple[str, ...]) -> str:
+    """Send commands to a test Redis in its own protocol (no client library) on one
+    connection; return the last answer."""
+    answer = ""
+    with socket.create_connection((address, port), timeout=5) as connection:
+        for command in commands:
+            parts = [f"${len(part.encode())}\r\n{part}\r\n" for part in command]
+            connection.sendall(f"*{len(command)}\r\n{''.join(parts)}".encode())
+            answer = connection.recv(4096).decode()
+    return answer
+
+
+@contextmanager
+def redis_server(directory: Path, *options: str) -> Iterator[tuple[str, int]]:
+    """Redis from Debian's package on the bridge's address and a free port, nothing saved to
+    disk; skip (or fail with TORCHKILN_REQUIRE_DOCKER=1) where it is not installed."""
+    import pytest
+
+    binary = debian_program("redis-server")
+    if not binary:
+        message = "redis-server is not installed (apt-get install -y redis-server)"
+        if os.environ.get("TORCHKILN_REQUIRE_DOCKER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    address, port = bridge_address(), free_port()
+    log = (directory / "log").open("w")
+    process = subprocess.Popen(
+        [binary, "--bind", address, "--port", str(port), "--save", "", "--appendonly", "no",
+         "--dir", str(directory), *options],
+        stdout=log, stderr=log,
+    )  # fmt: skip
+
+    def answers() -> bool:
+        try:
+            return redis_command(address, port, ("PING",)).startswith(("+PONG", "-NOAUTH"))
+        except OSError:
+            return False
+
+    try:
+        wait_until(answers, f"redis on {address}:{port}")
+        yield address, port
+    finally:
+        stop(process)
+        log.close()

@@ -280,3 +280,9 @@ def test_nox_smoke_diagnoses_a_cpu_image_and_passes_with_allow_cpu(wheels_projec
     assert parsed["ok"] is True
     assert parsed["torch"].startswith("2.13.0")
     assert {check["status"] for check in parsed["checks"]} <= {"pass", "skip", "warn"}
+    rows = {check["name"]: check for check in parsed["checks"]}
+    # Inductor compiled C++ in the image (its compiler and Python's headers are there), and
+    # every library of every package resolves.
+    assert rows["torch.compile"]["status"] == "pass", rows["torch.compile"]
+    assert "Inductor C++ kernel on cpu" in rows["torch.compile"]["detail"]
+    assert rows["link audit"]["status"] == "pass", rows["link audit"]

@@ -24,23 +24,13 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from engines import free_port
+from engines import bridge_address, free_port
 from projects import assert_ok, make_project, remove_project
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
 
 # The server stops by itself after this long, whatever happens to the test process.
 SERVER_LIFETIME_S = 1800
-
-
-def bridge_address() -> str:
-    """The docker0 bridge's address on the host: build steps reach the host there."""
-    shown = subprocess.run(
-        ["docker", "network", "inspect", "bridge", "--format",
-         "{{(index .IPAM.Config 0).Gateway}}"],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    return shown.stdout.strip()
 
 
 def make_certificates(directory: Path, address: str) -> tuple[Path, Path, Path]:

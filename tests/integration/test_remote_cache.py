@@ -8,15 +8,13 @@ read-only client.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from engines import SecondEngine, debian_program, free_port, run, stop, wait_until
+from engines import SecondEngine, bridge_address, free_port, redis_command, redis_server
 from projects import Project, assert_ok, make_project, remove_project
 
 from torchkiln import build as builder
@@ -32,57 +30,15 @@ CCACHE_LINE = re.compile(
 )
 
 
-def bridge_address() -> str:
-    """The docker0 bridge's address on the host: build steps reach the host there."""
-    shown = run(["docker", "network", "inspect", "bridge", "--format",
-                 "{{(index .IPAM.Config 0).Gateway}}"])  # fmt: skip
-    return shown.stdout.strip()
-
-
-def redis_cli(address: str, port: int, *command: str) -> str:
-    """Talk to the test's Redis in its own protocol (no client library needed)."""
-    import socket
-
-    with socket.create_connection((address, port), timeout=5) as connection:
-        parts = [f"${len(part)}\r\n{part}\r\n" for part in command]
-        connection.sendall(f"*{len(command)}\r\n{''.join(parts)}".encode())
-        return connection.recv(4096).decode()
-
-
 @pytest.fixture(scope="module")
 def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     """Redis on the bridge's address and a free port, with nothing saved to disk."""
-    binary = debian_program("redis-server")
-    if not binary:
-        message = "redis-server is not installed (apt-get install -y redis-server)"
-        if os.environ.get("TORCHKILN_REQUIRE_DOCKER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    address, port = bridge_address(), free_port()
-    directory = tmp_path_factory.mktemp("redis")
-    log = (directory / "log").open("w")
-    process = subprocess.Popen(
-        [binary, "--bind", address, "--port", str(port), "--save", "", "--appendonly", "no",
-         "--protected-mode", "no", "--dir", str(directory)],
-        stdout=log, stderr=log,
-    )  # fmt: skip
-    try:
-        wait_until(lambda: _pong(address, port), f"redis on {address}:{port}")
-        yield address, port
-    finally:
-        stop(process)
-        log.close()
-
-
-def _pong(address: str, port: int) -> bool:
-    try:
-        return redis_cli(address, port, "PING").startswith("+PONG")
-    except OSError:
-        return False
+    with redis_server(tmp_path_factory.mktemp("redis"), "--protected-mode", "no") as server:
+        yield server
 
 
 def keys(address: str, port: int) -> int:
-    return int(redis_cli(address, port, "DBSIZE").strip().lstrip(":"))
+    return int(redis_command(address, port, ("DBSIZE",)).strip().lstrip(":"))
 
 
 def unique_sources(project: Project) -> list[str]:

@@ -9,16 +9,13 @@ mode 0600.
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
 import urllib.parse
 import uuid
 from collections.abc import Iterator
 
 import pytest
-from engines import debian_program, free_port, stop, wait_until
+from engines import redis_command, redis_server
 from pip._internal.models.index import PyPI
 from projects import Project, assert_ok, fixture_sources, make_project, remove_project
 
@@ -34,63 +31,18 @@ CCACHE_LINE = re.compile(r"torchkiln-ccache: pytorch hits=(\d+) misses=(\d+) rem
                          r"remote_errors=(\d+)")  # fmt: skip
 
 
-def bridge_address() -> str:
-    shown = subprocess.run(
-        ["docker", "network", "inspect", "bridge", "--format",
-         "{{(index .IPAM.Config 0).Gateway}}"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    return shown.stdout.strip()
-
-
-def redis_command(address: str, port: int, *command: str) -> str:
-    with socket.create_connection((address, port), timeout=5) as connection:
-        parts = [f"${len(part.encode())}\r\n{part}\r\n" for part in command]
-        connection.sendall(f"*{len(command)}\r\n{''.join(parts)}".encode())
-        return connection.recv(4096).decode()
-
-
 def keys(address: str, port: int) -> int:
     """DBSIZE, authenticated on the same connection."""
-    with socket.create_connection((address, port), timeout=5) as connection:
-        for command in (("AUTH", CACHE_PASSWORD), ("DBSIZE",)):
-            parts = [f"${len(part.encode())}\r\n{part}\r\n" for part in command]
-            connection.sendall(f"*{len(command)}\r\n{''.join(parts)}".encode())
-            answer = connection.recv(4096).decode()
-            assert not answer.startswith("-"), answer
+    answer = redis_command(address, port, ("AUTH", CACHE_PASSWORD), ("DBSIZE",))
+    assert not answer.startswith("-"), answer
     return int(answer.strip().lstrip(":"))
 
 
 @pytest.fixture(scope="module")
 def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     """Redis with that password on the docker0 bridge's address (where build steps reach it)."""
-    binary = debian_program("redis-server")
-    if not binary:
-        message = "redis-server is not installed (apt-get install -y redis-server)"
-        if os.environ.get("TORCHKILN_REQUIRE_DOCKER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    address, port = bridge_address(), free_port()
-    directory = tmp_path_factory.mktemp("redis")
-    log = (directory / "log").open("w")
-    process = subprocess.Popen(
-        [binary, "--bind", address, "--port", str(port), "--save", "", "--appendonly", "no",
-         "--requirepass", CACHE_PASSWORD, "--dir", str(directory)],
-        stdout=log, stderr=log,
-    )  # fmt: skip
-
-    def answers() -> bool:
-        try:
-            return redis_command(address, port, "PING").startswith(("+PONG", "-NOAUTH"))
-        except OSError:
-            return False
-
-    try:
-        wait_until(answers, f"redis on {address}:{port}")
-        yield address, port
-    finally:
-        stop(process)
-        log.close()
+    with redis_server(tmp_path_factory.mktemp("redis"), "--requirepass", CACHE_PASSWORD) as server:
+        yield server
 
 
 def hidden_everywhere(text: str) -> list[str]:
