@@ -17,7 +17,8 @@
 #                                CARRY/wheels setuptools wheel packaging einops pytest (its setup.py
 #                                imports the first three, its tests the others; pytest brings
 #                                iniconfig, pluggy, pygments); pip takes only what the host lacks
-# OUT gets each build's log, wheel, nvcc call log and report, the tests' output, summary.txt.
+# OUT gets each build's log, wheel, nvcc call log and report, the tests' output, summary.txt;
+# with NVCC_TIME=1 also each build's nvcc-phases.csv (nvcc --time).
 set -euo pipefail
 carry=$(cd "$1" && pwd)
 mkdir -p "$2"
@@ -54,7 +55,9 @@ build_as() {
   tar -xzf "$sdist" -C "$work/src"
   tree=$(find "$work/src" -mindepth 1 -maxdepth 1 -type d)
   started=$(date +%s)
-  EXTENSION_ARCHS=$policy TORCHKILN_NVCC_LOG=$work/nvcc-calls.jsonl \
+  # NVCC_TIME=1: nvcc's own time per phase (cicc, ptxas, the host compiler) of every call.
+  NVCC_APPEND_FLAGS=${NVCC_TIME:+--time=$work/nvcc-phases.csv} \
+    EXTENSION_ARCHS=$policy TORCHKILN_NVCC_LOG=$work/nvcc-calls.jsonl \
     TORCHKILN_BUILD_NAME=causal-conv1d "$repo/docker/scripts/build-wheel.sh" "$tree" "$work/wheels" \
     >"$work/build.log" 2>&1 || { tail -40 "$work/build.log"; echo "ERROR: the $policy build failed"; exit 1; }
   seconds=$(($(date +%s) - started))

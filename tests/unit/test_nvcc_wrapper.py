@@ -155,6 +155,27 @@ def test_threads_are_spent_across_archs_within_the_budget(threads, text, used) -
 
 
 @pytest.mark.parametrize(
+    ("threads", "text", "used", "split"),
+    [(5, "9.0", 1, 5), (5, "8.6;9.0", 2, 2), (5, "7.5;8.0;8.6;9.0;12.0", 5, 1), (1, "9.0", 1, 1)],
+    ids=["one-arch-takes-the-share", "two-archs-halves", "as-many-archs-as-threads", "no-share"],
+)
+def test_what_threads_leave_over_goes_to_split_compile(threads, text, used, split) -> None:
+    call = wrapper.rewrite(CAUSAL_CONV1D, cca(text), threads=threads, split_compile=True)
+    assert (call.threads, call.split) == (used, split)
+    assert (f"--split-compile={split}" in call.args) == (split > 1)
+    # threads x split never exceeds the call's share of MAX_JOBS.
+    assert call.threads * call.split <= threads
+
+
+def test_split_compile_only_where_nvcc_has_it_and_the_call_sets_none() -> None:
+    assert not any("split" in a for a in wrapper.rewrite(["-c", "x.cu"], cca("9.0"), 8).args)
+    own = ["--split-compile", "2", "-c", "x.cu"]
+    call = wrapper.rewrite(own, cca("9.0"), threads=8, split_compile=True)
+    assert call.split == 1 and call.args.count("--split-compile") == 1
+    assert not any(a.startswith("--split-compile=") for a in call.args)
+
+
+@pytest.mark.parametrize(
     ("max_jobs", "sources", "threads"),
     [(16, 3, 5), (16, 500, 1), (2, 3, 1), (1, 1, 1), (16, 0, 1), (8, 1, 8)],
     ids=["few-files-many-jobs", "many-files", "small-machine", "one", "no-cu", "one-file"],
@@ -190,6 +211,17 @@ def test_env_lines_give_the_budget_and_under_cca_the_variables(tmp_path: Path) -
     environ = {"MAX_JOBS": "12", "TORCH_CUDA_ARCH_LIST": "9.0", "TORCHKILN_EXTENSION_ARCHS": "cca"}
     lines = wrapper.env_lines(str(tmp_path), environ)
     assert "export TORCHKILN_NVCC_THREADS=4" in lines
+    assert not any("TORCHKILN_NVCC_SPLIT" in line for line in lines)  # no nvcc named
+    old = tmp_path / "old-nvcc"
+    old.write_text("#!/bin/sh\necho '--threads <number>  (-t)'\n")
+    new = tmp_path / "new-nvcc"
+    new.write_text("#!/bin/sh\necho '--split-compile <number>  (-split-compile)'\n")
+    for program in (old, new):
+        program.chmod(0o755)
+    with_old = wrapper.env_lines(str(tmp_path), {**environ, "TORCHKILN_REAL_NVCC": str(old)})
+    assert not any("TORCHKILN_NVCC_SPLIT" in line for line in with_old)
+    with_new = wrapper.env_lines(str(tmp_path), {**environ, "TORCHKILN_REAL_NVCC": str(new)})
+    assert "export TORCHKILN_NVCC_SPLIT=1" in with_new
     assert "export FLASH_ATTN_CUDA_ARCHS=90" in lines
     as_is = wrapper.env_lines(str(tmp_path), {**environ, "TORCHKILN_EXTENSION_ARCHS": "as-is"})
     assert not any("FLASH_ATTN" in line for line in as_is)
@@ -227,6 +259,7 @@ def test_the_wrapper_runs_the_rewritten_call_logs_it_and_hides_the_ccache_links(
         "asked": ["sm_75", "sm_80", "sm_90", "sm_120"],
         "given": ["sm_86"],
         "threads": 1,
+        "split": 1,
     }
 
 

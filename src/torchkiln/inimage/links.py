@@ -39,6 +39,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ HEADER = struct.Struct("<16sHHIQQQIHHHHHH")  # ELF64: ident, type, machine ... s
 PROGRAM = struct.Struct("<IIQQQQQQ")  # type, flags, offset, vaddr, paddr, filesz, memsz, align
 SECTION = struct.Struct("<IIQQQQIIQQ")  # name, type, flags, addr, offset, size, link ...
 DYNAMIC = struct.Struct("<qQ")  # tag, value
+STRING_CHUNK = 256  # bytes read at first for one dynamic string (names and paths are short)
 PT_LOAD, PT_DYNAMIC = 1, 2
 SHT_DYNAMIC = 6
 DT_NULL, DT_NEEDED, DT_STRTAB, DT_STRSZ, DT_SONAME, DT_RPATH = 0, 1, 5, 10, 14, 15
@@ -243,11 +245,19 @@ def identity_of(path: str) -> tuple[int, int, int] | None:
         return None
 
 
+Reader = Callable[[int, int], bytes]  # (offset, count) -> at most count bytes from offset
+
+
 def read_dynamic(path: str | os.PathLike[str]) -> Dynamic:
     """Read the dynamic section of a 64-bit little-endian ELF file (empty for a static one);
-    raises NotELF, OtherELF, or ElfError for a file cut short."""
-    with open(path, "rb") as handle:
-        head = handle.read(HEADER.size)
+    raises NotELF, OtherELF, or ElfError for a file cut short.
+
+    The file is read by pread, a few small ranges, not through an mmap: a read lets other
+    threads run while the disk answers (a page fault of an mmap holds the interpreter), so the
+    audit reads many files at once (Auditor.read)."""
+    with open(path, "rb", buffering=0) as handle:
+        fd = handle.fileno()
+        head = os.pread(fd, HEADER.size, 0)
         if head[:4] != b"\x7fELF":
             raise NotELF(f"{path}: not an ELF file (it does not start with \\x7fELF)")
         if len(head) >= 6 and (head[4] != 2 or head[5] != 1):
@@ -255,32 +265,38 @@ def read_dynamic(path: str | os.PathLike[str]) -> Dynamic:
             raise OtherELF(f"{path}: a {kind} ELF; only 64-bit little-endian ones are audited")
         if len(head) < HEADER.size:
             raise ElfError(f"{path}: truncated ELF header ({len(head)} bytes)")
-        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
-            return dynamic_in(view, str(path))
+        return dynamic_in(
+            lambda offset, count: os.pread(fd, count, offset), os.fstat(fd).st_size, str(path)
+        )
 
 
-def dynamic_in(view: mmap.mmap | bytes, path: str) -> Dynamic:
+def bytes_reader(data: bytes) -> Reader:
+    """A Reader over bytes in memory."""
+    return lambda offset, count: data[offset : offset + count]
+
+
+def dynamic_in(read: Reader, size: int, path: str) -> Dynamic:
     """Find the dynamic array through the program headers (PT_DYNAMIC, the string table's
     address mapped to a file offset through PT_LOAD), else through the section headers."""
-    fields = HEADER.unpack_from(view, 0)
+    fields = HEADER.unpack_from(read(0, HEADER.size), 0)
     phoff, shoff, phentsize, phnum = fields[5], fields[6], fields[9], fields[10]
-    size = len(view)
     loads: list[tuple[int, int, int]] = []
     table: tuple[int, int] | None = None
     if phoff and phnum:
         if phentsize < PROGRAM.size or phoff + phentsize * phnum > size:
             raise ElfError(f"{path}: truncated: program headers end past byte {size}")
+        headers = read(phoff, phentsize * phnum)
         for index in range(phnum):
             kind, _, offset, vaddr, _, filesz, _, _ = PROGRAM.unpack_from(
-                view, phoff + index * phentsize
+                headers, index * phentsize
             )
             if kind == PT_LOAD:
                 loads.append((vaddr, filesz, offset))
             elif kind == PT_DYNAMIC:
                 table = (offset, filesz)
-    # Section headers sit at the file's end, a page read of their own: read them only when
-    # the program headers do not do.
-    sections = dynamic_section(view, fields, path) if shoff and table is None else None
+    # Section headers sit at the file's end, a read of their own: read them only when the
+    # program headers do not do.
+    sections = dynamic_section(read, size, fields, path) if shoff and table is None else None
     if table is None:
         if sections is None:
             return Dynamic()  # statically linked: it needs nothing
@@ -290,8 +306,9 @@ def dynamic_in(view: mmap.mmap | bytes, path: str) -> Dynamic:
         raise ElfError(f"{path}: truncated: the dynamic section ends past byte {size}")
     tags: dict[int, int] = {}
     needed: list[int] = []
-    for at in range(offset, offset + length - DYNAMIC.size + 1, DYNAMIC.size):
-        tag, value = DYNAMIC.unpack_from(view, at)
+    array = read(offset, length)
+    for at in range(0, length - DYNAMIC.size + 1, DYNAMIC.size):
+        tag, value = DYNAMIC.unpack_from(array, at)
         if tag == DT_NULL:
             break
         if tag == DT_NEEDED:
@@ -303,16 +320,23 @@ def dynamic_in(view: mmap.mmap | bytes, path: str) -> Dynamic:
     except ElfError:
         if not shoff or sections is not None:
             raise
-        strings = string_table(tags, loads, dynamic_section(view, fields, path), path)
+        strings = string_table(tags, loads, dynamic_section(read, size, fields, path), path)
     start, count = strings
     if start + count > size:
         raise ElfError(f"{path}: truncated: the dynamic string table ends past byte {size}")
 
     def text(at: int) -> str:
-        end = view.find(b"\0", start + at, start + count)
-        if at >= count or end < 0:
-            raise ElfError(f"{path}: a dynamic string at {at} runs past its table")
-        return bytes(view[start + at : end]).decode("utf-8", "surrogateescape")
+        # Read a little past `at` and more until the terminating NUL: the table may be MBs.
+        chunk, got = STRING_CHUNK, b""
+        while at < count:
+            got = read(start + at, min(chunk, count - at))
+            end = got.find(b"\0")
+            if end >= 0:
+                return got[:end].decode("utf-8", "surrogateescape")
+            if chunk >= count - at:
+                break
+            chunk *= 4
+        raise ElfError(f"{path}: a dynamic string at {at} runs past its table")
 
     def entries(tag: int) -> list[str]:
         return text(tags[tag]).split(":") if tag in tags else []
@@ -328,13 +352,14 @@ def dynamic_in(view: mmap.mmap | bytes, path: str) -> Dynamic:
 
 
 def dynamic_section(
-    view: mmap.mmap | bytes, fields: tuple[Any, ...], path: str
+    read: Reader, size: int, fields: tuple[Any, ...], path: str
 ) -> tuple[tuple[int, int], tuple[int, int]] | None:
     """The SHT_DYNAMIC section and its linked string table ((offset, size) each), or None."""
     shoff, shentsize, shnum = fields[6], fields[11], fields[12]
-    if shentsize < SECTION.size or shoff + shentsize * shnum > len(view):
-        raise ElfError(f"{path}: truncated: section headers end past byte {len(view)}")
-    raw = [SECTION.unpack_from(view, shoff + index * shentsize) for index in range(shnum)]
+    if shentsize < SECTION.size or shoff + shentsize * shnum > size:
+        raise ElfError(f"{path}: truncated: section headers end past byte {size}")
+    headers = read(shoff, shentsize * shnum)
+    raw = [SECTION.unpack_from(headers, index * shentsize) for index in range(shnum)]
     for _, kind, _, _, offset, length, link, *_ in raw:
         if kind == SHT_DYNAMIC and link < len(raw):
             return (offset, length), (raw[link][4], raw[link][5])
@@ -576,6 +601,17 @@ def unpacked_entry(entry: os.DirEntry[str]) -> bool:
     return elf_entry(entry) or "." not in entry.name
 
 
+READERS = 8  # files read at once (reads of a cold disk overlap; parsing is short)
+
+
+def read_or_error(path: str | os.PathLike[str]) -> tuple[Dynamic | None, Exception | None]:
+    """read_dynamic's result, or the error it raised (for a pool's map)."""
+    try:
+        return read_dynamic(path), None
+    except (ElfError, OSError) as exc:
+        return None, exc
+
+
 class Auditor:
     """Reads the files under the audited paths and resolves their NEEDED names."""
 
@@ -603,21 +639,16 @@ class Auditor:
             found = list(arch_audit.package_files(paths, wanted))
         except arch_audit.AuditInputError as exc:
             raise LinkInputError(str(exc)) from None
-        for item in found:
-            try:
-                dynamic = read_dynamic(item.path)
-            except NotELF as exc:
+        # Many files at once: on a cold page cache the audit waits on the disk, file by file.
+        with ThreadPoolExecutor(READERS) as pool:
+            results = list(pool.map(read_or_error, [item.path for item in found]))
+        for item, (dynamic, problem) in zip(found, results, strict=True):
+            if isinstance(problem, NotELF | OtherELF):  # OtherELF: a 32-bit library, unloaded
                 if item.named:
-                    raise LinkInputError(str(exc)) from None
+                    raise LinkInputError(str(problem)) from None
                 continue
-            except OtherELF as exc:
-                if item.named:
-                    raise LinkInputError(str(exc)) from None
-                continue  # a 32-bit library: no process here loads it
-            except (ElfError, OSError) as exc:
-                dynamic, error = Dynamic(), str(exc)
-            else:
-                error = ""
+            error = str(problem) if problem is not None else ""
+            dynamic = dynamic or Dynamic()
             file = ElfFile(str(item.path), item.relative, item.package, str(item.root), dynamic)
             file.error = error
             self.files.append(file)

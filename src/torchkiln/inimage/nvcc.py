@@ -32,6 +32,7 @@ GENCODE = ("-gencode", "--generate-code")
 ARCH = ("-arch", "--gpu-architecture")
 CODE = ("-code", "--gpu-code")
 THREADS = ("-t", "--threads")
+SPLIT_COMPILE = ("-split-compile", "--split-compile")
 # nvcc's long dependency options (the ninja files of many torch.utils.cpp_extension releases use
 # them), which ccache 4.7 does not know: it takes the file after --dependency-output for a second
 # source and compiles uncached ("multiple source files"). Their short forms it knows.
@@ -70,6 +71,7 @@ class NvccCall:
     given: list[str] = field(default_factory=list)  # what it compiles for
     source: str = ""
     threads: int = 1
+    split: int = 1  # --split-compile: threads inside one arch's cicc and ptxas
 
 
 def _option_value(args: Sequence[str], index: int, names: Iterable[str]) -> tuple[str, int] | None:
@@ -111,12 +113,14 @@ def _order(names: Iterable[str]) -> list[str]:
 class SplitCall:
     """A call taken apart: the arguments without target and thread options, the targets those
     options ask for ([] when none: nvcc's default), the options themselves spelled joined
-    (`-gencode=…`, which ccache reads as one option), and the --threads asked for."""
+    (`-gencode=…`, which ccache reads as one option), the --threads asked for, and whether
+    the call sets its own --split-compile (kept in `rest`)."""
 
     rest: list[str]
     targets: list[str]
     target_options: list[str]
     threads: int | None
+    own_split: bool = False
 
 
 def split_targets(args: Sequence[str]) -> SplitCall:
@@ -140,6 +144,9 @@ def split_targets(args: Sequence[str]) -> SplitCall:
                 split.threads = int(matched[0]) if matched[0].isdigit() else split.threads
                 index += matched[1]
                 continue
+            split.own_split = split.own_split or any(
+                args[index] == name or args[index].startswith(name + "=") for name in SPLIT_COMPILE
+            )
             matched = _option_value(args, index, DEPENDENCY_VALUE_ALIASES)
             if matched:
                 name = next(n for n in DEPENDENCY_VALUE_ALIASES if args[index].startswith(n))
@@ -172,7 +179,10 @@ def _source(args: Sequence[str]) -> str:
 
 
 def rewrite(
-    args: Sequence[str], cca: Sequence[arch_rules.Arch] | None, threads: int = DEFAULT_THREADS
+    args: Sequence[str],
+    cca: Sequence[arch_rules.Arch] | None,
+    threads: int = DEFAULT_THREADS,
+    split_compile: bool = False,
 ) -> NvccCall:
     """Decide how one nvcc call runs.
 
@@ -181,6 +191,12 @@ def rewrite(
     the build's --threads gives way to `threads` (the share of the memory budget one nvcc call
     may use), and only where the call compiles for several targets; the long dependency options
     become their short forms for ccache.
+
+    With `split_compile` (an nvcc that has the option), what `threads` leaves over after one
+    thread per arch goes to --split-compile, which runs the optimizer of cicc and ptxas on
+    several threads within one arch ("minimal (if any) impact on performance of the compiled
+    binary", nvcc --help): one arch under cca no longer leaves the call's share of the cores
+    idle. A call's own --split-compile stays as it is.
     """
     split = split_targets(args)
     asked = split.targets
@@ -192,12 +208,16 @@ def rewrite(
     arch_count = len({name.split("_", 1)[-1] for name in given})
     used = max(1, min(threads, arch_count))
     thread_flags = [f"--threads={used}"] if used > 1 else []
+    spare = max(1, threads) // used if split_compile and not split.own_split else 1
+    if spare > 1:
+        thread_flags.append(f"--split-compile={spare}")
     return NvccCall(
         args=[*flags, *thread_flags, *split.rest],
         asked=asked,
         given=given,
         source=_source(args),
         threads=used,
+        split=spare,
     )
 
 
@@ -280,11 +300,11 @@ def wrap(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
     policy = env.get("TORCHKILN_EXTENSION_ARCHS", "as-is")
     cca = arch_rules.parse_cca(cca_text) if policy == "cca" and cca_text.strip() else None
     threads = int(env.get("TORCHKILN_NVCC_THREADS") or DEFAULT_THREADS)
-    call = rewrite(argv, cca, threads)
+    call = rewrite(argv, cca, threads, env.get("TORCHKILN_NVCC_SPLIT") == "1")
     log = env.get("TORCHKILN_NVCC_LOG")
     if log:
         record = {"source": call.source, "asked": call.asked, "given": call.given}
-        record["threads"] = call.threads
+        record.update(threads=call.threads, split=call.split)
         with open(log, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
     launcher = env.get("TORCHKILN_CCACHE", "")
@@ -307,6 +327,17 @@ def count_cuda_sources(tree: str) -> int:
     return sum(1 for _ in Path(tree).rglob("*.cu"))
 
 
+def has_split_compile(nvcc: str) -> bool:
+    """Tell whether an nvcc knows --split-compile (its --help lists it; older ones do not)."""
+    if not nvcc:
+        return False
+    try:
+        shown = subprocess.run([nvcc, "--help"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "--split-compile " in shown.stdout
+
+
 def env_lines(tree: str, environ: Mapping[str, str]) -> list[str]:
     """Shell lines extension-env.sh evaluates: the thread budget, and under EXTENSION_ARCHS=cca
     the projects' own arch variables."""
@@ -314,6 +345,8 @@ def env_lines(tree: str, environ: Mapping[str, str]) -> list[str]:
     sources = count_cuda_sources(tree)
     threads = nvcc_threads(max_jobs, sources)
     variables = {"TORCHKILN_NVCC_THREADS": str(threads), "NVCC_THREADS": str(threads)}
+    if threads > 1 and has_split_compile(environ.get("TORCHKILN_REAL_NVCC", "")):
+        variables["TORCHKILN_NVCC_SPLIT"] = "1"
     policy = environ.get("TORCHKILN_EXTENSION_ARCHS", "as-is")
     cca_text = environ.get("TORCH_CUDA_ARCH_LIST", "")
     if policy == "cca" and cca_text.strip():
