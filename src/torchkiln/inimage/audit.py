@@ -26,7 +26,6 @@ import sysconfig
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -340,50 +339,21 @@ def walk(start: Path, wanted: Callable[[os.DirEntry[str]], bool] | None = None) 
     yield from walk_folder(str(start), wanted or shared_object_entry)
 
 
-WALKERS = 8  # folders listed at once (a cold site-packages is thousands of folder reads)
-
-
 def walk_folder(folder: str, wanted: Callable[[os.DirEntry[str]], bool]) -> Iterator[Path]:
-    """Walk one folder: its files first, then its subfolders (links to folders not followed).
-
-    The folders of each depth are listed at once in threads (a folder read or a stat lets the
-    others run), then the files are given in the order of a walk one folder at a time."""
-    listings: dict[str, tuple[list[Path], list[str]]] = {}
-    level = [folder]
-
-    def list_batch(batch: list[str]) -> list[tuple[list[Path], list[str]]]:
-        return [list_folder(name, wanted) for name in batch]
-
-    with ThreadPoolExecutor(WALKERS) as pool:
-        while level:
-            # A batch of folders per thread: a task per folder costs more than a warm listing.
-            batches = [level[start::WALKERS] for start in range(min(WALKERS, len(level)))]
-            for batch, found in zip(batches, pool.map(list_batch, batches), strict=True):
-                listings.update(zip(batch, found, strict=True))
-            level = [sub for name in level for sub in listings[name][1]]
-    pending = [folder]
-    while pending:
-        files, subfolders = listings[pending.pop()]
-        yield from files
-        pending += reversed(subfolders)
-
-
-def list_folder(
-    folder: str, wanted: Callable[[os.DirEntry[str]], bool]
-) -> tuple[list[Path], list[str]]:
-    """The files of one folder that `wanted` accepts, and its subfolders, in name order."""
+    """Walk one folder: its files first, then its subfolders (links to folders not followed)."""
     try:
         with os.scandir(folder) as listing:
             entries = sorted(listing, key=lambda entry: entry.name)
     except OSError:
-        return [], []
-    files, subfolders = [], []
+        return
+    subfolders = []
     for entry in entries:
         if entry.is_dir(follow_symlinks=False):
             subfolders.append(entry.path)
         elif entry.is_file() and wanted(entry):  # is_file: not a dangling link
-            files.append(Path(entry.path))
-    return files, subfolders
+            yield Path(entry.path)
+    for subfolder in subfolders:
+        yield from walk_folder(subfolder, wanted)
 
 
 @contextlib.contextmanager

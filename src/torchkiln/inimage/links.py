@@ -39,7 +39,6 @@ import struct
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,9 +251,9 @@ def read_dynamic(path: str | os.PathLike[str]) -> Dynamic:
     """Read the dynamic section of a 64-bit little-endian ELF file (empty for a static one);
     raises NotELF, OtherELF, or ElfError for a file cut short.
 
-    The file is read by pread, a few small ranges, not through an mmap: a read lets other
-    threads run while the disk answers (a page fault of an mmap holds the interpreter), so the
-    audit reads many files at once (Auditor.read)."""
+    The file is read by pread, a few small ranges, not through an mmap: mapping a library of a
+    gigabyte and faulting its pages in made a cold audit of a whole site-packages three times
+    slower (docs/gpu-results.md, run 9)."""
     with open(path, "rb", buffering=0) as handle:
         fd = handle.fileno()
         head = os.pread(fd, HEADER.size, 0)
@@ -268,11 +267,6 @@ def read_dynamic(path: str | os.PathLike[str]) -> Dynamic:
         return dynamic_in(
             lambda offset, count: os.pread(fd, count, offset), os.fstat(fd).st_size, str(path)
         )
-
-
-def bytes_reader(data: bytes) -> Reader:
-    """A Reader over bytes in memory."""
-    return lambda offset, count: data[offset : offset + count]
 
 
 def dynamic_in(read: Reader, size: int, path: str) -> Dynamic:
@@ -601,17 +595,6 @@ def unpacked_entry(entry: os.DirEntry[str]) -> bool:
     return elf_entry(entry) or "." not in entry.name
 
 
-READERS = 8  # files read at once (reads of a cold disk overlap; parsing is short)
-
-
-def read_or_error(path: str | os.PathLike[str]) -> tuple[Dynamic | None, Exception | None]:
-    """read_dynamic's result, or the error it raised (for a pool's map)."""
-    try:
-        return read_dynamic(path), None
-    except (ElfError, OSError) as exc:
-        return None, exc
-
-
 class Auditor:
     """Reads the files under the audited paths and resolves their NEEDED names."""
 
@@ -639,16 +622,15 @@ class Auditor:
             found = list(arch_audit.package_files(paths, wanted))
         except arch_audit.AuditInputError as exc:
             raise LinkInputError(str(exc)) from None
-        # Many files at once: on a cold page cache the audit waits on the disk, file by file.
-        with ThreadPoolExecutor(READERS) as pool:
-            results = list(pool.map(read_or_error, [item.path for item in found]))
-        for item, (dynamic, problem) in zip(found, results, strict=True):
-            if isinstance(problem, NotELF | OtherELF):  # OtherELF: a 32-bit library, unloaded
+        for item in found:
+            try:
+                dynamic, error = read_dynamic(item.path), ""
+            except (NotELF, OtherELF) as exc:  # OtherELF: a 32-bit library, which none loads
                 if item.named:
-                    raise LinkInputError(str(problem)) from None
+                    raise LinkInputError(str(exc)) from None
                 continue
-            error = str(problem) if problem is not None else ""
-            dynamic = dynamic or Dynamic()
+            except (ElfError, OSError) as exc:
+                dynamic, error = Dynamic(), str(exc)
             file = ElfFile(str(item.path), item.relative, item.package, str(item.root), dynamic)
             file.error = error
             self.files.append(file)
