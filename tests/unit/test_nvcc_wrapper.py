@@ -279,3 +279,40 @@ def test_the_wrapper_passes_queries_through_and_says_what_a_failure_owes_to_cca(
     assert wrapper.wrap(call, environ) == 1
     err = capsys.readouterr().err
     assert err.startswith(wrapper.HINT_PREFIX) and "hopper.cu" in err and "9.0a" in err
+
+
+def test_nvccs_flag_variables_are_rewritten_with_the_call(tmp_path: Path) -> None:
+    """A -gencode in NVCC_APPEND_FLAGS would escape the rewrite: it joins the call instead."""
+    program = tmp_path / "nvcc"
+    program.write_text(
+        f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path / "args"}\n'
+        f'echo "APPEND=$NVCC_APPEND_FLAGS PREPEND=$NVCC_PREPEND_FLAGS" >> {tmp_path / "args"}\n'
+    )
+    program.chmod(0o755)
+    log = tmp_path / "calls.jsonl"
+    environ = {
+        "PATH": "/usr/bin",
+        "TORCHKILN_REAL_NVCC": str(program),
+        "TORCHKILN_EXTENSION_ARCHS": "cca",
+        "TORCH_CUDA_ARCH_LIST": "8.6",
+        "TORCHKILN_NVCC_LOG": str(log),
+        "NVCC_PREPEND_FLAGS": "-O3 -gencode arch=compute_80,code=sm_80",
+        "NVCC_APPEND_FLAGS": "-gencode=arch=compute_120,code=sm_120 --threads 4 -lineinfo",
+    }
+    assert wrapper.wrap(["-c", "/src/k.cu", "-o", "k.o"], environ) == 0
+    ran = (tmp_path / "args").read_text().splitlines()
+    assert [arg for arg in ran if "arch=" in arg] == ["-gencode=arch=compute_86,code=sm_86"]
+    assert ran[-1] == "APPEND= PREPEND="
+    assert ran.index("-O3") < ran.index("-c") < ran.index("-lineinfo")
+    assert "--threads" not in ran and "4" not in ran
+    assert json.loads(log.read_text())["asked"] == ["sm_80", "sm_120"]
+    # As-is keeps them, now visible to the report.
+    environ["TORCHKILN_EXTENSION_ARCHS"] = "as-is"
+    log.unlink()
+    assert wrapper.wrap(["-c", "/src/k.cu"], environ) == 0
+    ran = (tmp_path / "args").read_text().splitlines()
+    assert [arg for arg in ran if "arch=" in arg] == [
+        "-gencode=arch=compute_80,code=sm_80",
+        "-gencode=arch=compute_120,code=sm_120",
+    ]
+    assert json.loads(log.read_text())["given"] == ["sm_80", "sm_120"]

@@ -33,6 +33,8 @@ ARCH = ("-arch", "--gpu-architecture")
 CODE = ("-code", "--gpu-code")
 THREADS = ("-t", "--threads")
 SPLIT_COMPILE = ("-split-compile", "--split-compile")
+# Options nvcc itself reads from the environment, before and after the command line's.
+FLAG_VARIABLES = ("NVCC_PREPEND_FLAGS", "NVCC_APPEND_FLAGS")
 # nvcc's long dependency options (the ninja files of many torch.utils.cpp_extension releases use
 # them), which ccache 4.7 does not know: it takes the file after --dependency-output for a second
 # source and compiles uncached ("multiple source files"). Their short forms it knows.
@@ -283,6 +285,22 @@ def _without(path: str, directory: str) -> str:
     return os.pathsep.join(item for item in path.split(os.pathsep) if item and item != directory)
 
 
+def with_flag_variables(argv: Sequence[str], env: dict[str, str]) -> list[str]:
+    """nvcc's own NVCC_PREPEND_FLAGS and NVCC_APPEND_FLAGS, taken into the call (and out of
+    `env`) where nvcc would put them, so that their target and thread options are rewritten
+    too: a -gencode there would otherwise escape EXTENSION_ARCHS=cca. A value that does not
+    split like a command line stays where it is."""
+    parts: dict[str, list[str]] = {}
+    for name in FLAG_VARIABLES:
+        try:
+            parts[name] = shlex.split(env.get(name, ""))
+        except ValueError:
+            parts[name] = []
+            continue
+        env.pop(name, None)
+    return [*parts["NVCC_PREPEND_FLAGS"], *argv, *parts["NVCC_APPEND_FLAGS"]]
+
+
 def wrap(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
     """Run one nvcc call as `rewrite` decides, through ccache; log it; say what a failure
     under EXTENSION_ARCHS=cca may owe to the rewrite."""
@@ -296,6 +314,7 @@ def wrap(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
         return 2
     if QUERIES.intersection(argv):
         return subprocess.call([real, *argv])
+    argv = with_flag_variables(argv, env)
     cca_text = env.get("TORCH_CUDA_ARCH_LIST", "")
     policy = env.get("TORCHKILN_EXTENSION_ARCHS", "as-is")
     cca = arch_rules.parse_cca(cca_text) if policy == "cca" and cca_text.strip() else None
