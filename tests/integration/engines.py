@@ -49,6 +49,19 @@ def debian_program(name: str) -> str:
     return shutil.which(name) or ""
 
 
+def required_program(name: str) -> str:
+    """debian_program, else skip the test (fail it with TORCHKILN_REQUIRE_DOCKER=1)."""
+    import pytest
+
+    binary = debian_program(name)
+    if not binary:
+        message = f"{name} is not installed (apt-get install -y {name})"
+        if os.environ.get("TORCHKILN_REQUIRE_DOCKER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return binary
+
+
 def wait_until(check, what: str, timeout: float = START_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -196,14 +209,7 @@ def redis_command(address: str, port: int, *commands: tuple[str, ...]) -> str:
 def redis_server(directory: Path, *options: str) -> Iterator[tuple[str, int]]:
     """Redis from Debian's package on the bridge's address and a free port, nothing saved to
     disk; skip (or fail with TORCHKILN_REQUIRE_DOCKER=1) where it is not installed."""
-    import pytest
-
-    binary = debian_program("redis-server")
-    if not binary:
-        message = "redis-server is not installed (apt-get install -y redis-server)"
-        if os.environ.get("TORCHKILN_REQUIRE_DOCKER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+    binary = required_program("redis-server")
     address, port = bridge_address(), free_port()
     log = (directory / "log").open("w")
     process = subprocess.Popen(

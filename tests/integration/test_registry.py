@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import subprocess
 import time
 import urllib.request
@@ -23,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from engines import SecondEngine, debian_program, free_port, stop, wait_until
+from engines import SecondEngine, free_port, required_program, stop, wait_until
 from projects import (
     BASE,
     BUILD_STAGES,
@@ -42,12 +41,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A registry on 127.0.0.1:<free port>, with its storage in a temporary directory."""
-    binary = debian_program("docker-registry")
-    if not binary:
-        message = "docker-registry is not installed (apt-get install -y docker-registry)"
-        if os.environ.get("TORCHKILN_REQUIRE_DOCKER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+    binary = required_program("docker-registry")
     directory = tmp_path_factory.mktemp("registry")
     address = f"127.0.0.1:{free_port()}"
     config = directory / "config.yml"
