@@ -13,13 +13,25 @@ import shlex
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
-from torchkiln import buildchecks, compose, doctor, envfile, extensions, gpu, runner, settings
+from torchkiln import (
+    buildchecks,
+    buildplan,
+    compose,
+    doctor,
+    envfile,
+    extensions,
+    gpu,
+    inputs,
+    runner,
+    settings,
+)
+from torchkiln.buildplan import BuildPlan
 from torchkiln.errors import UserError
+from torchkiln.inputs import BuildOptions
 
-IMAGE_SETTING = {"train": "TRAIN_IMAGE_NAME", "full": "FULL_IMAGE_NAME", "ngc": "NGC_IMAGE_NAME"}
 _CCACHE_LINE = re.compile(
     r"torchkiln-ccache: (?:\S+ )?hits=(\d+) misses=(\d+)"
     r"(?: remote_hits=(\d+) remote_errors=(\d+))?(?: uncached=(\d+))?"
@@ -27,203 +39,19 @@ _CCACHE_LINE = re.compile(
 _JOBS_LINE = re.compile(r"^(?:#\d+ [\d.]+ )?torchkiln-jobs: (.+)$", re.MULTILINE)
 
 
-@dataclass
-class BuildOptions:
-    """What `invoke build` and `invoke wheels` were asked for on the command line."""
-
-    service: str = "train"
-    cca: str | None = None
-    torch: str | None = None
-    sources: list[str] = field(default_factory=list)
-    extensions: list[str] = field(default_factory=list)
-    wheelhouse: str | None = None
-    ca_bundle: str | None = None
-    no_cache: bool = False
-    up: bool = True
-    builder: str | None = None
-    cache_from: str | bool | None = None
-    cache_to: str | bool | None = None
-    push: bool = False
-
-    # The inputs that decide what the build stages compile: `invoke wheels` reuses a build's.
-    INPUTS = ("cca", "torch", "sources", "extensions", "wheelhouse", "ca_bundle")
-
-    @classmethod
-    def from_flags(cls, flags: Mapping[str, object]) -> BuildOptions:
-        """Make options from a task's parameters (`--source` is repeatable, `--no-up` negates)."""
-        known = {name: flags[name] for name in cls.__dataclass_fields__ if name in flags}
-        known["sources"] = list(flags.get("source") or [])
-        known["extensions"] = list(flags.get("extension") or [])
-        if "no_up" in flags:
-            known["up"] = not flags["no_up"]
-        return cls(**known)
-
-    def inputs(self) -> dict[str, object]:
-        """The options that decide the build's stages, for the record."""
-        return {name: value for name, value in asdict(self).items() if name in self.INPUTS}
-
-
-@dataclass
-class BuildPlan:
-    """Everything `invoke build` will do, decided before anything runs."""
-
-    root: Path
-    options: BuildOptions
-    values: dict[str, str]
-    build_args: dict[str, str]
-    contexts: dict[str, str]
-    ca_bundle: str
-    image: str
-    files: list[str]
-    cache_from: list[str] = field(default_factory=list)
-    cache_to: list[str] = field(default_factory=list)
-    push_ref: str = ""
-    # `invoke --dry build`: its override goes to a file of its own, and nothing a later command
-    # reads (the record `invoke wheels` reuses, the log, the timings) is written.
-    dry: bool = False
-    # Lines said before the build (how --extension and EXTENSIONS were joined).
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def service(self) -> str:
-        """The Compose service built."""
-        return self.options.service
-
-    @property
-    def builder(self) -> str:
-        """The buildx builder ('' for the current one)."""
-        return self.values["BUILDX_BUILDER"]
-
-    @property
-    def override_path(self) -> str:
-        """This build's Compose override, relative to the checkout."""
-        prefix = "dry-" if self.dry else ""
-        return f"{compose.STATE_DIR}/{prefix}build-{self.service}.yaml"
-
-    @property
-    def log_path(self) -> str:
-        """The full output of this service's last build, relative to the checkout."""
-        return f"{compose.STATE_DIR}/build-{self.service}.log"
-
-    @property
-    def record_path(self) -> Path:
-        """Where the build's inputs are recorded for `invoke wheels`."""
-        return self.root / compose.STATE_DIR / f"build-{self.service}.json"
-
-    @property
-    def build(self) -> list[str]:
-        """The build command."""
-        return compose.build_command(
-            self.service,
-            [*self.files, self.override_path],
-            no_cache=self.options.no_cache,
-            builder=self.builder,
-        )
-
-    @property
-    def push(self) -> list[str]:
-        """The command that pushes the image to the registry ([] without --push)."""
-        return compose.push_command(self.push_ref) if self.push_ref else []
-
-    @property
-    def start(self) -> list[str]:
-        """The command that starts the built service."""
-        return compose.up_command(self.service)
-
-    def override_text(self) -> str:
-        """The Compose override: every build arg, named contexts, registry cache, push tag."""
-        return compose.override_text(
-            self.service,
-            self.build_args,
-            self.contexts,
-            ca_bundle=self.ca_bundle,
-            cache_from=self.cache_from,
-            cache_to=self.cache_to,
-            tags=[self.push_ref] if self.push_ref else [],
-            checkout=compose.checkout_identity(self.root),
-        )
-
-
-def settings_flags(
-    options: BuildOptions,
-    environ: Mapping[str, str],
-    dotenv: Mapping[str, str | None],
-    extension_specs: list[str] | None = None,
-) -> dict[str, str]:
-    """Turn the task's flags into settings; --torch picks torchvision unless one is set, and
-    --extension items from the index, joined to the configured ones (extensions.merge_specs),
-    become EXTENSIONS."""
-    flags: dict[str, str] = {}
-    if options.extensions:
-        flags["EXTENSIONS"] = " ".join(extension_specs or [])
-    if options.cca is not None:
-        flags["CCA"] = options.cca
-    if options.torch is not None:
-        flags["PYTORCH_VERSION"] = options.torch
-        if "TORCHVISION_VERSION" not in settings.layered(environ, dotenv):
-            flags["TORCHVISION_VERSION"] = gpu.matching_torchvision(options.torch)
-    if options.ca_bundle is not None:
-        flags["CA_BUNDLE"] = options.ca_bundle
-    if options.builder is not None:
-        flags["BUILDX_BUILDER"] = options.builder
-    return flags
-
-
-def registry_plan(
-    service: str,
-    repository: str,
-    cache_from: str | bool | None,
-    cache_to: str | bool | None,
-    push: bool,
-) -> tuple[list[str], list[str], str]:
-    """Decide the cache imports, cache exports and push reference of a build, or refuse.
-
-    A bare --cache-from/--cache-to (True) means REGISTRY_IMAGE's `:<service>-cache`; --push
-    pushes to REGISTRY_IMAGE's `:<service>`.
-    """
-    image_ref, cache_ref = compose.registry_refs(repository, service) if repository else ("", "")
-
-    def spec(flag: str, value: str | bool | None, export: bool) -> list[str]:
-        if value is None or value is False:
-            return []
-        if value is True:
-            if not repository:
-                raise UserError(
-                    f"{flag} without a value uses REGISTRY_IMAGE, which is empty; set "
-                    f"REGISTRY_IMAGE=registry.example.com/team/torchkiln in .env, or give "
-                    f"{flag} REF"
-                )
-            value = cache_ref
-        return [compose.cache_spec(value, export=export)]
-
-    imports = spec("--cache-from", cache_from, export=False)
-    exports = spec("--cache-to", cache_to, export=True)
-    if push and not repository:
-        raise UserError(
-            "--push needs REGISTRY_IMAGE, the registry repository to push to; set "
-            "REGISTRY_IMAGE=registry.example.com/team/torchkiln in .env or the environment"
-        )
-    return imports, exports, image_ref if push else ""
-
-
-def validate(service: str, values: Mapping[str, str], extensions: bool = False) -> None:
-    """Refuse, in seconds, what would fail hours into the build."""
-    if service not in settings.SOURCE:
-        return
-    mine = compose.service_values(service, values)
-    gpu.resolve_versions(
-        mine["PYTORCH_VERSION"], mine["TORCHVISION_VERSION"], mine["TORCHAUDIO_VERSION"]
-    )
-    cuda_from, mode, cuda = mine["CUDA_FROM"], mine["BUILD_MODE"], mine["CUDA_VERSION"]
-    problem = gpu.pypi_cuda_problem(cuda) if cuda_from == "pypi" else ""
-    if problem:
-        raise UserError(f"{problem}; use CUDA_FROM=image for CUDA 12")
-    if cuda_from == "none" or (mode == "wheels" and not extensions):
-        return
-    for item in gpu.check_cca_for_cuda(mine["CCA"], cuda):
-        problem = gpu.cpp_extension_problem(item)
-        if problem:
-            raise UserError(problem)
+def prepare(
+    root: Path, flags: Mapping[str, object], environ: Mapping[str, str], *, recorded: bool = False
+) -> BuildPlan:
+    """From a task's flags to a checked plan: read .env, check every input, decide the commands,
+    and probe the indexes in seconds (a TLS-inspecting network gets its CA bundle here).
+    `recorded`: fill the inputs not given from the service's last build (`invoke wheels`)."""
+    options = BuildOptions.from_flags(flags)
+    if recorded:
+        options, note = inputs.with_recorded_inputs(root, options)
+        if note:
+            print(note)
+    dotenv = inputs.read_dotenv(root)
+    return with_host_ca(plan(root, options, environ=environ, dotenv=dotenv), environ)
 
 
 def plan(
@@ -234,90 +62,8 @@ def plan(
     dotenv: Mapping[str, str | None],
     cwd: Path | None = None,
 ) -> BuildPlan:
-    """Resolve and check every input, and decide the commands; runs nothing."""
-    cwd = cwd or Path.cwd()
-    service = compose.check_service(options.service)
-    specs, extension_contexts = compose.split_extensions(options.extensions, cwd, root)
-    specs, notes = extensions.merge_specs(
-        specs,
-        settings.layered(environ, dotenv).get("EXTENSIONS"),
-        "the environment" if "EXTENSIONS" in environ else ".env",
-    )
-    flags = settings_flags(options, environ, dotenv, specs)
-    values = settings.resolve(flags, environ, dotenv)
-    extensions.check_unique(values["EXTENSIONS"].split(), extension_contexts)
-    validate(service, values, bool(values["EXTENSIONS"] or extension_contexts))
-    cache_imports, cache_exports, push_ref = registry_plan(
-        service, values["REGISTRY_IMAGE"], options.cache_from, options.cache_to, options.push
-    )
-    contexts: dict[str, str] = dict(extension_contexts)
-    if options.sources or options.wheelhouse or options.extensions:
-        if service not in settings.SOURCE:
-            raise UserError(
-                f"--source/--wheelhouse/--extension apply to the train and full services, not "
-                f"'{service}'"
-            )
-        contexts.update(compose.parse_sources(options.sources, cwd))
-        if options.wheelhouse:
-            contexts[compose.WHEELHOUSE_CONTEXT] = compose.check_wheelhouse(options.wheelhouse, cwd)
-    # A --ca-bundle path is relative to where you are; one in .env to the repository.
-    bundle = compose.check_ca_bundle(
-        values["CA_BUNDLE"], cwd if options.ca_bundle is not None else root
-    )
-    return BuildPlan(
-        root=root,
-        options=options,
-        values=values,
-        build_args=compose.build_arg_values(service, values, len(extension_contexts)),
-        contexts=contexts,
-        ca_bundle=bundle,
-        image=settings.effective(values)[IMAGE_SETTING[service]],
-        files=compose.compose_files(values["COMPOSE_FILE"]),
-        cache_from=cache_imports,
-        cache_to=cache_exports,
-        push_ref=push_ref,
-        notes=notes if options.extensions else [],
-    )
-
-
-def with_recorded_inputs(root: Path, given: BuildOptions) -> tuple[BuildOptions, str]:
-    """Fill the inputs `invoke wheels` was not given from the last build of the service, so
-    the export reproduces that build's stages (and reuses its cache); say which were taken."""
-    record = root / compose.STATE_DIR / f"build-{given.service}.json"
-    try:
-        inputs = json.loads(record.read_text(encoding="utf-8"))["inputs"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return given, ""
-    taken: dict[str, object] = {}
-    for name in BuildOptions.INPUTS:
-        mine, theirs = getattr(given, name), inputs.get(name)
-        if (mine is None or mine == []) and theirs not in (None, []):
-            taken[name] = theirs
-    if not taken:
-        return given, ""
-    options = replace(given, **taken)
-    flags = [
-        f"--{name.replace('_', '-').removesuffix('s')} {item}"
-        for name, value in taken.items()
-        for item in (value if isinstance(value, list) else [value])
-    ]
-    shown = ", ".join(flags)
-    return options, f"as the last invoke build --service {given.service}: {shown}"
-
-
-def read_dotenv(root: Path) -> dict[str, str | None]:
-    """Read the repository's .env, which `invoke build` needs (Compose reads it too)."""
-    file = envfile.path(root)
-    if not file.exists() and not file.is_symlink():
-        raise UserError(f"{file} does not exist; run invoke env first (it writes UID, GID, CCA …)")
-    values = envfile.read(file)
-    if not values:
-        raise UserError(
-            f"{file} sets nothing; run invoke env --force to write it from this host's facts"
-        )
-    for note in envfile.unknown_names(values):
-        print(f"warning: {file.name}: {note}", file=sys.stderr)
-    return values
+    """Check every input (`inputs.gather`), and decide the commands from them; runs nothing."""
+    return buildplan.make(inputs.gather(root, options, environ=environ, dotenv=dotenv, cwd=cwd))
 
 
 def ccache_rate(log: str) -> str:
@@ -636,7 +382,7 @@ def summary(
 ) -> str:
     """Render the lines printed after a successful build."""
     service = built.service
-    mine = compose.service_values(service, built.values)
+    mine = settings.service_values(service, built.values)
     lines = [
         f"image:       {built.image} ({size_bytes / 1e9:.2f} GB)",
         f"build time:  {runner.format_duration(seconds)}",
@@ -705,7 +451,7 @@ def with_host_ca(built: BuildPlan, environ: Mapping[str, str]) -> BuildPlan:
     A build from a wheelhouse downloads nothing from an index: nothing to probe."""
     if built.options.wheelhouse:
         return built
-    mine = compose.service_values(built.service, built.values)
+    mine = settings.service_values(built.service, built.values)
     decision = doctor.gather_ca(mine, built.ca_bundle, environ)
     if decision.problem:
         raise UserError(f"tls: {decision.problem}; fix: {decision.fix}")
@@ -720,7 +466,7 @@ def build_service(c, built: BuildPlan) -> None:
     built = replace(built, dry=dry)
     # Engine, plugins, disk, and (when the container will start here) GPU runtime and driver:
     # refused in seconds rather than after a long build, by --dry as by the real build.
-    mine = compose.service_values(built.service, built.values)
+    mine = settings.service_values(built.service, built.values)
     facts = doctor.require_ready(mine, built.options.up, built.service)
     for note in built.notes:
         print(note)
@@ -729,7 +475,7 @@ def build_service(c, built: BuildPlan) -> None:
         extensions.require_available(
             mine,
             ca_bundle=built.ca_bundle,
-            wheelhouse=built.contexts.get(compose.WHEELHOUSE_CONTEXT, ""),
+            wheelhouse=built.contexts.get(inputs.WHEELHOUSE_CONTEXT, ""),
         )
     if not dry:
         check_builder(c, built.builder, export_cache=bool(built.cache_to))
@@ -746,7 +492,7 @@ def build_service(c, built: BuildPlan) -> None:
 
     if built.service in settings.SOURCE:  # ngc compiles nothing
         history = read_timings(built.root)
-        folders = sum(1 for name in built.contexts if name in compose.EXTENSION_CONTEXTS)
+        folders = sum(1 for name in built.contexts if name in extensions.EXTENSION_CONTEXTS)
         print(estimate(mine, facts.cpus, facts.memory_bytes, history, folders), flush=True)
         # A remote cache that does not answer slows nothing down much and fails nothing: warn.
         problem = hostfacts.cache_server_problem(mine["CCACHE_REMOTE"])

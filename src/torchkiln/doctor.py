@@ -420,11 +420,11 @@ def check_host(root: Path) -> tuple[str, bool]:
     images = tls = None
     python: list[Row] = []
     if state.values is not None:
-        from torchkiln import compose
+        from torchkiln import inputs
 
-        mine = compose.service_values("train", state.values)
+        mine = settings.service_values("train", state.values)
         try:
-            ca = gather_ca(mine, compose.check_ca_bundle(mine["CA_BUNDLE"], root), os.environ)
+            ca = gather_ca(mine, inputs.check_ca_bundle(mine["CA_BUNDLE"], root), os.environ)
         except UserError as error:
             ca = CADecision(problem=str(error), fix="set CA_BUNDLE in .env to a PEM file")
         tls = ca.row()

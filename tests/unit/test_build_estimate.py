@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from invoke import Config, MockContext, Result
 
-from torchkiln import build, doctor, settings
+from torchkiln import build, doctor, inputs, settings
 from torchkiln.runner import Streamed
 
 GB = 1024**3
@@ -157,7 +157,7 @@ def test_next_steps_are_what_works_on_this_machine(values, gpu_here, smoke) -> N
 
 def test_the_summary_names_the_log_and_the_next_steps(tmp_path: Path) -> None:
     plan = build.plan(
-        tmp_path, build.BuildOptions(), environ={}, dotenv={**DOTENV, "CUDA_FROM": "none"},
+        tmp_path, inputs.BuildOptions(), environ={}, dotenv={**DOTENV, "CUDA_FROM": "none"},
         cwd=tmp_path,
     )  # fmt: skip
     text = build.summary(plan, 4000, 2 * 10**9, LOG, gpu_here=False)
@@ -200,7 +200,7 @@ def test_no_certificate_word_means_no_ca_bundle_advice() -> None:
 
 
 def test_a_dry_run_writes_nothing_a_later_command_reads(tmp_path: Path, monkeypatch) -> None:
-    plan = build.plan(tmp_path, build.BuildOptions(cca="9.0"), environ={}, dotenv=DOTENV,
+    plan = build.plan(tmp_path, inputs.BuildOptions(cca="9.0"), environ={}, dotenv=DOTENV,
                       cwd=tmp_path)  # fmt: skip
     # A real build ran before: its record and override must stay as they were.
     state = tmp_path / ".torchkiln"
@@ -215,5 +215,5 @@ def test_a_dry_run_writes_nothing_a_later_command_reads(tmp_path: Path, monkeypa
     after = {path.name: path.read_bytes() for path in state.iterdir()}
     assert {name: after[name] for name in before} == before
     assert set(after) - set(before) == {"dry-build-train.yaml"}
-    options, note = build.with_recorded_inputs(tmp_path, build.BuildOptions())
+    options, note = inputs.with_recorded_inputs(tmp_path, inputs.BuildOptions())
     assert options.cca == "8.6" and options.torch == "2.13.0", note

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from invoke import Config, MockContext, Result
 
-from torchkiln import build, compose, doctor
+from torchkiln import build, buildplan, compose, doctor, inputs
 from torchkiln.errors import UserError
 
 REPOSITORY = "registry.example.com/team/torchkiln"
@@ -18,10 +18,10 @@ CONTAINERD_DOCKER = CLASSIC_DOCKER + " org.mobyproject.buildkit.worker.container
 CONTAINER_DRIVER = "Name:   kiln\nDriver: docker-container\n"
 
 
-def make_plan(tmp_path: Path, dotenv: dict | None = None, **options) -> build.BuildPlan:
+def make_plan(tmp_path: Path, dotenv: dict | None = None, **options) -> buildplan.BuildPlan:
     return build.plan(
         tmp_path,
-        build.BuildOptions(**options),
+        inputs.BuildOptions(**options),
         environ={},
         dotenv={**DOTENV, **(dotenv or {})},
         cwd=tmp_path,

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from torchkiln import build, compose, doctor, hostfacts, settings
+from torchkiln import build, buildplan, compose, doctor, hostfacts, settings
 from torchkiln.errors import UserError
 
 
@@ -28,7 +28,7 @@ def test_refused_urls_name_the_form(url: str) -> None:
 
 def test_the_url_is_a_secret_of_the_build_never_an_arg() -> None:
     values = settings.resolve({"CCACHE_REMOTE": "redis://:pw@h:1"})
-    assert "CCACHE_REMOTE" not in compose.build_arg_values("train", values)
+    assert "CCACHE_REMOTE" not in buildplan.build_arg_values("train", values)
     # In the form ccache reads: it takes redis://:PW@ for "no password", redis://PW@ for PW.
     assert build.build_secrets(values)["CCACHE_REMOTE"] == "redis://pw@h:1"
     command = compose.wheels_command("train", {}, {}, "", "/tmp/out")

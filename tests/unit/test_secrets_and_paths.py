@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from torchkiln import build, compose, envfile, envtask, settings, wheels
+from torchkiln import build, buildplan, compose, envfile, envtask, inputs, settings, wheels
 from torchkiln.errors import UserError
 
 DOTENV = {"UID": "1000", "GID": "1000", "CCA": "8.6", "COMPOSE_PROJECT_NAME": "demo"}
@@ -103,10 +103,10 @@ def test_kept_notes_mask_passwords() -> None:
     assert not any("s3cret" in note or "t0k" in note for note in notes)
 
 
-def plan(tmp_path: Path, **dotenv: str) -> build.BuildPlan:
+def plan(tmp_path: Path, **dotenv: str) -> buildplan.BuildPlan:
     return build.plan(
         tmp_path,
-        build.BuildOptions(),
+        inputs.BuildOptions(),
         environ={},
         dotenv={**DOTENV, **dotenv},
         cwd=tmp_path,
@@ -157,11 +157,11 @@ def test_a_path_with_a_line_break_is_refused_by_name(tmp_path: Path, flag: str) 
         if flag == "--dest":
             wheels.check_dest(Path(bad), False, [])
         elif flag == "--source":
-            compose.parse_sources([f"pytorch={bad}"], tmp_path)
+            inputs.parse_sources([f"pytorch={bad}"], tmp_path)
         elif flag == "--wheelhouse":
-            compose.check_wheelhouse(bad, tmp_path)
+            inputs.check_wheelhouse(bad, tmp_path)
         else:
-            compose.split_extensions([bad], tmp_path)
+            inputs.split_extensions([bad], tmp_path)
     message = str(caught.value)
     assert message.startswith(flag) and "\n" not in message and "line break" in message
 
