@@ -24,7 +24,9 @@ from torchkiln import (
     __version__,
     build,
     buildchecks,
+    buildlog,
     buildplan,
+    buildsummary,
     compose,
     doctor,
     extensions,
@@ -296,7 +298,7 @@ def export_wheels(
         with runner.checkout_lock(root, "wheels"):
             result = runner.stream(command(str(staging)), root, token)
         if result.failed:
-            line = build.failure_line(f"exporting the wheels of {service}", result)
+            line = buildsummary.failure_line(f"exporting the wheels of {service}", result)
             # A failed extension is named by project, spec or folder, and step (as by build).
             named = extensions.failure_line(result.output, built.contexts)
             raise UserError(named if named and "--ca-bundle" not in line else line)
@@ -310,12 +312,12 @@ def export_wheels(
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    ran = build.executed_steps(result.output)
+    ran = buildlog.executed_steps(result.output)
     print(f"steps run: {len(ran)} (the others from cache)")
     for line in buildchecks.summary_lines(result.output):
         print(line)
     # What the compile steps of this export did (nothing when BuildKit took them from its cache).
-    print(f"ccache: {build.ccache_rate(result.output)}")
+    print(f"ccache: {buildsummary.ccache_rate(result.output)}")
     for line in extensions.summary_lines(result.output):
         print(line)
     print(f"{len(wheels)} wheels and {INFO_NAME} in {dest}:")

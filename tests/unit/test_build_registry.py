@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from invoke import Config, MockContext, Result
 
-from torchkiln import build, buildplan, compose, doctor, inputs
+from torchkiln import build, buildlog, buildplan, compose, doctor, inputs
 from torchkiln.errors import UserError
 
 REPOSITORY = "registry.example.com/team/torchkiln"
@@ -154,4 +154,4 @@ def test_a_step_shown_twice_counts_as_cached_when_one_vertex_was() -> None:
         "#22 [base 2/2] RUN install-python.sh\n#22 DONE 0.0s\n\n"
         "#23 [venv 1/2] RUN install-wheels.sh\n#23 DONE 3.1s\n"
     )
-    assert build.executed_steps(log) == [("venv", "RUN")]
+    assert buildlog.executed_steps(log) == [("venv", "RUN")]

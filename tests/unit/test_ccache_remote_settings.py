@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from torchkiln import build, buildplan, compose, doctor, hostfacts, settings
+from torchkiln import build, buildplan, buildsummary, compose, doctor, hostfacts, settings
 from torchkiln.errors import UserError
 
 
@@ -40,12 +40,12 @@ def test_the_summary_tells_remote_hits_and_failures_apart() -> None:
         "torchkiln-ccache: pytorch hits=3 misses=1 remote_hits=2 remote_errors=0\n"
         "torchkiln-ccache: vision hits=1 misses=0 remote_hits=1 remote_errors=0\n"
     )
-    assert build.ccache_rate(log) == (
+    assert buildsummary.ccache_rate(log) == (
         "80% (4 hits, 1 misses); 1 hits local, 3 from the team's remote cache"
     )
     down = "torchkiln-ccache: pytorch hits=0 misses=4 remote_hits=0 remote_errors=4\n"
-    assert "WARNING the remote cache failed 4 times" in build.ccache_rate(down)
-    assert build.ccache_rate("torchkiln-ccache: hits=1 misses=1\n").endswith("1 misses)")
+    assert "WARNING the remote cache failed 4 times" in buildsummary.ccache_rate(down)
+    assert buildsummary.ccache_rate("torchkiln-ccache: hits=1 misses=1\n").endswith("1 misses)")
 
 
 def serve_once(answer: bytes) -> int:

@@ -11,7 +11,17 @@ from pathlib import Path
 import pytest
 from invoke import Config, MockContext, Result
 
-from torchkiln import build, buildplan, compose, doctor, inputs, settings, wheels
+from torchkiln import (
+    build,
+    buildlog,
+    buildplan,
+    buildsummary,
+    compose,
+    doctor,
+    inputs,
+    settings,
+    wheels,
+)
 from torchkiln.errors import UserError
 
 DOTENV = {"UID": "1000", "GID": "1000", "CCA": "8.6", "COMPOSE_PROJECT_NAME": "demo"}
@@ -139,8 +149,8 @@ def test_wheels_reuses_the_inputs_of_the_last_build(tmp_path: Path) -> None:
 
 def test_ccache_rate_sums_every_step() -> None:
     log = "torchkiln-ccache: hits=3 misses=1\nxx\ntorchkiln-ccache: hits=1 misses=3\n"
-    assert build.ccache_rate(log) == "50% (4 hits, 4 misses)"
-    assert build.ccache_rate("").startswith("no compile step ran")
+    assert buildsummary.ccache_rate(log) == "50% (4 hits, 4 misses)"
+    assert buildsummary.ccache_rate("").startswith("no compile step ran")
 
 
 def test_executed_steps_ignore_cached_ones() -> None:
@@ -149,7 +159,7 @@ def test_executed_steps_ignore_cached_ones() -> None:
         "#6 [train base 2/2] RUN install\n#6 CACHED\n"
         "#7 [train venv 2/2] RUN pip install\n#7 DONE 3.0s\n"
     )
-    assert build.executed_steps(log) == [("venv", "RUN")]
+    assert buildlog.executed_steps(log) == [("venv", "RUN")]
 
 
 def test_wheels_command_exports_the_wheels_stage() -> None:
@@ -324,14 +334,14 @@ def test_stage_times_from_the_log() -> None:
         "#9 [train base 1/2] FROM local/debian\n#9 DONE 0.1s\n"
         "#10 [train torch-build 1/1] RUN again\n#10 CACHED\n"
     )
-    assert build.stage_seconds(log) == [("torch-build", 3600.5), ("vision-build", 300.0),
+    assert buildlog.stage_seconds(log) == [("torch-build", 3600.5), ("vision-build", 300.0),
                                        ("base", 0.1)]  # fmt: skip
 
 
 def test_a_failure_points_at_error_lines_only_when_there_are_some() -> None:
     from torchkiln.runner import Streamed
 
-    with_error = build.failure_line("build", Streamed(17, "#9 ERROR: process failed\n"))
+    with_error = buildsummary.failure_line("build", Streamed(17, "#9 ERROR: process failed\n"))
     assert "the ERROR lines above name the step" in with_error
-    without = build.failure_line("build", Streamed(1, "something else went wrong\n"))
+    without = buildsummary.failure_line("build", Streamed(1, "something else went wrong\n"))
     assert "ERROR lines" not in without and "its last lines above say why" in without

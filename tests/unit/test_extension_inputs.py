@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from torchkiln import build, buildplan, extensions, inputs, settings
+from torchkiln import build, buildplan, buildsummary, extensions, inputs, settings
 from torchkiln.errors import UserError
 
 
@@ -207,4 +207,4 @@ def test_a_failed_extension_is_named_by_project_and_host_folder() -> None:
     ids=["cached-steps", "bypassed", "counted"],
 )
 def test_the_ccache_line_counts_what_ran(log: str, says: str) -> None:
-    assert build.ccache_rate(log) == says
+    assert buildsummary.ccache_rate(log) == says
