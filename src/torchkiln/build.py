@@ -28,6 +28,7 @@ from torchkiln import (
     inputs,
     runner,
     settings,
+    tlscheck,
 )
 from torchkiln.buildplan import BuildPlan
 from torchkiln.errors import UserError
@@ -110,7 +111,7 @@ def with_host_ca(built: BuildPlan, environ: Mapping[str, str]) -> BuildPlan:
     if built.options.wheelhouse:
         return built
     mine = settings.service_values(built.service, built.values)
-    decision = doctor.gather_ca(mine, built.ca_bundle, environ)
+    decision = tlscheck.gather_ca(mine, built.ca_bundle, environ)
     if decision.problem:
         raise UserError(f"tls: {decision.problem}; fix: {decision.fix}")
     if decision.note:

@@ -7,7 +7,15 @@ import threading
 
 import pytest
 
-from torchkiln import build, buildplan, buildsummary, compose, doctor, hostfacts, settings
+from torchkiln import (
+    build,
+    buildplan,
+    buildsummary,
+    compose,
+    hostfacts,
+    settingchecks,
+    settings,
+)
 from torchkiln.errors import UserError
 
 
@@ -81,8 +89,8 @@ def test_the_probe_knows_redis_from_the_rest_and_from_nothing() -> None:
 
 
 def test_doctor_warns_and_never_fails_on_the_cache() -> None:
-    assert doctor.check_ccache_remote("", "") is None
-    row = doctor.check_ccache_remote("redis://h:1|read-only", "redis://h:1 does not answer")
+    assert settingchecks.check_ccache_remote("", "") is None
+    row = settingchecks.check_ccache_remote("redis://h:1|read-only", "redis://h:1 does not answer")
     assert row is not None and row.status == "warn" and "read-only" in row.detail
     assert "never 127.0.0.1" in row.fix
-    assert doctor.check_ccache_remote("redis://h:1", "").status == "ok"
+    assert settingchecks.check_ccache_remote("redis://h:1", "").status == "ok"
