@@ -18,7 +18,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from torchkiln import envfile, urls
-from torchkiln.errors import UserError
 
 # Predefined BuildKit args passed through by every service (not settings: they are the host's).
 PROXY_ARGS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
@@ -132,36 +131,6 @@ def override_text(
     if ca_bundle:
         document["secrets"] = {"ca_bundle": {"file": ca_bundle}}
     return json.dumps(_escaped(document), indent=2) + "\n"
-
-
-def registry_refs(repository: str, service: str) -> tuple[str, str]:
-    """Name a service's image and build-cache references in the REGISTRY_IMAGE repository."""
-    return f"{repository}:{service}", f"{repository}:{service}-cache"
-
-
-def cache_spec(value: str, *, export: bool) -> str:
-    """Turn a --cache-from/--cache-to value into a buildx cache spec.
-
-    A plain reference means the registry cache at that reference; exports keep every stage
-    (mode=max), so teammates and CI reuse the long build stages, not only the final image's.
-    A full spec (type=…) passes through, with mode=max added to a registry export lacking one.
-    """
-    if not value or value != value.strip() or " " in value:
-        raise UserError(
-            f"cache '{value}' is not a registry reference or a type=… spec; write e.g. "
-            f"registry.example.com/team/torchkiln:train-cache"
-        )
-    if "type=" not in value:
-        if "=" in value or "," in value:
-            raise UserError(
-                f"cache '{value}' has fields but no type=; write type=registry,ref=REF or a "
-                f"plain REF"
-            )
-        value = f"type=registry,ref={value}"
-    fields = dict(item.partition("=")[::2] for item in value.split(","))
-    if export and fields.get("type") == "registry" and "mode" not in fields:
-        value += ",mode=max"
-    return value
 
 
 def cache_export_problem(inspect_output: str, builder: str) -> str | None:

@@ -20,13 +20,201 @@ from torchkiln import compose, envfile, extensions, gpu, settings
 from torchkiln.errors import UserError
 
 
-def check_path(flag: str, value: str) -> None:
-    """Refuse a path no build tool can take: a line break or control character in it."""
-    if re.search(r"[\x00-\x1f\x7f]", value):
+@dataclass
+class BuildOptions:
+    """What `invoke build` and `invoke wheels` were asked for on the command line."""
+
+    service: str = "train"
+    cca: str | None = None
+    torch: str | None = None
+    sources: list[str] = field(default_factory=list)
+    extensions: list[str] = field(default_factory=list)
+    wheelhouse: str | None = None
+    ca_bundle: str | None = None
+    no_cache: bool = False
+    up: bool = True
+    builder: str | None = None
+    cache_from: str | bool | None = None
+    cache_to: str | bool | None = None
+    push: bool = False
+
+    # The inputs that decide what the build stages compile: `invoke wheels` reuses a build's.
+    INPUTS = ("cca", "torch", "sources", "extensions", "wheelhouse", "ca_bundle")
+
+    @classmethod
+    def from_flags(cls, flags: Mapping[str, object]) -> BuildOptions:
+        """Make options from a task's parameters (`--source` is repeatable, `--no-up` negates)."""
+        known = {name: flags[name] for name in cls.__dataclass_fields__ if name in flags}
+        known["sources"] = list(flags.get("source") or [])
+        known["extensions"] = list(flags.get("extension") or [])
+        if "no_up" in flags:
+            known["up"] = not flags["no_up"]
+        return cls(**known)
+
+    def inputs(self) -> dict[str, object]:
+        """The options that decide the build's stages, for the record."""
+        return {name: value for name, value in asdict(self).items() if name in self.INPUTS}
+
+
+@dataclass
+class BuildInputs:
+    """A build's inputs, every one checked: the one value `buildplan.make` decides from."""
+
+    root: Path
+    options: BuildOptions
+    # Every setting, resolved through the layers and checked.
+    values: dict[str, str]
+    # Named build contexts: --source checkouts, the --wheelhouse, --extension folders.
+    contexts: dict[str, str]
+    # How many of the contexts are --extension folders.
+    extension_folders: int
+    # The CA bundle's absolute path ('' for none).
+    ca_bundle: str
+    cache_from: list[str] = field(default_factory=list)
+    cache_to: list[str] = field(default_factory=list)
+    push_ref: str = ""
+    # Lines said before the build (how --extension and EXTENSIONS were joined).
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def service(self) -> str:
+        """The Compose service to build."""
+        return self.options.service
+
+
+def gather(
+    root: Path,
+    options: BuildOptions,
+    *,
+    environ: Mapping[str, str],
+    dotenv: Mapping[str, str | None],
+    cwd: Path | None = None,
+) -> BuildInputs:
+    """Resolve and check every input of a build; runs nothing."""
+    cwd = cwd or Path.cwd()
+    service = check_service(options.service)
+    specs, extension_contexts = split_extensions(options.extensions, cwd, root)
+    specs, notes = extensions.merge_specs(
+        specs,
+        settings.layered(environ, dotenv).get("EXTENSIONS"),
+        "the environment" if "EXTENSIONS" in environ else ".env",
+    )
+    flags = settings_flags(options, environ, dotenv, specs)
+    values = settings.resolve(flags, environ, dotenv)
+    extensions.check_unique(values["EXTENSIONS"].split(), extension_contexts)
+    validate(service, values, bool(values["EXTENSIONS"] or extension_contexts))
+    cache_imports, cache_exports, push_ref = registry_plan(
+        service, values["REGISTRY_IMAGE"], options.cache_from, options.cache_to, options.push
+    )
+    contexts: dict[str, str] = dict(extension_contexts)
+    if options.sources or options.wheelhouse or options.extensions:
+        if service not in settings.SOURCE:
+            raise UserError(
+                f"--source/--wheelhouse/--extension apply to the train and full services, not "
+                f"'{service}'"
+            )
+        contexts.update(parse_sources(options.sources, cwd))
+        if options.wheelhouse:
+            contexts[WHEELHOUSE_CONTEXT] = check_wheelhouse(options.wheelhouse, cwd)
+    # A --ca-bundle path is relative to where you are; one in .env to the repository.
+    bundle = check_ca_bundle(values["CA_BUNDLE"], cwd if options.ca_bundle is not None else root)
+    return BuildInputs(
+        root=root,
+        options=options,
+        values=values,
+        contexts=contexts,
+        extension_folders=len(extension_contexts),
+        ca_bundle=bundle,
+        cache_from=cache_imports,
+        cache_to=cache_exports,
+        push_ref=push_ref,
+        notes=notes if options.extensions else [],
+    )
+
+
+def read_dotenv(root: Path) -> dict[str, str | None]:
+    """Read the repository's .env, which `invoke build` needs (Compose reads it too)."""
+    file = envfile.path(root)
+    if not file.exists() and not file.is_symlink():
+        raise UserError(f"{file} does not exist; run invoke env first (it writes UID, GID, CCA …)")
+    values = envfile.read(file)
+    if not values:
         raise UserError(
-            f"{flag} {value!r} holds a line break or control character, which Compose and "
-            f"BuildKit cannot take; rename the folder"
+            f"{file} sets nothing; run invoke env --force to write it from this host's facts"
         )
+    for note in envfile.unknown_names(values):
+        print(f"warning: {file.name}: {note}", file=sys.stderr)
+    return values
+
+
+def with_recorded_inputs(root: Path, given: BuildOptions) -> tuple[BuildOptions, str]:
+    """Fill the inputs `invoke wheels` was not given from the last build of the service, so
+    the export reproduces that build's stages (and reuses its cache); say which were taken."""
+    record = root / compose.STATE_DIR / f"build-{given.service}.json"
+    try:
+        inputs = json.loads(record.read_text(encoding="utf-8"))["inputs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return given, ""
+    taken: dict[str, object] = {}
+    for name in BuildOptions.INPUTS:
+        mine, theirs = getattr(given, name), inputs.get(name)
+        if (mine is None or mine == []) and theirs not in (None, []):
+            taken[name] = theirs
+    if not taken:
+        return given, ""
+    options = replace(given, **taken)
+    flags = [
+        f"--{name.replace('_', '-').removesuffix('s')} {item}"
+        for name, value in taken.items()
+        for item in (value if isinstance(value, list) else [value])
+    ]
+    shown = ", ".join(flags)
+    return options, f"as the last invoke build --service {given.service}: {shown}"
+
+
+def settings_flags(
+    options: BuildOptions,
+    environ: Mapping[str, str],
+    dotenv: Mapping[str, str | None],
+    extension_specs: list[str] | None = None,
+) -> dict[str, str]:
+    """Turn the task's flags into settings; --torch picks torchvision unless one is set, and
+    --extension items from the index, joined to the configured ones (extensions.merge_specs),
+    become EXTENSIONS."""
+    flags: dict[str, str] = {}
+    if options.extensions:
+        flags["EXTENSIONS"] = " ".join(extension_specs or [])
+    if options.cca is not None:
+        flags["CCA"] = options.cca
+    if options.torch is not None:
+        flags["PYTORCH_VERSION"] = options.torch
+        if "TORCHVISION_VERSION" not in settings.layered(environ, dotenv):
+            flags["TORCHVISION_VERSION"] = gpu.matching_torchvision(options.torch)
+    if options.ca_bundle is not None:
+        flags["CA_BUNDLE"] = options.ca_bundle
+    if options.builder is not None:
+        flags["BUILDX_BUILDER"] = options.builder
+    return flags
+
+
+def validate(service: str, values: Mapping[str, str], extensions: bool = False) -> None:
+    """Refuse, in seconds, what would fail hours into the build."""
+    if service not in settings.SOURCE:
+        return
+    mine = settings.service_values(service, values)
+    gpu.resolve_versions(
+        mine["PYTORCH_VERSION"], mine["TORCHVISION_VERSION"], mine["TORCHAUDIO_VERSION"]
+    )
+    cuda_from, mode, cuda = mine["CUDA_FROM"], mine["BUILD_MODE"], mine["CUDA_VERSION"]
+    problem = gpu.pypi_cuda_problem(cuda) if cuda_from == "pypi" else ""
+    if problem:
+        raise UserError(f"{problem}; use CUDA_FROM=image for CUDA 12")
+    if cuda_from == "none" or (mode == "wheels" and not extensions):
+        return
+    for item in gpu.check_cca_for_cuda(mine["CCA"], cuda):
+        problem = gpu.cpp_extension_problem(item)
+        if problem:
+            raise UserError(problem)
 
 
 def check_service(service: str) -> str:
@@ -38,9 +226,17 @@ def check_service(service: str) -> str:
     return service
 
 
+def check_path(flag: str, value: str) -> None:
+    """Refuse a path no build tool can take: a line break or control character in it."""
+    if re.search(r"[\x00-\x1f\x7f]", value):
+        raise UserError(
+            f"{flag} {value!r} holds a line break or control character, which Compose and "
+            f"BuildKit cannot take; rename the folder"
+        )
+
+
 # The files that make a folder a Python project pip can build.
 PYTHON_PROJECT_FILES = ("setup.py", "pyproject.toml")
-
 
 # `--source NAME=DIR` names and the Dockerfile stages their checkouts replace.
 SOURCE_CONTEXTS = {
@@ -50,7 +246,6 @@ SOURCE_CONTEXTS = {
     "magma": "magma-src",
 }
 
-
 # What marks each checkout's root: a build file, and the package the project is named for, so a
 # checkout of something else is refused in seconds rather than after the build.
 SOURCE_MARKERS = {
@@ -59,7 +254,6 @@ SOURCE_MARKERS = {
     "audio": (PYTHON_PROJECT_FILES, ("src/torchaudio", "torchaudio")),
     "magma": (("CMakeLists.txt",), ("include/magma.h", "include/magma_v2.h")),
 }
-
 
 WHEELHOUSE_CONTEXT = "wheelhouse"
 
@@ -168,127 +362,6 @@ def check_ca_bundle(value: str, cwd: Path) -> str:
     return str(path)
 
 
-@dataclass
-class BuildOptions:
-    """What `invoke build` and `invoke wheels` were asked for on the command line."""
-
-    service: str = "train"
-    cca: str | None = None
-    torch: str | None = None
-    sources: list[str] = field(default_factory=list)
-    extensions: list[str] = field(default_factory=list)
-    wheelhouse: str | None = None
-    ca_bundle: str | None = None
-    no_cache: bool = False
-    up: bool = True
-    builder: str | None = None
-    cache_from: str | bool | None = None
-    cache_to: str | bool | None = None
-    push: bool = False
-
-    # The inputs that decide what the build stages compile: `invoke wheels` reuses a build's.
-    INPUTS = ("cca", "torch", "sources", "extensions", "wheelhouse", "ca_bundle")
-
-    @classmethod
-    def from_flags(cls, flags: Mapping[str, object]) -> BuildOptions:
-        """Make options from a task's parameters (`--source` is repeatable, `--no-up` negates)."""
-        known = {name: flags[name] for name in cls.__dataclass_fields__ if name in flags}
-        known["sources"] = list(flags.get("source") or [])
-        known["extensions"] = list(flags.get("extension") or [])
-        if "no_up" in flags:
-            known["up"] = not flags["no_up"]
-        return cls(**known)
-
-    def inputs(self) -> dict[str, object]:
-        """The options that decide the build's stages, for the record."""
-        return {name: value for name, value in asdict(self).items() if name in self.INPUTS}
-
-
-def settings_flags(
-    options: BuildOptions,
-    environ: Mapping[str, str],
-    dotenv: Mapping[str, str | None],
-    extension_specs: list[str] | None = None,
-) -> dict[str, str]:
-    """Turn the task's flags into settings; --torch picks torchvision unless one is set, and
-    --extension items from the index, joined to the configured ones (extensions.merge_specs),
-    become EXTENSIONS."""
-    flags: dict[str, str] = {}
-    if options.extensions:
-        flags["EXTENSIONS"] = " ".join(extension_specs or [])
-    if options.cca is not None:
-        flags["CCA"] = options.cca
-    if options.torch is not None:
-        flags["PYTORCH_VERSION"] = options.torch
-        if "TORCHVISION_VERSION" not in settings.layered(environ, dotenv):
-            flags["TORCHVISION_VERSION"] = gpu.matching_torchvision(options.torch)
-    if options.ca_bundle is not None:
-        flags["CA_BUNDLE"] = options.ca_bundle
-    if options.builder is not None:
-        flags["BUILDX_BUILDER"] = options.builder
-    return flags
-
-
-def validate(service: str, values: Mapping[str, str], extensions: bool = False) -> None:
-    """Refuse, in seconds, what would fail hours into the build."""
-    if service not in settings.SOURCE:
-        return
-    mine = settings.service_values(service, values)
-    gpu.resolve_versions(
-        mine["PYTORCH_VERSION"], mine["TORCHVISION_VERSION"], mine["TORCHAUDIO_VERSION"]
-    )
-    cuda_from, mode, cuda = mine["CUDA_FROM"], mine["BUILD_MODE"], mine["CUDA_VERSION"]
-    problem = gpu.pypi_cuda_problem(cuda) if cuda_from == "pypi" else ""
-    if problem:
-        raise UserError(f"{problem}; use CUDA_FROM=image for CUDA 12")
-    if cuda_from == "none" or (mode == "wheels" and not extensions):
-        return
-    for item in gpu.check_cca_for_cuda(mine["CCA"], cuda):
-        problem = gpu.cpp_extension_problem(item)
-        if problem:
-            raise UserError(problem)
-
-
-def with_recorded_inputs(root: Path, given: BuildOptions) -> tuple[BuildOptions, str]:
-    """Fill the inputs `invoke wheels` was not given from the last build of the service, so
-    the export reproduces that build's stages (and reuses its cache); say which were taken."""
-    record = root / compose.STATE_DIR / f"build-{given.service}.json"
-    try:
-        inputs = json.loads(record.read_text(encoding="utf-8"))["inputs"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return given, ""
-    taken: dict[str, object] = {}
-    for name in BuildOptions.INPUTS:
-        mine, theirs = getattr(given, name), inputs.get(name)
-        if (mine is None or mine == []) and theirs not in (None, []):
-            taken[name] = theirs
-    if not taken:
-        return given, ""
-    options = replace(given, **taken)
-    flags = [
-        f"--{name.replace('_', '-').removesuffix('s')} {item}"
-        for name, value in taken.items()
-        for item in (value if isinstance(value, list) else [value])
-    ]
-    shown = ", ".join(flags)
-    return options, f"as the last invoke build --service {given.service}: {shown}"
-
-
-def read_dotenv(root: Path) -> dict[str, str | None]:
-    """Read the repository's .env, which `invoke build` needs (Compose reads it too)."""
-    file = envfile.path(root)
-    if not file.exists() and not file.is_symlink():
-        raise UserError(f"{file} does not exist; run invoke env first (it writes UID, GID, CCA …)")
-    values = envfile.read(file)
-    if not values:
-        raise UserError(
-            f"{file} sets nothing; run invoke env --force to write it from this host's facts"
-        )
-    for note in envfile.unknown_names(values):
-        print(f"warning: {file.name}: {note}", file=sys.stderr)
-    return values
-
-
 def registry_plan(
     service: str,
     repository: str,
@@ -301,7 +374,7 @@ def registry_plan(
     A bare --cache-from/--cache-to (True) means REGISTRY_IMAGE's `:<service>-cache`; --push
     pushes to REGISTRY_IMAGE's `:<service>`.
     """
-    image_ref, cache_ref = compose.registry_refs(repository, service) if repository else ("", "")
+    image_ref, cache_ref = registry_refs(repository, service) if repository else ("", "")
 
     def spec(flag: str, value: str | bool | None, export: bool) -> list[str]:
         if value is None or value is False:
@@ -314,7 +387,7 @@ def registry_plan(
                     f"{flag} REF"
                 )
             value = cache_ref
-        return [compose.cache_spec(value, export=export)]
+        return [cache_spec(value, export=export)]
 
     imports = spec("--cache-from", cache_from, export=False)
     exports = spec("--cache-to", cache_to, export=True)
@@ -326,77 +399,31 @@ def registry_plan(
     return imports, exports, image_ref if push else ""
 
 
-@dataclass
-class BuildInputs:
-    """A build's inputs, every one checked: the one value `buildplan.make` decides from."""
-
-    root: Path
-    options: BuildOptions
-    # Every setting, resolved through the layers and checked.
-    values: dict[str, str]
-    # Named build contexts: --source checkouts, the --wheelhouse, --extension folders.
-    contexts: dict[str, str]
-    # How many of the contexts are --extension folders.
-    extension_folders: int
-    # The CA bundle's absolute path ('' for none).
-    ca_bundle: str
-    cache_from: list[str] = field(default_factory=list)
-    cache_to: list[str] = field(default_factory=list)
-    push_ref: str = ""
-    # Lines said before the build (how --extension and EXTENSIONS were joined).
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def service(self) -> str:
-        """The Compose service to build."""
-        return self.options.service
+def registry_refs(repository: str, service: str) -> tuple[str, str]:
+    """Name a service's image and build-cache references in the REGISTRY_IMAGE repository."""
+    return f"{repository}:{service}", f"{repository}:{service}-cache"
 
 
-def gather(
-    root: Path,
-    options: BuildOptions,
-    *,
-    environ: Mapping[str, str],
-    dotenv: Mapping[str, str | None],
-    cwd: Path | None = None,
-) -> BuildInputs:
-    """Resolve and check every input of a build; runs nothing."""
-    cwd = cwd or Path.cwd()
-    service = check_service(options.service)
-    specs, extension_contexts = split_extensions(options.extensions, cwd, root)
-    specs, notes = extensions.merge_specs(
-        specs,
-        settings.layered(environ, dotenv).get("EXTENSIONS"),
-        "the environment" if "EXTENSIONS" in environ else ".env",
-    )
-    flags = settings_flags(options, environ, dotenv, specs)
-    values = settings.resolve(flags, environ, dotenv)
-    extensions.check_unique(values["EXTENSIONS"].split(), extension_contexts)
-    validate(service, values, bool(values["EXTENSIONS"] or extension_contexts))
-    cache_imports, cache_exports, push_ref = registry_plan(
-        service, values["REGISTRY_IMAGE"], options.cache_from, options.cache_to, options.push
-    )
-    contexts: dict[str, str] = dict(extension_contexts)
-    if options.sources or options.wheelhouse or options.extensions:
-        if service not in settings.SOURCE:
+def cache_spec(value: str, *, export: bool) -> str:
+    """Turn a --cache-from/--cache-to value into a buildx cache spec.
+
+    A plain reference means the registry cache at that reference; exports keep every stage
+    (mode=max), so teammates and CI reuse the long build stages, not only the final image's.
+    A full spec (type=…) passes through, with mode=max added to a registry export lacking one.
+    """
+    if not value or value != value.strip() or " " in value:
+        raise UserError(
+            f"cache '{value}' is not a registry reference or a type=… spec; write e.g. "
+            f"registry.example.com/team/torchkiln:train-cache"
+        )
+    if "type=" not in value:
+        if "=" in value or "," in value:
             raise UserError(
-                f"--source/--wheelhouse/--extension apply to the train and full services, not "
-                f"'{service}'"
+                f"cache '{value}' has fields but no type=; write type=registry,ref=REF or a "
+                f"plain REF"
             )
-        contexts.update(parse_sources(options.sources, cwd))
-        if options.wheelhouse:
-            contexts[WHEELHOUSE_CONTEXT] = check_wheelhouse(options.wheelhouse, cwd)
-    # A --ca-bundle path is relative to where you are; one in .env to the repository.
-    bundle = check_ca_bundle(values["CA_BUNDLE"], cwd if options.ca_bundle is not None else root)
-    return BuildInputs(
-        root=root,
-        options=options,
-        values=values,
-        contexts=contexts,
-        extension_folders=len(extension_contexts),
-        ca_bundle=bundle,
-        cache_from=cache_imports,
-        cache_to=cache_exports,
-        push_ref=push_ref,
-        notes=notes if options.extensions else [],
-    )
+        value = f"type=registry,ref={value}"
+    fields = dict(item.partition("=")[::2] for item in value.split(","))
+    if export and fields.get("type") == "registry" and "mode" not in fields:
+        value += ",mode=max"
+    return value

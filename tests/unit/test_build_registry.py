@@ -41,13 +41,13 @@ def make_plan(tmp_path: Path, dotenv: dict | None = None, **options) -> buildpla
     ids=["ref-import", "ref-export-max", "spec-gets-max", "spec-keeps-mode", "local", "gha"],
 )
 def test_cache_values_become_buildx_specs(value: str, export: bool, spec: str) -> None:
-    assert compose.cache_spec(value, export=export) == spec
+    assert inputs.cache_spec(value, export=export) == spec
 
 
 @pytest.mark.parametrize("value", ["", "ref=reg.io/a:c", "reg.io/a:c mode=max"])
 def test_malformed_cache_values_are_refused(value: str) -> None:
     with pytest.raises(UserError, match="cache"):
-        compose.cache_spec(value, export=True)
+        inputs.cache_spec(value, export=True)
 
 
 @pytest.mark.parametrize(
