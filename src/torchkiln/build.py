@@ -31,6 +31,7 @@ from torchkiln import (
     tlscheck,
 )
 from torchkiln.buildplan import BuildPlan
+from torchkiln.checkrows import Row
 from torchkiln.errors import UserError
 from torchkiln.inputs import BuildOptions
 
@@ -106,14 +107,15 @@ def write_state(built: BuildPlan) -> None:
 
 def with_host_ca(built: BuildPlan, environ: Mapping[str, str]) -> BuildPlan:
     """Probe, in seconds, the indexes the build downloads from, and give it the CA bundle a
-    TLS-inspecting network needs (saying so in one line), or refuse with the one to add.
+    TLS-inspecting network needs (saying so in one line), or keep the row that refuses it with
+    the one to add (said with the engine's reasons, `build_service`).
     A build from a wheelhouse downloads nothing from an index: nothing to probe."""
     if built.options.wheelhouse:
         return built
     mine = settings.service_values(built.service, built.values)
     decision = tlscheck.gather_ca(mine, built.ca_bundle, environ)
     if decision.problem:
-        raise UserError(f"tls: {decision.problem}; fix: {decision.fix}")
+        return replace(built, preflight=[*built.preflight, decision.row()])
     if decision.note:
         print(decision.note, file=sys.stderr)
     return replace(built, ca_bundle=decision.bundle) if decision.bundle else built
@@ -125,17 +127,24 @@ def build_service(c, built: BuildPlan) -> None:
     built = replace(built, dry=dry)
     # Engine, plugins, disk, and (when the container will start here) GPU runtime and driver:
     # refused in seconds rather than after a long build, by --dry as by the real build.
+    # Every reason is said at once, the most fundamental first (checkrows.refusal).
     mine = settings.service_values(built.service, built.values)
-    facts = doctor.require_ready(mine, built.options.up, built.service)
+    found = list(built.preflight)
+    if built.service in settings.SOURCE and not found:
+        # A spec the index lacks is found here, not after the torch compile.
+        try:
+            extensions.require_available(
+                mine,
+                ca_bundle=built.ca_bundle,
+                wheelhouse=built.contexts.get(inputs.WHEELHOUSE_CONTEXT, ""),
+            )
+        except UserError as error:
+            found.append(Row("extensions", "error", str(error)))
+    facts = doctor.require_ready(
+        mine, built.options.up, built.service, root=built.root, known=found
+    )
     for note in built.notes:
         print(note)
-    if built.service in settings.SOURCE:
-        # A spec the index lacks is found here, not after the torch compile.
-        extensions.require_available(
-            mine,
-            ca_bundle=built.ca_bundle,
-            wheelhouse=built.contexts.get(inputs.WHEELHOUSE_CONTEXT, ""),
-        )
     if not dry:
         check_builder(c, built.builder, export_cache=bool(built.cache_to))
     write_state(built)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from torchkiln import compose, gpu, settings
+from torchkiln.checkrows import Row
 from torchkiln.inputs import BuildInputs, BuildOptions
 
 IMAGE_SETTING = {"train": "TRAIN_IMAGE_NAME", "full": "FULL_IMAGE_NAME", "ngc": "NGC_IMAGE_NAME"}
@@ -35,6 +36,9 @@ class BuildPlan:
     # `invoke --dry build`: its override goes to a file of its own, and nothing a later command
     # reads (the record `invoke wheels` reuses, the log, the timings) is written.
     dry: bool = False
+    # What the probes before the build found against it (the indexes' TLS), said at once with
+    # the engine's reasons.
+    preflight: list[Row] = field(default_factory=list)
     # Lines said before the build (how --extension and EXTENSIONS were joined).
     notes: list[str] = field(default_factory=list)
 

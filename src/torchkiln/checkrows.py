@@ -40,6 +40,52 @@ def render(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+# How fundamental each check is: a refused build lists first what blocks the others (no base
+# image, no build at all) and last what a setting or a cheaper route fixes (the disk).
+ORDER = (
+    "engine",
+    "compose",
+    "buildx",
+    ".env",
+    "base images",
+    "tls",
+    "index",
+    "python",
+    "cuda",
+    "nvidia runtime",
+    "driver",
+    "cca",
+    "extensions",
+    "disk",
+)
+
+
+def fundamental_first(rows: Sequence[Row]) -> list[Row]:
+    """The rows in the order of ORDER (a check's name up to its first ' (' counts), the
+    others last, each group as given."""
+
+    def rank(row: Row) -> int:
+        name = row.check.split(" (", 1)[0]
+        return ORDER.index(name) if name in ORDER else len(ORDER)
+
+    return sorted(rows, key=rank)
+
+
+def refusal(rows: Sequence[Row]) -> str:
+    """Refuse a build for every blocking row at once, the most fundamental first, each with its
+    fix; a single row is one line."""
+    lines = [
+        f"{row.check}: {row.detail}; fix: {row.fix}" if row.fix else f"{row.check}: {row.detail}"
+        for row in fundamental_first(rows)
+    ]
+    if len(lines) == 1:
+        return lines[0]
+    return (
+        f"the build cannot start here, for {len(lines)} reasons (the first blocks the others):\n"
+        + "\n".join(f"  {number}. {line}" for number, line in enumerate(lines, 1))
+    )
+
+
 def append_to_env(lines: Sequence[str]) -> str:
     """A command that adds settings to .env, to type as printed (a later line wins)."""
     return "printf '\\n" + "\\n".join(lines) + "\\n' >> .env"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from torchkiln import baseimages, checkrows, gpu, settingchecks, settings, tlscheck
@@ -149,8 +151,56 @@ def check_driver(driver: str, env: EnvState) -> Row:
     )
 
 
-def check_disk(facts: EngineFacts, build_mode: str = "source", floor: str = "") -> Row:
-    """Judge free disk at the engine's root for a build of BUILD_MODE (or MIN_FREE_DISK_GB)."""
+@dataclass(frozen=True)
+class DiskRoom:
+    """What `invoke clean` could free on the engine (bytes; None when not measured)."""
+
+    checkout_images: float | None = None
+    build_cache: float | None = None
+
+
+def disk_fix(build_mode: str, free_gb: float, room: DiskRoom | None = None, floor: str = "") -> str:
+    """The ways to build with the disk there is, cheapest first: a BUILD_MODE that needs less
+    and fits (not under a MIN_FREE_DISK_GB, which every mode keeps), then removing this
+    checkout's images (when it has some), and last the build cache every checkout shares (when
+    it holds something), said to be a last resort."""
+    from torchkiln.checkout import size_text
+
+    needed = DISK_GB.get(build_mode, DISK_GB["source"])[0]
+    cheaper = [
+        mode
+        for mode, (need, _) in DISK_GB.items()
+        if need < needed and need <= free_gb and not floor
+    ]
+    routes = [
+        f"BUILD_MODE={mode} needs about {DISK_GB[mode][0]} GB: "
+        f"{checkrows.append_to_env([f'BUILD_MODE={mode}'])}"
+        for mode in cheaper
+    ]
+    if floor:
+        routes.append(f"MIN_FREE_DISK_GB={floor} in .env asks for this much: lower it")
+    images = room.checkout_images if room else None
+    if images is None:
+        routes.append("invoke clean removes this checkout's images")
+    elif images:
+        routes.append(f"invoke clean removes this checkout's images ({size_text(images)})")
+    cache = room.build_cache if room else None
+    if cache is None or cache:
+        size = f" ({size_text(cache)})" if cache else ""
+        routes.append(
+            f"last resort: invoke clean --cache --all-checkouts removes the build cache{size} "
+            f"every torchkiln checkout on this engine shares (their next builds compile again)"
+        )
+    if not routes:
+        routes.append("free space on the engine's disk (docker system df says what uses it)")
+    return "; or ".join(routes)
+
+
+def check_disk(
+    facts: EngineFacts, build_mode: str = "source", floor: str = "", room: DiskRoom | None = None
+) -> Row:
+    """Judge free disk at the engine's root for a build of BUILD_MODE (or MIN_FREE_DISK_GB);
+    `room`: what invoke clean could free, for the fix."""
     needed, comfortable = DISK_GB.get(build_mode, DISK_GB["source"])
     if floor:
         needed = comfortable = int(floor)
@@ -165,11 +215,8 @@ def check_disk(facts: EngineFacts, build_mode: str = "source", floor: str = "") 
         )
     free_gb = facts.free_bytes / GB
     detail = f"{free_gb:.0f} GB free at {facts.root_dir}"
-    fix = (
-        "free space: invoke clean removes this checkout's images; invoke clean --cache "
-        "--all-checkouts also the build cache every torchkiln checkout on this engine shares"
-    )
     if free_gb < comfortable:
+        fix = disk_fix(build_mode, free_gb, room, floor)
         status = "error" if free_gb < needed else "warn"
         return Row("disk", status, f"{detail}; a {build_mode} build needs about {needed} GB", fix)
     return Row("disk", "ok", detail)
@@ -247,6 +294,10 @@ def check_host(root: Path) -> tuple[str, bool]:
         url = state.values["CCACHE_REMOTE"]
         cache = settingchecks.check_ccache_remote(url, hostfacts.cache_server_problem(url))
     rows = diagnose(facts, hostfacts.gpu_driver_version(), state, images, cache, tls, python)
+    if any(row.check == "disk" and row.status != "ok" for row in rows):
+        # Its fix names only what frees space here, measured now.
+        disk = check_disk(facts, *settingchecks.disk_settings(state.known()), disk_room(root))
+        rows = [disk if row.check == "disk" else row for row in rows]
     index = settingchecks.check_index_password(dotenv) if state.values is not None else None
     rows += [index] if index else []
     return checkrows.render(rows), checkrows.failed(rows)
@@ -271,10 +322,39 @@ def build_blockers(
     return [row for row in rows if row.status == "error"]
 
 
-def require_ready(values: Mapping[str, str], up: bool, service: str = "") -> EngineFacts:
-    """Refuse, in seconds and before any build step, what would make the build or start fail;
-    give the engine's facts read on the way (cores and memory for the build's estimate).
-    Warnings (a Python to fetch) are printed, one line each."""
+def disk_room(root: Path | None) -> DiskRoom:
+    """Measure what invoke clean could free: this checkout's images and the build cache (a
+    second each); None for what could not be measured."""
+    from torchkiln import checkout, clean, compose
+
+    room: dict[str, float | None] = {"checkout_images": None, "build_cache": None}
+    with contextlib.suppress(UserError, ValueError):
+        for line in checkout.query(clean.DF_COMMAND).splitlines():
+            row = json.loads(line) if line.strip() else {}
+            if row.get("Type") == "Build Cache":
+                room["build_cache"] = clean.size_bytes(row.get("Size", ""))
+    if root is not None:
+        label = f"label={compose.CHECKOUT_LABEL}={compose.checkout_identity(root)}"
+        with contextlib.suppress(UserError):
+            sizes = checkout.query(
+                ["docker", "image", "ls", "--filter", label, "--format", "{{.Size}}"]
+            )
+            room["checkout_images"] = sum(clean.size_bytes(size) for size in sizes.split())
+    return DiskRoom(**room)
+
+
+def require_ready(
+    values: Mapping[str, str],
+    up: bool,
+    service: str = "",
+    *,
+    root: Path | None = None,
+    known: Sequence[Row] = (),
+) -> EngineFacts:
+    """Refuse, in seconds and before any build step, what would make the build or start fail:
+    every reason at once (with `known`, those found before, e.g. the index probes), the most
+    fundamental first; give the engine's facts read on the way (cores and memory for the
+    build's estimate). Warnings (a Python to fetch) are printed, one line each."""
     import sys
 
     from torchkiln import engine, hostfacts
@@ -290,9 +370,13 @@ def require_ready(values: Mapping[str, str], up: bool, service: str = "") -> Eng
                 warnings = baseimages.python_rows(service, values)
     blockers = build_blockers(facts, hostfacts.gpu_driver_version(), values, up, images)
     blockers += [row for row in warnings if row.status == "error"]
+    blockers += [row for row in known if row.status == "error"]
+    if any(row.check == "disk" for row in blockers):
+        # The fix names only what frees space here, measured now.
+        disk = check_disk(facts, *settingchecks.disk_settings(values), disk_room(root))
+        blockers = [disk if row.check == "disk" else row for row in blockers]
     if blockers:
-        row = blockers[0]
-        raise UserError(f"{row.check}: {row.detail}; fix: {row.fix}")
+        raise UserError(checkrows.refusal(blockers))
     for row in warnings:
         if row.status == "warn" and row.fix:
             print(f"warning: {row.check}: {row.detail}; {row.fix}", file=sys.stderr)

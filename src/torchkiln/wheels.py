@@ -270,7 +270,8 @@ def export_wheels(
         raise UserError(f"service '{service}' has no wheels stage (it uses NGC's torch); use train")
     replaced = check_dest(dest, force, [root, Path.cwd(), Path.home()])
     dry = bool(c.config.run.dry)
-    doctor.require_ready(settings.service_values(service, built.values), False, service)
+    mine = settings.service_values(service, built.values)
+    doctor.require_ready(mine, False, service, root=root, known=built.preflight)
     if not dry:
         build.check_builder(c, built.builder, export_cache=False)
 

@@ -385,3 +385,81 @@ def test_low_disk_is_refused_before_a_build(monkeypatch: pytest.MonkeyPatch) -> 
     message = str(caught.value)
     assert message.startswith("disk: 5 GB free")
     assert "invoke clean" in message and "\n" not in message
+
+
+ABSENT_IMAGE = "local/torchkiln-absent:none"
+# A user's own floor far above any disk: the disk check refuses on any engine, for real.
+NO_DISK = {"MIN_FREE_DISK_GB": "99999"}
+MULTI_CASES = {
+    "image-and-disk": (
+        {"BUILD_IMAGE": ABSENT_IMAGE, "TRAIN_IMAGE": ABSENT_IMAGE, **NO_DISK},
+        {},
+        ["base images", "disk"],
+    ),
+    "tls-image-disk": (
+        {"BUILD_IMAGE": ABSENT_IMAGE, "TRAIN_IMAGE": ABSENT_IMAGE, **NO_DISK, "CA_BUNDLE": ""},
+        {},
+        ["base images", "tls", "disk"],
+    ),
+    "engine-and-tls": (
+        {"CA_BUNDLE": ""},
+        {"DOCKER_HOST": "unix:///nonexistent/docker.sock"},
+        [
+            "engine",
+            "tls",
+        ],
+    ),
+}
+
+
+def unrelated_ca(folder: Path) -> Path:
+    """A CA of our own that signs no index: as a TLS-inspecting proxy's bundle given wrongly."""
+    key, pem = folder / "ca.key", folder / "ca.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
+            *("-subj", "/CN=torchkiln test CA", "-keyout", str(key), "-out", str(pem)),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return pem
+
+
+@pytest.mark.parametrize("name", list(MULTI_CASES))
+def test_every_preflight_reason_is_said_at_once_most_fundamental_first(
+    project, tmp_path: Path, name: str
+) -> None:
+    made, good_env = project
+    dotenv, environ, expected = MULTI_CASES[name]
+    if "CA_BUNDLE" in dotenv:
+        dotenv = {**dotenv, "CA_BUNDLE": str(unrelated_ca(tmp_path))}
+    env_path = made.root / ".env"
+    env_path.write_text(good_env + "".join(f"{k}={envfile.quote(v)}\n" for k, v in dotenv.items()))
+    saved_environ = dict(made.env)
+    before = (digest_tree(env_path), digest_tree(made.root / "dist"))
+    try:
+        made.env.update(environ)
+        result = made.invoke("build")
+    finally:
+        made.env.clear()
+        made.env.update(saved_environ)
+        after = (digest_tree(env_path), digest_tree(made.root / "dist"))
+        env_path.write_text(good_env)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Traceback" not in output
+    assert "#0 building" not in output, "refused before building"
+    assert before == after, "the user's .env or dist/ changed"
+    said = [line.removeprefix("error: ") for line in result.stderr.splitlines() if line.strip()]
+    assert said[0].startswith(f"the build cannot start here, for {len(expected)} reasons"), output
+    named = [line.split(". ", 1)[1].split(":", 1)[0] for line in said[1:]]
+    assert named == expected, output
+    for line in said[1:]:
+        assert "; fix: " in line, line
+    disk = next((line for line in said if ". disk:" in line), "")
+    if disk:  # the shared cache is never the first fix, and is called what it is
+        fix = disk.split("; fix: ", 1)[1]
+        assert "--all-checkouts" not in fix.split("; or ")[0]
+        assert fix.index("MIN_FREE_DISK_GB") < fix.index("last resort")

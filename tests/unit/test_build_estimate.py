@@ -211,7 +211,7 @@ def test_a_dry_run_writes_nothing_a_later_command_reads(tmp_path: Path, monkeypa
     (state / "build-train.json").write_text(json.dumps(record))
     (state / "build-train.yaml").write_text("real build's override")
     before = {path.name: path.read_bytes() for path in state.iterdir()}
-    monkeypatch.setattr(doctor, "require_ready", lambda values, up, service: None)
+    monkeypatch.setattr(doctor, "require_ready", lambda values, up, service, **_: None)
     context = MockContext(config=Config(overrides={"run": {"dry": True}}), run=Result())
     build.build_service(context, plan)
     after = {path.name: path.read_bytes() for path in state.iterdir()}

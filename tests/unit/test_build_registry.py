@@ -96,7 +96,9 @@ def test_dry_run_prints_build_push_and_up(tmp_path: Path, monkeypatch) -> None:
         tmp_path, {"REGISTRY_IMAGE": REPOSITORY}, builder="kiln", cache_to=True, push=True
     )
     checked = []
-    monkeypatch.setattr(doctor, "require_ready", lambda values, up, service: checked.append(up))
+    monkeypatch.setattr(
+        doctor, "require_ready", lambda values, up, service, **_: checked.append(up)
+    )
     context = MockContext(config=Config(overrides={"run": {"dry": True}}), run=Result())
     build.build_service(context, plan)
     assert checked == [True], "--dry refuses what the real build refuses"

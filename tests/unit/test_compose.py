@@ -118,7 +118,9 @@ def test_dry_run_writes_the_override_it_names_and_runs_nothing(
 ) -> None:
     plan = make_plan(tmp_path, cca="9.0")
     checked = []
-    monkeypatch.setattr(doctor, "require_ready", lambda values, up, service: checked.append(up))
+    monkeypatch.setattr(
+        doctor, "require_ready", lambda values, up, service, **_: checked.append(up)
+    )
     context = MockContext(config=Config(overrides={"run": {"dry": True}}), run=Result())
     build.build_service(context, plan)
     assert checked == [True], "--dry refuses what the real build refuses"

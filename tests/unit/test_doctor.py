@@ -335,3 +335,48 @@ def test_the_indexes_probed_are_the_https_ones_the_build_uses():
     assert tlscheck.index_urls(
         {"PIP_INDEX_URL": "http://mirror/simple", "TORCH_INDEX_URL": "https://t/whl/cpu"}, INDEX
     ) == ["https://t/whl/cpu"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "free", "room", "floor", "routes"),
+    [
+        # The newcomer's case: 35 GB for a source build, nothing of this checkout's to remove.
+        ("source", 35, doctor.DiskRoom(0, 8e9), "", ["torch-wheel", "wheels", "last resort"]),
+        ("source", 15, doctor.DiskRoom(0, 8e9), "", ["wheels", "last resort"]),
+        ("source", 5, doctor.DiskRoom(6.5e9, 8e9), "", ["invoke clean removes", "last resort"]),
+        ("torch-wheel", 12, doctor.DiskRoom(None, None), "", ["wheels", "invoke clean", "last"]),
+        ("wheels", 5, doctor.DiskRoom(0, 0), "", ["docker system df"]),
+        # A floor of the user's own applies to every mode: no cheaper mode is offered.
+        ("source", 35, doctor.DiskRoom(0, 8e9), "50", ["MIN_FREE_DISK_GB=50", "last resort"]),
+    ],
+    ids=["35gb-source", "15gb-source", "5gb-images", "unmeasured", "nothing-to-free", "floor"],
+)
+def test_disk_fix_offers_cheap_routes_first_and_the_shared_cache_last(
+    mode, free, room, floor, routes
+):
+    fix = doctor.disk_fix(mode, free, room, floor)
+    parts = fix.split("; or ")
+    assert len(parts) == len(routes), fix
+    for part, route in zip(parts, routes, strict=True):
+        assert route in part, fix
+    # Never first, and named for what it is: the cache every checkout shares.
+    assert not parts[0].startswith("last resort") or len(parts) == 1
+    if room.checkout_images == 0:
+        assert "invoke clean removes" not in fix, "nothing of this checkout's to remove"
+    if "BUILD_MODE=" in fix:
+        assert "BUILD_MODE=source" not in fix and f"BUILD_MODE={mode}" not in fix
+
+
+def test_a_refusal_says_every_reason_most_fundamental_first():
+    disk = checkrows.Row("disk", "error", "35 GB free", "BUILD_MODE=wheels")
+    image = checkrows.Row("base images", "error", "not here", "set BUILD_IMAGE")
+    tls = checkrows.Row("tls", "error", "does not verify", "--ca-bundle")
+    engine = checkrows.Row("engine", "error", "unreachable", "start it")
+    assert checkrows.refusal([disk]) == "disk: 35 GB free; fix: BUILD_MODE=wheels"
+    for given in ([disk, image], [image, disk, tls], [disk, tls, engine, image]):
+        text = checkrows.refusal(given)
+        lines = text.splitlines()
+        assert lines[0].startswith(f"the build cannot start here, for {len(given)} reasons")
+        named = [line.split(". ", 1)[1].split(":", 1)[0] for line in lines[1:]]
+        order = ["engine", "base images", "tls", "disk"]
+        assert named == [check for check in order if check in named], text
