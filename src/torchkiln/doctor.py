@@ -262,43 +262,49 @@ def check_host(root: Path) -> tuple[str, bool]:
     """Gather the host's and engine's facts, check them; return the table and whether it failed."""
     import os
 
-    from torchkiln import engine, envfile, hostfacts
+    from torchkiln import engine, envfile, hostfacts, inputs
 
     facts = engine.engine_info()
     if not facts.error:
         engine.plugin_versions(facts)
     file = envfile.path(root)
+    dotenv = None
     try:
-        dotenv = envfile.read(file) if file.exists() or file.is_symlink() else None
-        state = settingchecks.env_state(dotenv, os.environ)
+        if file.exists() or file.is_symlink():
+            dotenv = envfile.read(file)
+            lines = envfile.assignment_lines(file.read_text(encoding="utf-8"))
+            state = settingchecks.env_state(dotenv, os.environ, lines=lines)
+        else:
+            state = settingchecks.env_state(None, os.environ)
     except UserError as error:
-        state = settingchecks.env_state(None, os.environ, problem=str(error))
-    images = tls = None
+        # The lines that can be read still judge the rows that need only them.
+        readable, unreadable = envfile.read_readable(file)
+        state = settingchecks.env_state(
+            readable, os.environ, problem=str(error), unreadable=unreadable
+        )
+    judged = state.judged()
+    values = judged.values or {}
+    mine = settings.service_values("train", values)
+    try:
+        bundle = inputs.check_ca_bundle(mine["CA_BUNDLE"], root)
+        ca = tlscheck.gather_ca(mine, bundle, os.environ)
+    except UserError as error:
+        ca = tlscheck.CADecision(problem=str(error), fix="set CA_BUNDLE in .env to a PEM file")
+    tls = ca.row()
+    images = None
     python: list[Row] = []
-    if state.values is not None:
-        from torchkiln import inputs
-
-        mine = settings.service_values("train", state.values)
-        try:
-            ca = tlscheck.gather_ca(
-                mine, inputs.check_ca_bundle(mine["CA_BUNDLE"], root), os.environ
-            )
-        except UserError as error:
-            ca = tlscheck.CADecision(problem=str(error), fix="set CA_BUNDLE in .env to a PEM file")
-        tls = ca.row()
-        if not facts.error:
-            images = baseimages.base_image_row("train", mine, facts)
-            python = baseimages.python_rows("train", mine, ca.unreachable)
-    cache = None
-    if state.values is not None:
-        url = state.values["CCACHE_REMOTE"]
-        cache = settingchecks.check_ccache_remote(url, hostfacts.cache_server_problem(url))
-    rows = diagnose(facts, hostfacts.gpu_driver_version(), state, images, cache, tls, python)
+    if not facts.error:
+        images = baseimages.base_image_row("train", mine, facts)
+        python = baseimages.python_rows("train", mine, ca.unreachable)
+    url = values["CCACHE_REMOTE"]
+    cache = settingchecks.check_ccache_remote(url, hostfacts.cache_server_problem(url))
+    rows = diagnose(facts, hostfacts.gpu_driver_version(), judged, images, cache, tls, python)
     if any(row.check == "disk" and row.status != "ok" for row in rows):
         # Its fix names only what frees space here, measured now.
-        disk = check_disk(facts, *settingchecks.disk_settings(state.known()), disk_room(root))
+        disk = check_disk(facts, *settingchecks.disk_settings(values), disk_room(root))
         rows = [disk if row.check == "disk" else row for row in rows]
-    index = settingchecks.check_index_password(dotenv) if state.values is not None else None
+    rows = settingchecks.not_checked(rows, state)
+    index = settingchecks.check_index_password(dotenv)
     rows += [index] if index else []
     return checkrows.render(rows), checkrows.failed(rows)
 

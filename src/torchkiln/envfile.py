@@ -60,6 +60,41 @@ def parse(text: str, source: Path) -> dict[str, str | None]:
     return dict(values)
 
 
+def assignment_lines(text: str) -> dict[str, int]:
+    """The line of .env text that sets each name (the last one, which wins)."""
+    found: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        match = _ASSIGNMENT.match(line)
+        if match and not line.lstrip().startswith("#"):
+            found[match[1]] = number
+    return found
+
+
+def read_readable(file: Path) -> tuple[dict[str, str | None], dict[str, int]]:
+    """Read what can be read of a .env that `read` refused: the values of its good lines, and
+    the names of the lines it cannot give with their numbers ('' for a line that names none)."""
+    from dotenv.parser import parse_stream
+
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return {}, {}
+    good: list[str] = []
+    bad: dict[str, int] = {}
+    for binding in parse_stream(io.StringIO(text)):
+        line, raw = binding.original.line, binding.original.string
+        try:
+            if binding.error:
+                raise UserError("unreadable")
+            _check_dollars(raw, file, line)
+        except UserError:
+            match = _ASSIGNMENT.match(raw.strip())
+            bad[match[1] if match else ""] = line
+            continue
+        good.append(raw if raw.endswith("\n") else raw + "\n")
+    return parse("".join(good), file), bad
+
+
 def read(file: Path) -> dict[str, str | None]:
     """Read a .env file; an absent file is empty; any other problem is one line with a fix."""
     try:

@@ -4,6 +4,7 @@ compile cache, a password in `.env`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
@@ -23,10 +24,63 @@ class EnvState:
     # When the settings as a whole are refused, those that are valid on their own: the rows
     # that need only them (GPU runtime, disk) still judge what the user set, not the defaults.
     partial: Mapping[str, str] = field(default_factory=dict)
+    # The settings that could not be read or are refused, each with its .env line (0: it came
+    # from the environment): the rows that depend on one are not judged.
+    broken: Mapping[str, int] = field(default_factory=dict)
 
     def known(self) -> Mapping[str, str]:
         """The settings to judge by: all of them, or those that are valid on their own."""
         return self.values if self.values is not None else self.partial
+
+    def judged(self) -> EnvState:
+        """This state with every setting a row may judge by: those read, valid on their own,
+        and the defaults of those not set (what the build would take); the broken ones keep
+        their defaults too, and the rows that depend on them say so (`not_checked`)."""
+        if self.values is not None:
+            return self
+        defaults = settings.normalize({item.name: item.default for item in settings.SETTINGS})
+        return replace(self, values={**defaults, **self.partial})
+
+
+# The settings each row of doctor judges by (with those their values refer to, ${NAME}).
+ROW_SETTINGS = {
+    "nvidia runtime": ("COMPOSE_FILE",),
+    "cuda": ("CUDA_FROM", "CUDA_VERSION", "BUILD_MODE"),
+    "driver": ("CUDA_FROM", "CUDA_VERSION"),
+    "cca": ("CCA", "CUDA_FROM", "CUDA_VERSION", "BUILD_MODE"),
+    "base images": ("BUILD_IMAGE", "TRAIN_IMAGE", "COMPOSE_FILE", "BUILD_MODE", "CCA"),
+    "tls": ("PIP_INDEX_URL", "TORCH_INDEX_URL", "CA_BUNDLE", "PIP_INDEX_TOKEN"),
+    "python": ("PYTHON_VERSION", "BUILD_IMAGE", "TRAIN_IMAGE", "PIP_INDEX_URL", "CA_BUNDLE"),
+    "compile cache": ("CCACHE_REMOTE",),
+    "disk": ("BUILD_MODE", "MIN_FREE_DISK_GB"),
+}
+
+
+def row_settings(check: str) -> set[str]:
+    """The settings a row judges by, with the settings their defaults refer to."""
+    names = set(ROW_SETTINGS.get(check.split(" (", 1)[0], ()))
+    for name in list(names):
+        default = settings.BY_NAME[name].default if name in settings.BY_NAME else ""
+        names.update(settings.references(default))
+    return names
+
+
+def not_checked(rows: list[Row], env: EnvState) -> list[Row]:
+    """Replace each row that judges by a setting that could not be read with one saying so and
+    where; every other row stays as it is."""
+    kept = []
+    for row in rows:
+        broken = sorted(
+            (line, name) for name, line in env.broken.items() if name in row_settings(row.check)
+        )
+        if not broken:
+            kept.append(row)
+            continue
+        line, name = broken[0]
+        where = f".env line {line} has an error" if line else "the environment's value is wrong"
+        detail = f"not checked: {where} ({name}); fix it as the .env row says"
+        kept.append(Row(row.check, "warn", detail))
+    return kept
 
 
 def check_env(env: EnvState) -> Row:
@@ -137,23 +191,49 @@ def check_index_password(dotenv: Mapping[str, str | None] | None) -> Row | None:
 
 
 def env_state(
-    dotenv: Mapping[str, str | None] | None, environ: Mapping[str, str], problem: str = ""
+    dotenv: Mapping[str, str | None] | None,
+    environ: Mapping[str, str],
+    problem: str = "",
+    lines: Mapping[str, int] | None = None,
+    unreadable: Mapping[str, int] | None = None,
 ) -> EnvState:
-    """Resolve settings from a read .env (None when absent) into an EnvState."""
+    """Resolve settings from a read .env (None when absent) into an EnvState. `lines`: the .env
+    line that sets each name; `unreadable`: the names of lines .env could not give (with
+    `problem`, why), the others then read from `dotenv`."""
     from torchkiln import envfile
 
+    lines = lines or {}
+    given = settings.layered(environ, dotenv or {})
     if problem:
-        return EnvState(present=True, values=None, problem=problem)
+        partial = valid_on_their_own(given)
+        broken = {name: lines.get(name, 0) for name in given if name not in partial}
+        return EnvState(
+            present=True,
+            values=None,
+            problem=problem,
+            partial=partial,
+            broken={**broken, **(unreadable or {})},
+        )
     if dotenv is not None and not dotenv:
         return EnvState(present=True, values=None, problem=".env sets nothing")
     try:
         values = settings.resolve({}, environ, dotenv or {})
     except UserError as error:
+        partial = valid_on_their_own(given)
+        # Refused on its own, or named by a check of several settings (UID with USR …).
+        named = {
+            name for name in given if name not in partial or re.search(rf"\b{name}\b", str(error))
+        }
         return EnvState(
             present=dotenv is not None,
             values=None,
             problem=str(error),
-            partial=valid_on_their_own(settings.layered(environ, dotenv or {})),
+            partial=partial,
+            broken={
+                name: lines.get(name, 0) if name not in environ else 0
+                for name in named
+                if name in settings.BY_NAME
+            },
         )
     warnings = tuple(envfile.unknown_names(dotenv or {}))
     return EnvState(present=dotenv is not None, values=values, warnings=warnings)
@@ -162,9 +242,10 @@ def env_state(
 def valid_on_their_own(given: Mapping[str, str]) -> dict[str, str]:
     """The given settings that pass their own check, normalised (the others left out)."""
     valid: dict[str, str] = {}
-    for name, value in settings.normalize(given).items():
+    for name, given_value in given.items():
         setting = settings.BY_NAME.get(name)
-        try:
+        try:  # normalising may refuse too (a CCA that is no compute capability)
+            value = settings.normalize({name: given_value})[name]
             if setting and setting.check:
                 setting.check(name, value)
         except UserError:

@@ -575,6 +575,11 @@ DERIVED_DEFAULTS = {"BUILD_EXTENSIONS": "0", "COMPILED": "1", "PARALLEL_STAGES":
 _REFERENCE = re.compile(r"\$\{([A-Z_]+)\}")
 
 
+def references(value: str) -> list[str]:
+    """The settings a value refers to as ${NAME}."""
+    return _REFERENCE.findall(value)
+
+
 def expand(value: str, values: Mapping[str, str]) -> str:
     """Substitute ${NAME} references to other settings, as Docker's ARG lines do."""
     return _REFERENCE.sub(lambda match: values.get(match.group(1), ""), value)

@@ -176,3 +176,44 @@ def test_doctor_with_engine_unreachable(checkout, docker_engine):
     assert "Traceback" not in result.stdout + result.stderr
     engine_rows = [line for line in result.stdout.splitlines() if line.startswith("engine")]
     assert len(engine_rows) == 1 and "ERROR" in engine_rows[0]
+
+
+# Each kind of .env line doctor cannot take, and the rows that judge by what it sets.
+BROKEN_LINES = {
+    "invalid-on-its-own": ("CCACHE_REMOTE=ftp://cache.example:1", {"compile"}),
+    "dollar-compose-reads": ("PIP_INDEX_URL=https://me:pa$word@index.example/simple", {"tls"}),
+    "unparsable": ("not a line", set()),
+    "bad-cca": ("CCA=86", {"cca", "base"}),
+    "two-settings-disagree": (
+        "PIP_INDEX_URL=https://me:pw@index.example/simple\nPIP_INDEX_TOKEN=token",
+        {"tls"},
+    ),
+}
+ALWAYS_SHOWN = ("engine", "compose", "buildx", "nvidia", "cuda", "driver", "cca", "base", "tls")
+
+
+@pytest.mark.parametrize("name", list(BROKEN_LINES))
+def test_doctor_with_a_broken_env_line_judges_every_row_it_still_can(
+    checkout, docker_engine, host_gpu, name
+):
+    if host_gpu[0]:
+        pytest.skip("this engine has the NVIDIA runtime: invoke env adds no CPU override")
+    assert invoke(checkout, "env", "--cca", "8.6").returncode == 0
+    env = checkout / ".env"
+    text = env.read_text() + "BUILD_MODE=wheels\n"
+    line, unchecked = BROKEN_LINES[name]
+    number = len(text.splitlines()) + 1  # the first line it adds
+    env.write_text(text + line + "\n")
+    result = invoke(checkout, "doctor")
+    assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
+    rows = {row.split()[0]: row for row in result.stdout.splitlines() if row[:1].strip()}
+    for check in (*ALWAYS_SHOWN, "python", "disk", ".env"):
+        assert check in rows, result.stdout
+    assert "ERROR" in rows[".env"], result.stdout
+    for check, row in rows.items():
+        said = f"not checked: .env line {number} has an error"
+        assert (said in row) is (check in unchecked or (check == "python" and "tls" in unchecked))
+    # What .env says is judged, not the defaults: the CPU override and the wheels' disk.
+    if "nvidia" not in unchecked:
+        assert "WARN" in rows["nvidia"] and "cpu.yaml" in rows["nvidia"], result.stdout
+    assert "source build" not in rows["disk"], result.stdout
