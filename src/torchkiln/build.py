@@ -25,6 +25,8 @@ from torchkiln import (
     envfile,
     estimate,
     extensions,
+    hostfacts,
+    indexcheck,
     inputs,
     runner,
     settings,
@@ -118,7 +120,18 @@ def with_host_ca(built: BuildPlan, environ: Mapping[str, str]) -> BuildPlan:
         return replace(built, preflight=[*built.preflight, decision.row()])
     if decision.note:
         print(decision.note, file=sys.stderr)
-    return replace(built, ca_bundle=decision.bundle) if decision.bundle else built
+    if decision.bundle:
+        built = replace(built, ca_bundle=decision.bundle)
+    # The torch index too (name, TLS, the wanted torch): a failure names the setting.
+    rows = indexcheck.index_rows(
+        mine,
+        decision.bundle or hostfacts.fresh_image_ca_bundle(),
+        hostfacts.default_index_url(),
+    )
+    for row in rows:
+        if row.status == "warn":
+            print(f"warning: {row.check}: {row.detail}", file=sys.stderr)
+    return replace(built, preflight=[*built.preflight, *rows])
 
 
 def build_service(c, built: BuildPlan) -> None:
@@ -156,8 +169,6 @@ def build_service(c, built: BuildPlan) -> None:
                 if command:
                     c.run(shlex.join(command))
         return
-    from torchkiln import hostfacts
-
     if built.service in settings.SOURCE:  # ngc compiles nothing
         history = estimate.read_timings(built.root)
         folders = sum(1 for name in built.contexts if name in extensions.EXTENSION_CONTEXTS)

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from torchkiln import baseimages, checkrows, gpu, settingchecks, settings, tlscheck
+from torchkiln import baseimages, checkrows, gpu, indexcheck, settingchecks, settings, tlscheck
 from torchkiln.checkrows import Row
 from torchkiln.engine import EngineFacts
 from torchkiln.errors import UserError
@@ -303,6 +303,11 @@ def check_host(root: Path) -> tuple[str, bool]:
         # Its fix names only what frees space here, measured now.
         disk = check_disk(facts, *settingchecks.disk_settings(values), disk_room(root))
         rows = [disk if row.check == "disk" else row for row in rows]
+    if not ca.problem:  # the torch index too, placed after the tls row
+        bundle = ca.bundle or hostfacts.fresh_image_ca_bundle()
+        found = indexcheck.index_rows(mine, bundle, hostfacts.default_index_url())
+        at = next((n + 1 for n, row in enumerate(rows) if row.check == "tls"), len(rows))
+        rows[at:at] = found
     rows = settingchecks.not_checked(rows, state)
     index = settingchecks.check_index_password(dotenv)
     rows += [index] if index else []

@@ -52,6 +52,10 @@ ROW_SETTINGS = {
     "tls": ("PIP_INDEX_URL", "TORCH_INDEX_URL", "CA_BUNDLE", "PIP_INDEX_TOKEN"),
     "python": ("PYTHON_VERSION", "BUILD_IMAGE", "TRAIN_IMAGE", "PIP_INDEX_URL", "CA_BUNDLE"),
     "compile cache": ("CCACHE_REMOTE",),
+    "index": (
+        *("TORCH_INDEX_URL", "PIP_INDEX_URL", "PIP_INDEX_TOKEN", "CA_BUNDLE", "BUILD_MODE"),
+        *("CUDA_FROM", "CUDA_VERSION", "PYTORCH_VERSION", "PYTHON_VERSION"),
+    ),
     "disk": ("BUILD_MODE", "MIN_FREE_DISK_GB"),
 }
 

@@ -463,3 +463,77 @@ def test_every_preflight_reason_is_said_at_once_most_fundamental_first(
         fix = disk.split("; fix: ", 1)[1]
         assert "--all-checkouts" not in fix.split("; or ")[0]
         assert fix.index("MIN_FREE_DISK_GB") < fix.index("last resort")
+
+
+def default_index() -> str:
+    from torchkiln import hostfacts
+
+    return hostfacts.default_index_url()
+
+
+# BUILD_MODE=wheels on the CPU downloads torch, torchvision, torchaudio from the torch index.
+WHEELS_ON_CPU = {"BUILD_MODE": "wheels", "CUDA_FROM": "none"}
+INDEX_CASES = {
+    # The newcomer's case: the torch index's name does not resolve (.invalid never does).
+    "torch-index-does-not-resolve": (
+        {**WHEELS_ON_CPU, "TORCH_INDEX_URL": "https://torch-index.invalid/whl/cpu"},
+        ["does not resolve", "torch-index.invalid"],
+        True,
+    ),
+    # The index answers, but has no torch wheel for this Python: no working value to offer
+    # from the same index, so the fix names the setting and a wheelhouse.
+    "no-wheel-for-this-python": (
+        {**WHEELS_ON_CPU, "TORCH_INDEX_URL": "DEFAULT", "PYTHON_VERSION": "3.7"},
+        ["has no wheel of torch==", "Python 3.7"],
+        False,
+    ),
+    # CUDA_FROM=pypi takes torch from the Python index itself: the setting named is that one.
+    "python-index-does-not-resolve": (
+        {
+            "BUILD_MODE": "wheels",
+            "CUDA_FROM": "pypi",
+            "PIP_INDEX_URL": "https://pip.invalid/simple",
+        },
+        ["PIP_INDEX_URL", "does not resolve"],
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(INDEX_CASES))
+def test_an_index_the_build_needs_is_probed_in_the_preflight(project, name: str) -> None:
+    made, good_env = project
+    dotenv, words, working_value = INDEX_CASES[name]
+    index = default_index()
+    dotenv = {key: index if value == "DEFAULT" else value for key, value in dotenv.items()}
+    env_path = made.root / ".env"
+    env_path.write_text(good_env + "".join(f"{k}={envfile.quote(v)}\n" for k, v in dotenv.items()))
+    try:
+        result = made.invoke("--dry", "build")
+    finally:
+        env_path.write_text(good_env)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output, output
+    said = [line.removeprefix("error: ") for line in result.stderr.splitlines() if line.strip()]
+    refusal = next(line for line in said if line.lstrip("0123456789. ").startswith("index ("))
+    setting = "PIP_INDEX_URL" if dotenv.get("CUDA_FROM") == "pypi" else "TORCH_INDEX_URL"
+    assert f"index ({setting})" in refusal, output
+    for word in words:
+        assert word in refusal, refusal
+    if working_value:  # a value that works here, checked against the index it names
+        assert f"TORCH_INDEX_URL={index}" in refusal and "GB wheel" in refusal, refusal
+    else:
+        assert "--wheelhouse" in refusal, refusal
+
+
+def test_a_torch_index_that_has_the_wheels_passes_the_preflight(project) -> None:
+    made, good_env = project
+    dotenv = {**WHEELS_ON_CPU, "TORCH_INDEX_URL": default_index()}
+    env_path = made.root / ".env"
+    env_path.write_text(good_env + "".join(f"{k}={envfile.quote(v)}\n" for k, v in dotenv.items()))
+    try:
+        result = made.invoke("--dry", "build", "--no-up")
+    finally:
+        env_path.write_text(good_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "index (" not in result.stderr

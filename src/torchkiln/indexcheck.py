@@ -1,0 +1,252 @@
+"""The indexes a build downloads from, probed from the host in seconds: does each name resolve,
+does TLS verify, and does the torch index hold the wanted torch for the image's Python?
+
+`torch_index` and `judge` are pure; `probe` and `index_rows` are the thin edge (one HTTPS
+request per index, the simple API's JSON where the index speaks it, else its HTML page).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import platform
+import re
+import socket
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+from torchkiln import checkrows, urls
+from torchkiln.checkrows import Row
+
+# The build scripts name PyTorch's own wheel index (/cpu, /cuXYZ per CUDA minor); read from there.
+NET_SH = Path(__file__).resolve().parents[2] / "docker" / "scripts" / "net.sh"
+PROBE_TIMEOUT_S = 20
+_SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
+_WHEEL = re.compile(r"([a-z]+)-([^-]+)-(cp\d+)-[^-]+-([^-]+)\.whl$")
+# What the build downloads from the torch index (docker/scripts/download-wheels.sh).
+PROJECTS = {"torch": "PYTORCH_VERSION", "torchvision": "TORCHVISION_VERSION"}
+PROJECTS["torchaudio"] = "TORCHAUDIO_VERSION"
+
+
+@dataclass(frozen=True)
+class TorchIndex:
+    """Where the build takes torch from, and the setting that decides it."""
+
+    url: str
+    setting: str  # TORCH_INDEX_URL or PIP_INDEX_URL
+    how: str  # the setting's value, or what its empty value means
+    required: bool  # the build downloads torch from it (BUILD_MODE wheels, torch-wheel)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What an index said about torch: `problem` when it could not be asked."""
+
+    problem: str = ""
+    kind: str = ""  # resolve | tls | unreachable | http
+    # Each project's versions for this Python and machine, with a wheel's size (0: unknown).
+    versions: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+@cache
+def pytorch_index() -> str:
+    """PyTorch's own wheel index as the build scripts name it ('' when they cannot be read)."""
+    try:
+        text = NET_SH.read_text(encoding="utf-8")
+    except OSError:
+        return ""
+    match = re.search(r"--index-url (https://\S+)/cpu\b", text)
+    return match[1] if match else ""
+
+
+def torch_index(values: Mapping[str, str], default_index: str) -> TorchIndex:
+    """The index torch's wheels come from, as docker/scripts/net.sh picks it."""
+    required = values["BUILD_MODE"] in ("wheels", "torch-wheel")
+    if values.get("TORCH_INDEX_URL"):
+        url = values["TORCH_INDEX_URL"]
+        return TorchIndex(url, "TORCH_INDEX_URL", f"TORCH_INDEX_URL={url}", required)
+    if values["CUDA_FROM"] == "pypi":
+        url = values.get("PIP_INDEX_URL") or default_index
+        how = "CUDA_FROM=pypi takes torch from the Python index"
+        return TorchIndex(url, "PIP_INDEX_URL", how, required)
+    if values["CUDA_FROM"] == "none":
+        how = "TORCH_INDEX_URL is empty: PyTorch's CPU index"
+        return TorchIndex(f"{pytorch_index()}/cpu", "TORCH_INDEX_URL", how, required)
+    cuda = "".join(values["CUDA_VERSION"].split(".")[:2])
+    how = f"TORCH_INDEX_URL is empty: PyTorch's index for CUDA {values['CUDA_VERSION']}"
+    return TorchIndex(f"{pytorch_index()}/cu{cuda}", "TORCH_INDEX_URL", how, required)
+
+
+def wheel_versions(
+    project: str, filenames: Mapping[str, int], python: str, machine: str
+) -> dict[str, int]:
+    """A project's versions with a wheel for this Python (3.12 → cp312) and machine (x86_64)."""
+    tag = "cp" + python.replace(".", "")
+    found: dict[str, int] = {}
+    for name, size in filenames.items():
+        match = _WHEEL.search(urllib.parse.unquote(name))
+        if match and match[1] == project and match[3] == tag and match[4].endswith(machine):
+            found.setdefault(match[2], size)
+    return found
+
+
+def missing(answer: Answer, wanted: Mapping[str, str]) -> list[str]:
+    """The wanted project==version the answer lacks."""
+    return [
+        f"{project}=={version}"
+        for project, version in wanted.items()
+        if not has_version(answer.versions.get(project, {}), version)
+    ]
+
+
+def has_version(versions: Mapping[str, int], wanted: str) -> str:
+    """The listed version that is `wanted` (2.14.1 is also 2.14.1+cpu), or ''."""
+    return next((v for v in versions if v == wanted or v.startswith(wanted + "+")), "")
+
+
+def judge(
+    index: TorchIndex,
+    answer: Answer,
+    python_index: str,
+    python_answer: Answer,
+    wanted: Mapping[str, str],
+    python: str,
+) -> Row:
+    """Judge the torch index (`wanted`: project → version, torch first): ok, or why the build
+    would fail at its download with the setting to change and a value that works here (the
+    Python index, where it has them all)."""
+    check = f"index ({index.setting})"
+    shown = ", ".join(f"{project} {version}" for project, version in wanted.items())
+    lacking = missing(answer, wanted)
+    if not answer.problem and not lacking:
+        return Row(check, "ok", f"{urls.shown(index.url)} has {shown} for Python {python}")
+    if answer.problem:
+        reason = answer.problem
+    else:
+        first = lacking[0].split("==")[0]
+        listed = ", ".join(sorted(answer.versions.get(first, {}), reverse=True)[:5]) or "none"
+        reason = (
+            f"has no wheel of {', '.join(lacking)} for Python {python} ({first} there: {listed})"
+        )
+    detail = f"{urls.shown(index.url)} {reason} ({index.how})"
+    if not index.required:
+        return Row(check, "warn", detail + "; the build reads torch's requirements there")
+    # An index that does not answer while no other does either: the host may only lack the
+    # build's proxy, so no proof; a name that does not resolve, TLS or HTTP refusals are.
+    status = "warn" if answer.kind == "unreachable" and python_answer.problem else "error"
+    torch = python_answer.versions.get("torch", {})
+    found = has_version(torch, wanted["torch"])
+    if (
+        python_index != index.url
+        and not python_answer.problem
+        and not missing(python_answer, wanted)
+    ):
+        said = f", torch a {torch[found] / 1e9:.1f} GB wheel" if torch.get(found) else ""
+        fix = (
+            f"take them from the Python index, which has {shown} for Python {python}{said} (a "
+            f"CUDA build that runs on the CPU too; its NVIDIA wheels come with it): "
+            f"{checkrows.append_to_env([f'TORCH_INDEX_URL={urls.shown(python_index)}'])}"
+        )
+    else:
+        fix = (
+            f"set {index.setting} to an index you can reach that has {shown} (a mirror of "
+            f"{urls.shown(index.url)}), or build from a folder of wheels: --wheelhouse DIR"
+        )
+    return Row(check, status, detail + "; the build would fail at its torch download", fix)
+
+
+def _request(url: str, cafile: str) -> tuple[str, bytes]:
+    parsed = urllib.parse.urlsplit(url)
+    headers = {"Accept": f"{_SIMPLE_JSON}, text/html;q=0.1"}
+    if parsed.password is not None:
+        token = f"{urllib.parse.unquote(parsed.username or '')}:"
+        token += urllib.parse.unquote(parsed.password)
+        headers["Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
+        url = parsed._replace(netloc=parsed.hostname or "").geturl()
+    context = ssl.create_default_context(cafile=cafile or None)
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S, context=context) as response:
+        return response.headers.get("Content-Type", ""), response.read()
+
+
+def probe(
+    index_url: str,
+    cafile: str,
+    python: str,
+    projects: Sequence[str],
+    machine: str = "",
+    proxied: bool = False,
+) -> Answer:
+    """Ask an index for each project's page: name resolution (here, unless a proxy resolves
+    it: `proxied`), TLS, then its wheels."""
+    host = urllib.parse.urlsplit(index_url).hostname or ""
+    try:
+        if not proxied:
+            socket.getaddrinfo(host, 443)
+    except (OSError, UnicodeError):
+        return Answer(f"does not resolve: {host} has no address from here", "resolve")
+    versions: dict[str, dict[str, int]] = {}
+    for project in projects:
+        page = _page(index_url, project, cafile)
+        if isinstance(page, Answer):
+            return page
+        versions[project] = wheel_versions(project, page, python, machine or platform.machine())
+    return Answer(versions=versions)
+
+
+def _page(index_url: str, project: str, cafile: str) -> Answer | dict[str, int]:
+    try:
+        kind, body = _request(f"{index_url.rstrip('/')}/{project}/", cafile)
+    except ssl.SSLCertVerificationError as error:
+        return Answer(f"fails TLS verification ({error.verify_message})", "tls")
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            return {}
+        return Answer(f"answers HTTP {error.code} for {project}'s page", "http")
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            return Answer(f"fails TLS verification ({reason.verify_message})", "tls")
+        return Answer(f"does not answer from here ({reason})", "unreachable")
+    files: dict[str, int] = {}
+    if _SIMPLE_JSON in kind:
+        for item in json.loads(body).get("files", []):
+            files[str(item.get("filename", ""))] = int(item.get("size") or 0)
+    else:
+        for name in re.findall(r'href="([^"#]+\.whl)', body.decode("utf-8", "replace")):
+            files[name.rsplit("/", 1)[-1]] = 0
+    return files
+
+
+def index_rows(
+    values: Mapping[str, str], cafile: str, default_index: str, wheelhouse: str = ""
+) -> list[Row]:
+    """Probe the torch index and the Python index at once, and judge the torch index (no row
+    for a build from a wheelhouse, which downloads nothing)."""
+    if wheelhouse:
+        return []
+    index = torch_index(values, default_index)
+    python_index = values.get("PIP_INDEX_URL") or default_index
+    if not index.url.startswith("https://") or not python_index:
+        return []
+    python = values["PYTHON_VERSION"]
+    # Only torch where the build reads requirements there; all it downloads otherwise.
+    wanted = {
+        project: values[setting]
+        for project, setting in PROJECTS.items()
+        if values.get(setting) and (project == "torch" or index.required)
+    }
+    proxied = bool(urllib.request.getproxies().get("https"))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        asked = pool.submit(probe, index.url, cafile, python, list(wanted), "", proxied)
+        other = pool.submit(probe, python_index, cafile, python, list(wanted), "", proxied)
+        answer = asked.result()
+        python_answer = answer if python_index == index.url else other.result()
+    return [judge(index, answer, python_index, python_answer, wanted, python)]

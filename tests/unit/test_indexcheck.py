@@ -1,0 +1,90 @@
+"""Which index a build takes torch from, and the judgement of what the index said."""
+
+import pytest
+
+from torchkiln import indexcheck, settings
+
+PYTHON = "https://python-index.example/simple"
+
+
+def values(**given):
+    return settings.resolve(given)
+
+
+@pytest.mark.parametrize(
+    ("given", "setting", "ends", "required"),
+    [
+        ({"CUDA_FROM": "none", "BUILD_MODE": "wheels"}, "TORCH_INDEX_URL", "/cpu", True),
+        ({"CUDA_FROM": "image", "BUILD_MODE": "wheels"}, "TORCH_INDEX_URL", "/cu130", True),
+        ({"CUDA_FROM": "pypi", "BUILD_MODE": "torch-wheel"}, "PIP_INDEX_URL", "/simple", True),
+        ({"CUDA_FROM": "image", "CCA": "8.6"}, "TORCH_INDEX_URL", "/cu130", False),
+        (
+            {"TORCH_INDEX_URL": "https://mirror.example/whl/cpu", "BUILD_MODE": "wheels"},
+            "TORCH_INDEX_URL",
+            "mirror.example/whl/cpu",
+            True,
+        ),
+    ],
+    ids=["cpu", "cuda-image", "cuda-pypi", "source", "set"],
+)
+def test_the_torch_index_is_the_one_the_build_scripts_pick(given, setting, ends, required):
+    index = indexcheck.torch_index(values(**given), PYTHON)
+    assert index.setting == setting and index.url.endswith(ends) and index.required is required
+
+
+def test_wheels_are_read_for_this_python_and_machine():
+    files = {
+        "torch-2.14.1%2Bcpu-cp311-cp311-manylinux_2_28_x86_64.whl": 0,
+        "torch-2.14.1-cp312-cp312-manylinux_2_28_x86_64.whl": 5,
+        "torch-2.13.0-cp311-cp311-manylinux_2_28_aarch64.whl": 7,
+        "torchvision-0.29.1-cp311-cp311-manylinux_2_28_x86_64.whl": 9,
+    }
+    found = indexcheck.wheel_versions("torch", files, "3.11", "x86_64")
+    assert found == {"2.14.1+cpu": 0}
+    assert indexcheck.has_version(found, "2.14.1") == "2.14.1+cpu"
+    assert indexcheck.has_version(found, "2.14") == ""
+
+
+WANTED = {"torch": "2.14.1", "torchvision": "0.29.1"}
+HAS_ALL = indexcheck.Answer(versions={"torch": {"2.14.1": 6e8}, "torchvision": {"0.29.1": 0}})
+
+
+@pytest.mark.parametrize(
+    ("answer", "python_answer", "status", "words"),
+    [
+        (HAS_ALL, HAS_ALL, "ok", ["has torch 2.14.1, torchvision 0.29.1"]),
+        (
+            indexcheck.Answer("does not resolve: x has no address from here", "resolve"),
+            HAS_ALL,
+            "error",
+            ["does not resolve", f"TORCH_INDEX_URL={PYTHON}", "0.6 GB wheel"],
+        ),
+        (
+            indexcheck.Answer(versions={"torch": {"2.14.1": 0}, "torchvision": {"0.28.0": 0}}),
+            HAS_ALL,
+            "error",
+            ["torchvision==0.29.1", f"TORCH_INDEX_URL={PYTHON}"],
+        ),
+        (
+            indexcheck.Answer("fails TLS verification (x)", "tls"),
+            indexcheck.Answer(versions={"torch": {"2.13.0": 0}}),
+            "error",
+            ["TLS", "set TORCH_INDEX_URL to an index", "--wheelhouse"],
+        ),
+        (
+            indexcheck.Answer("does not answer from here (timed out)", "unreachable"),
+            indexcheck.Answer("does not answer from here (timed out)", "unreachable"),
+            "warn",
+            ["does not answer"],
+        ),
+    ],
+    ids=["ok", "no-name-python-index-has-it", "lacks-vision", "tls-nothing-fits", "offline"],
+)
+def test_a_failing_torch_index_names_the_setting_and_a_value_that_works(
+    answer, python_answer, status, words
+):
+    index = indexcheck.TorchIndex("https://torch.example/whl/cpu", "TORCH_INDEX_URL", "x", True)
+    row = indexcheck.judge(index, answer, PYTHON, python_answer, WANTED, "3.11")
+    assert row.status == status, row
+    for word in words:
+        assert word in row.detail + row.fix, row
