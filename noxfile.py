@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import nox
+from nox.command import CommandFailed
 
 nox.needs_version = ">=2024.4.15"
 nox.options.default_venv_backend = "venv"
@@ -63,9 +64,18 @@ def _in_image(session: nox.Session, module: str) -> None:
         session.error(
             f"image {image} of {service} is not built; run invoke build --service {service}"
         )
+    given = list(args)
     if module == "smoke":
         args += incontainer.expectations(labels, args)
-    session.run(*incontainer.module_command(module, service, args), external=True)
+    try:
+        session.run(*incontainer.module_command(module, service, args), external=True)
+    except CommandFailed:
+        # Where no GPU reaches containers, the failure ends with the command that works here.
+        if module == "smoke" and "--allow-cpu" not in args:
+            route = incontainer.cpu_route(service, given, incontainer.gpu_problem(ROOT))
+            if route:
+                session.error(route)
+        raise
 
 
 @nox.session(python=False, default=False)

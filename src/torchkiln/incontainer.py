@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -85,3 +86,34 @@ def require_built(root: Path, service: str) -> str:
             f"image {image} of {service} is not built; run invoke build --service {service}"
         )
     return image
+
+
+def cpu_route(service: str, args: Sequence[str], gpu_problem: str) -> str:
+    """What to say when the GPU check failed where no GPU reaches containers (`gpu_problem`
+    says why; '' when one does): the command that checks the image on the CPU. '' when it
+    was asked for already."""
+    if not gpu_problem or "--allow-cpu" in args:
+        return ""
+    command = shlex.join(["nox", "-s", "smoke", "--", "--service", service, "--allow-cpu", *args])
+    return (
+        f"no GPU reaches {service}'s containers on this machine ({gpu_problem}), so the CUDA "
+        f"checks cannot pass here; check the image on the CPU: {command}"
+    )
+
+
+def gpu_problem(root: Path) -> str:
+    """Why no GPU reaches the services' containers here ('' when one does): no NVIDIA runtime,
+    or the CPU override in COMPOSE_FILE (.env, or the environment's)."""
+    import os
+
+    from torchkiln import engine, envfile
+
+    with_runtime, how = engine.nvidia_runtime_present()
+    if not with_runtime:
+        return how
+    try:
+        dotenv = envfile.read(envfile.path(root))
+    except UserError:
+        dotenv = {}
+    compose_file = settings.layered(os.environ, dotenv).get("COMPOSE_FILE", "")
+    return "COMPOSE_FILE has compose/cpu.yaml" if "cpu.yaml" in compose_file else ""

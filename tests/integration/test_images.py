@@ -272,6 +272,14 @@ def test_nox_smoke_diagnoses_a_cpu_image_and_passes_with_allow_cpu(wheels_projec
     assert failed.returncode != 0
     assert "CPU-only build" in failed.stdout, failed.stdout + failed.stderr
     assert "Traceback" not in failed.stdout + failed.stderr
+    # No GPU reaches containers here: the failure ends with the command that works here, for
+    # the service asked for and with the user's own flags.
+    said = failed.stderr.strip().splitlines()[-1]
+    assert "nox -s smoke -- --service train --allow-cpu" in said, failed.stderr
+    asked = project.run(*nox, "--", "--service", "train", "--json", timeout=EXEC_TIMEOUT)
+    assert asked.returncode != 0
+    said = asked.stderr.strip().splitlines()[-1]
+    assert "nox -s smoke -- --service train --allow-cpu --json" in said, asked.stderr
     passed = project.run(*nox, "--", "--allow-cpu", timeout=EXEC_TIMEOUT)
     assert passed.returncode == 0, passed.stdout + passed.stderr
     report = project.run(*nox, "--", "--service", "train", "--allow-cpu", "--json")

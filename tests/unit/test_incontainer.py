@@ -70,3 +70,23 @@ def test_the_cca_label_drives_the_audit_when_something_was_compiled_for_it(mode,
 
 def test_ngc_image_has_no_expectations():
     assert incontainer.expectations({"io.torchkiln.ngc-image": "x"}, []) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "problem", "said"),
+    [
+        ([], "the engine lists no nvidia runtime or CDI device", "--service train --allow-cpu"),
+        (["--json"], "COMPOSE_FILE has compose/cpu.yaml", "--service full --allow-cpu --json"),
+        (["--allow-cpu"], "the engine lists no nvidia runtime or CDI device", ""),
+        ([], "", ""),
+    ],
+    ids=["no-runtime", "cpu-override-json", "asked-already", "gpu-here"],
+)
+def test_a_failed_smoke_without_a_gpu_names_the_command_that_works_here(args, problem, said):
+    service = "full" if "--json" in args else "train"
+    route = incontainer.cpu_route(service, args, problem)
+    if not said:
+        assert route == ""
+        return
+    assert said in route and problem in route
+    assert route.endswith("nox -s smoke -- " + said.replace("--service", "--service", 1))
