@@ -95,6 +95,10 @@ EXTENSION_HELP = (
         "service": SERVICE_HELP,
         "cca": "GPU compute capabilities to build for, e.g. 8.6 (default: .env's CCA)",
         "torch": "torch release, e.g. 2.14.1; the matching torchvision is chosen",
+        "build_mode": "source (compile torch for CCA), torch-wheel (official torch, the rest "
+        "compiled) or wheels (official wheels only, minutes; default: .env's BUILD_MODE)",
+        "cuda_from": "where CUDA comes from: image (nvidia/cuda base), pypi (NVIDIA's wheels "
+        "from the Python index) or none (a CPU image; default: .env's CUDA_FROM)",
         "source": "NAME=DIR: build from a local checkout (pytorch, vision, audio, magma); "
         "repeatable",
         "extension": EXTENSION_HELP,
@@ -109,6 +113,8 @@ def build(
     service: str = "train",
     cca: str | None = None,
     torch: str | None = None,
+    build_mode: str | None = None,
+    cuda_from: str | None = None,
     source: list[str] | None = None,
     extension: list[str] | None = None,
     wheelhouse: str | None = None,

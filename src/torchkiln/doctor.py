@@ -173,8 +173,8 @@ def disk_fix(build_mode: str, free_gb: float, room: DiskRoom | None = None, floo
         if need < needed and need <= free_gb and not floor
     ]
     routes = [
-        f"BUILD_MODE={mode} needs about {DISK_GB[mode][0]} GB: "
-        f"{checkrows.append_to_env([f'BUILD_MODE={mode}'])}"
+        f"BUILD_MODE={mode} needs about {DISK_GB[mode][0]} GB: invoke build --build-mode "
+        f"{mode} (or {checkrows.append_to_env([f'BUILD_MODE={mode}'])})"
         for mode in cheaper
     ]
     if floor:

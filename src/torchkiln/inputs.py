@@ -27,6 +27,8 @@ class BuildOptions:
     service: str = "train"
     cca: str | None = None
     torch: str | None = None
+    build_mode: str | None = None
+    cuda_from: str | None = None
     sources: list[str] = field(default_factory=list)
     extensions: list[str] = field(default_factory=list)
     wheelhouse: str | None = None
@@ -39,7 +41,10 @@ class BuildOptions:
     push: bool = False
 
     # The inputs that decide what the build stages compile: `invoke wheels` reuses a build's.
-    INPUTS = ("cca", "torch", "sources", "extensions", "wheelhouse", "ca_bundle")
+    INPUTS = (
+        *("cca", "torch", "build_mode", "cuda_from"),
+        *("sources", "extensions", "wheelhouse", "ca_bundle"),
+    )
 
     @classmethod
     def from_flags(cls, flags: Mapping[str, object]) -> BuildOptions:
@@ -190,6 +195,10 @@ def settings_flags(
         flags["PYTORCH_VERSION"] = options.torch
         if "TORCHVISION_VERSION" not in settings.layered(environ, dotenv):
             flags["TORCHVISION_VERSION"] = gpu.matching_torchvision(options.torch)
+    if options.build_mode is not None:
+        flags["BUILD_MODE"] = options.build_mode
+    if options.cuda_from is not None:
+        flags["CUDA_FROM"] = options.cuda_from
     if options.ca_bundle is not None:
         flags["CA_BUNDLE"] = options.ca_bundle
     if options.builder is not None:
