@@ -310,7 +310,8 @@ def check_host(root: Path) -> tuple[str, bool]:
         rows[at:at] = found
     rows = settingchecks.not_checked(rows, state)
     index = settingchecks.check_index_password(dotenv)
-    rows += [index] if index else []
+    private = settingchecks.check_env_private(envfile.exposed_secret(file))
+    rows += [row for row in (index, private) if row]
     return checkrows.render(rows), checkrows.failed(rows)
 
 

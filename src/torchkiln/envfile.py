@@ -237,6 +237,33 @@ def secret_value(value: str) -> bool:
         return "@" in value  # unparsable, but may hold user:password@: treat as secret
 
 
+def exposed_secret(file: Path) -> bool:
+    """Tell whether .env holds a credential and others may read it (group or world bits)."""
+    try:
+        readable = file.stat().st_mode & 0o077
+        return bool(readable) and holds_secret(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def keep_private(file: Path) -> str:
+    """Make a .env that holds a credential readable by its owner only; say so ('' when there
+    was nothing to do, or the file is not ours to change)."""
+    if not exposed_secret(file):
+        return ""
+    mode = file.stat().st_mode & 0o777
+    try:
+        file.chmod(PRIVATE)
+    except OSError:
+        return (
+            f"warning: {file.name} holds a password and is readable by others "
+            f"({mode:o}); run chmod 600 {file.name}"
+        )
+    return (
+        f"note: {file.name} holds a password: made it readable by you only (mode {mode:o} -> 600)"
+    )
+
+
 def backup_name(file: Path, now: float | None = None) -> Path:
     """Name a free backup path such as .env.20261126-031000 beside the file."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))

@@ -175,6 +175,18 @@ def check_ccache_remote(url: str, problem: str) -> Row | None:
     return Row("compile cache", "ok", f"CCACHE_REMOTE answers ({mode})")
 
 
+def check_env_private(exposed: bool) -> Row | None:
+    """Warn when .env holds a credential and others may read it."""
+    if not exposed:
+        return None
+    return Row(
+        ".env secret",
+        "warn",
+        ".env holds a password (or token) and other users of this machine can read it",
+        "chmod 600 .env (invoke build does it when it reads .env)",
+    )
+
+
 def check_index_password(dotenv: Mapping[str, str | None] | None) -> Row | None:
     """Warn when .env's PIP_INDEX_URL holds a password: invoke build splits it off into a
     secret, but a plain `docker compose build` passes .env's value as a build arg."""

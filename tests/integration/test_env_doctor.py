@@ -217,3 +217,29 @@ def test_doctor_with_a_broken_env_line_judges_every_row_it_still_can(
     if "nvidia" not in unchecked:
         assert "WARN" in rows["nvidia"] and "cpu.yaml" in rows["nvidia"], result.stdout
     assert "source build" not in rows["disk"], result.stdout
+
+
+@pytest.mark.parametrize(
+    ("line", "secret"),
+    [
+        ("PIP_INDEX_TOKEN=t0ken", True),
+        ("CCACHE_REMOTE=redis://:pw@127.0.0.1:6379", True),
+        ("PIP_INDEX_URL=https://index.example/simple", False),
+    ],
+    ids=["token", "url-password", "no-secret"],
+)
+def test_a_readable_env_with_a_secret_is_warned_by_doctor_and_made_private_by_build(
+    checkout, docker_engine, line, secret
+):
+    assert invoke(checkout, "env", "--cca", "8.6").returncode == 0
+    env = checkout / ".env"
+    env.write_text(env.read_text() + line + "\n")
+    env.chmod(0o644)
+    doctor = invoke(checkout, "doctor")
+    assert ("WARN" in doctor.stdout.split(".env secret", 1)[-1].split("\n")[0]) is secret
+    assert (".env secret" in doctor.stdout) is secret, doctor.stdout
+    built = invoke(checkout, "--dry", "build")  # refused later or not: .env was read first
+    assert "Traceback" not in built.stdout + built.stderr
+    assert (env.stat().st_mode & 0o777) == (0o600 if secret else 0o644)
+    assert ("made it readable by you only" in built.stderr) is secret, built.stderr
+    assert "t0ken" not in built.stdout + built.stderr + doctor.stdout

@@ -64,3 +64,28 @@ def test_backup_names_never_collide(tmp_path):
 def test_unknown_keys_are_named_with_the_closest_setting(name, hint):
     (note,) = envfile.unknown_names({name: "1", "CCA": "8.6", "HTTP_PROXY": "x"})
     assert note.startswith(f"{name} is not a torchkiln setting") and note.endswith(hint)
+
+
+@pytest.mark.parametrize(
+    ("line", "mode", "secret"),
+    [
+        ("PIP_INDEX_TOKEN=t0ken", 0o644, True),
+        ("CCACHE_REMOTE=redis://:pw@cache.example:6379", 0o644, True),
+        ("PIP_INDEX_URL=https://me:pw@index.example/simple", 0o640, True),
+        ("PIP_INDEX_URL=https://index.example/simple", 0o644, False),
+        ("PIP_INDEX_TOKEN=t0ken", 0o600, False),
+    ],
+    ids=["token", "ccache-password", "group-readable-url", "no-secret", "already-private"],
+)
+def test_a_readable_env_holding_a_secret_is_made_private_and_said(tmp_path, line, mode, secret):
+    file = tmp_path / ".env"
+    file.write_text(f"CCA=8.6\n{line}\n")
+    file.chmod(mode)
+    assert envfile.exposed_secret(file) is secret
+    said = envfile.keep_private(file)
+    assert bool(said) is secret
+    assert file.stat().st_mode & 0o777 == (0o600 if secret else mode)
+    if secret:
+        assert said.startswith("note: .env holds a password") and f"{mode:o} -> 600" in said
+        assert "t0ken" not in said and "pw" not in said
+    assert not envfile.exposed_secret(file)
