@@ -181,16 +181,25 @@ def check_python(
         if not python:
             reason = "not here, and its name does not say" if facts.error else "unknown distro"
             rows.append(Row("python", "warn", f"{where}: its Python is not known ({reason})"))
-        elif python == wanted:
-            rows.append(Row("python", "ok", f"{where} has Python {python} = PYTHON_VERSION"))
+            continue
+        # An image that is not here speaks through its name only: say so.
+        has = (
+            f"{facts.image}: from the image's name, {distro} installs Python {python}"
+            if facts.error
+            else f"{where} has Python {python}"
+        )
+        unchecked = "; not checked, the image is not here" if facts.error else ""
+        if python == wanted:
+            rows.append(Row("python", "ok", f"{has} = PYTHON_VERSION{unchecked}"))
         else:
             status = "error" if index_unreachable else "warn"
             detail = (
-                f"{where} has Python {python}, not PYTHON_VERSION {wanted}: the build fetches "
-                f"CPython {wanted} with uv (from the Python index, then the internet)"
+                f"{has}, not PYTHON_VERSION {wanted}: the build fetches CPython {wanted} with uv "
+                f"(from the Python index, then the internet)"
             )
             if index_unreachable:
                 detail += ", and the index does not answer from here"
+            detail += unchecked
             fix = (
                 f"{append_to_env([f'PYTHON_VERSION={python}'])} (the image's own Python), or "
                 f"keep {wanted} where the internet is reachable"

@@ -243,3 +243,20 @@ def test_a_readable_env_with_a_secret_is_warned_by_doctor_and_made_private_by_bu
     assert (env.stat().st_mode & 0o777) == (0o600 if secret else 0o644)
     assert ("made it readable by you only" in built.stderr) is secret, built.stderr
     assert "t0ken" not in built.stdout + built.stderr + doctor.stdout
+
+
+def test_doctor_python_row_says_what_is_known_of_an_image_that_is_not_here(checkout, docker_engine):
+    assert invoke(checkout, "env", "--cca", "8.6").returncode == 0
+    env = checkout / ".env"
+    absent = "local/torchkiln-absent:13.0-devel-ubuntu24.04"
+    base = os.environ.get("TORCHKILN_TEST_BASE_IMAGE") or "debian:bookworm"
+    lines = f"BUILD_IMAGE={absent}\nTRAIN_IMAGE={base}\nPYTHON_VERSION=3.12\n"
+    env.write_text(env.read_text() + lines)
+    result = invoke(checkout, "doctor")
+    rows = [row for row in result.stdout.splitlines() if row.startswith("python")]
+    assert len(rows) == 2, result.stdout
+    named = next(row for row in rows if absent in row)
+    assert "from the image's name, Ubuntu 24.04 installs Python 3.12" in named, named
+    assert "not checked, the image is not here" in named and " ok " in named, named
+    here = next(row for row in rows if base in row)
+    assert "has Python 3.11" in here and "not checked" not in here, here

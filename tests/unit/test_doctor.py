@@ -380,3 +380,42 @@ def test_a_refusal_says_every_reason_most_fundamental_first():
         named = [line.split(". ", 1)[1].split(":", 1)[0] for line in lines[1:]]
         order = ["engine", "base images", "tls", "disk"]
         assert named == [check for check in order if check in named], text
+
+
+@pytest.mark.parametrize(
+    ("facts", "wanted", "status", "words", "unchecked"),
+    [
+        (
+            ImageFacts("nvidia/cuda:13.0.2-cudnn-devel-ubuntu24.04", error="not here"),
+            "3.12",
+            "ok",
+            ["from the image's name, Ubuntu 24.04 installs Python 3.12 = PYTHON_VERSION"],
+            True,
+        ),
+        (
+            ImageFacts("debian:bookworm", error="not here"),
+            "3.12",
+            "warn",
+            ["from the image's name, Debian 12 installs Python 3.11, not PYTHON_VERSION 3.12"],
+            True,
+        ),
+        (
+            ImageFacts("local/debian:bookworm", "debian", "12", python="3.11"),
+            "3.11",
+            "ok",
+            ["local/debian:bookworm (Debian 12) has Python 3.11"],
+            False,
+        ),
+    ],
+    ids=["cuda-name-match", "codename-mismatch", "here"],
+)
+def test_the_python_row_says_what_is_known_of_an_image_that_is_not_here(
+    facts, wanted, status, words, unchecked
+):
+    values = settings.resolve({"PYTHON_VERSION": wanted})
+    row = baseimages.check_python(values, [facts])[0]
+    assert row.status == status
+    for word in words:
+        assert word in row.detail, row.detail
+    assert ("not checked, the image is not here" in row.detail) is unchecked
+    assert (" has Python" in row.detail) is not unchecked
