@@ -17,9 +17,8 @@ from torchkiln.settingchecks import EnvState
 MIN_ENGINE = (23, 0)
 # compose/cpu.yaml's `!reset` needs Compose 2.24.4; environment-sourced build secrets 2.23.
 MIN_COMPOSE = (2, 24, 4)
-# Free GB at the engine's root below which a build is refused / warned about, per BUILD_MODE:
-# a source build of torch + vision with its ccache takes about 40 GB, official wheels about 10.
-DISK_GB = {"source": (40, 60), "torch-wheel": (20, 30), "wheels": (10, 20)}
+# Below estimate.disk_gb a build is refused; below this much more, warned about.
+DISK_COMFORT = 1.5
 GB = 1024**3
 
 
@@ -159,21 +158,31 @@ class DiskRoom:
     build_cache: float | None = None
 
 
-def disk_fix(build_mode: str, free_gb: float, room: DiskRoom | None = None, floor: str = "") -> str:
+def disk_need(build_mode: str, values: Mapping[str, str] | None = None) -> int:
+    """The GB a build of `build_mode` needs with the other settings as given (estimate.disk_gb)."""
+    from torchkiln import estimate
+
+    return estimate.disk_gb({**(values or {}), "BUILD_MODE": build_mode})
+
+
+def disk_fix(
+    build_mode: str,
+    free_gb: float,
+    room: DiskRoom | None = None,
+    floor: str = "",
+    values: Mapping[str, str] | None = None,
+) -> str:
     """The ways to build with the disk there is, cheapest first: a BUILD_MODE that needs less
     and fits (not under a MIN_FREE_DISK_GB, which every mode keeps), then removing this
     checkout's images (when it has some), and last the build cache every checkout shares (when
     it holds something), said to be a last resort."""
     from torchkiln.checkout import size_text
 
-    needed = DISK_GB.get(build_mode, DISK_GB["source"])[0]
-    cheaper = [
-        mode
-        for mode, (need, _) in DISK_GB.items()
-        if need < needed and need <= free_gb and not floor
-    ]
+    needed = disk_need(build_mode, values)
+    need = {mode: disk_need(mode, values) for mode in ("source", "torch-wheel", "wheels")}
+    cheaper = [mode for mode, gb in need.items() if gb < needed and gb <= free_gb and not floor]
     routes = [
-        f"BUILD_MODE={mode} needs about {DISK_GB[mode][0]} GB: invoke build --build-mode "
+        f"BUILD_MODE={mode} needs about {need[mode]} GB: invoke build --build-mode "
         f"{mode} (or {checkrows.append_to_env([f'BUILD_MODE={mode}'])})"
         for mode in cheaper
     ]
@@ -197,11 +206,16 @@ def disk_fix(build_mode: str, free_gb: float, room: DiskRoom | None = None, floo
 
 
 def check_disk(
-    facts: EngineFacts, build_mode: str = "source", floor: str = "", room: DiskRoom | None = None
+    facts: EngineFacts,
+    build_mode: str = "source",
+    floor: str = "",
+    room: DiskRoom | None = None,
+    values: Mapping[str, str] | None = None,
 ) -> Row:
-    """Judge free disk at the engine's root for a build of BUILD_MODE (or MIN_FREE_DISK_GB);
-    `room`: what invoke clean could free, for the fix."""
-    needed, comfortable = DISK_GB.get(build_mode, DISK_GB["source"])
+    """Judge free disk at the engine's root for a build of BUILD_MODE with the other `values`
+    (or MIN_FREE_DISK_GB); `room`: what invoke clean could free, for the fix."""
+    needed = disk_need(build_mode, values)
+    comfortable = round(needed * DISK_COMFORT)
     if floor:
         needed = comfortable = int(floor)
     if facts.error:
@@ -216,7 +230,7 @@ def check_disk(
     free_gb = facts.free_bytes / GB
     detail = f"{free_gb:.0f} GB free at {facts.root_dir}"
     if free_gb < comfortable:
-        fix = disk_fix(build_mode, free_gb, room, floor)
+        fix = disk_fix(build_mode, free_gb, room, floor, values)
         status = "error" if free_gb < needed else "warn"
         return Row("disk", status, f"{detail}; a {build_mode} build needs about {needed} GB", fix)
     return Row("disk", "ok", detail)
@@ -246,7 +260,7 @@ def diagnose(
         *([cache] if cache else []),
         *([tls] if tls else []),
         *(python or []),
-        check_disk(facts, *settingchecks.disk_settings(env.known())),
+        check_disk(facts, *settingchecks.disk_settings(env.known()), values=env.known()),
         settingchecks.check_env(env),
     ]
 
@@ -301,7 +315,9 @@ def check_host(root: Path) -> tuple[str, bool]:
     rows = diagnose(facts, hostfacts.gpu_driver_version(), judged, images, cache, tls, python)
     if any(row.check == "disk" and row.status != "ok" for row in rows):
         # Its fix names only what frees space here, measured now.
-        disk = check_disk(facts, *settingchecks.disk_settings(values), disk_room(root))
+        disk = check_disk(
+            facts, *settingchecks.disk_settings(values), disk_room(root), values=values
+        )
         rows = [disk if row.check == "disk" else row for row in rows]
     if not ca.problem:  # the torch index too, placed after the tls row
         bundle = ca.bundle or hostfacts.fresh_image_ca_bundle()
@@ -324,7 +340,8 @@ def build_blockers(
 ) -> list[Row]:
     """The doctor rows that must pass before a build starts (GPU rows only when it will run)."""
     env = EnvState(present=True, values=values)
-    rows = [*check_engine(facts), check_disk(facts, *settingchecks.disk_settings(values))]
+    disk = check_disk(facts, *settingchecks.disk_settings(values), values=values)
+    rows = [*check_engine(facts), disk]
     if images is not None:
         rows.append(images)
     if up:
@@ -385,7 +402,9 @@ def require_ready(
     blockers += [row for row in known if row.status == "error"]
     if any(row.check == "disk" for row in blockers):
         # The fix names only what frees space here, measured now.
-        disk = check_disk(facts, *settingchecks.disk_settings(values), disk_room(root))
+        disk = check_disk(
+            facts, *settingchecks.disk_settings(values), disk_room(root), values=values
+        )
         blockers = [disk if row.check == "disk" else row for row in blockers]
     if blockers:
         raise UserError(checkrows.refusal(blockers))

@@ -88,6 +88,22 @@ TIMINGS_FILE = "timings.json"
 TIMINGS_KEPT = 50
 
 
+def disk_gb(values: Mapping[str, str]) -> int:
+    """The free disk (GB) a build of these settings needs at the engine's root: the one figure
+    invoke build's estimate and doctor's disk row both say. A source build of torch and vision
+    with its ccache: DISK_GB_PER_ARCH; official wheels about 10 GB, 20 with NVIDIA's CUDA wheels
+    from the Python index or torchvision compiled (torch-wheel)."""
+    mode = values.get("BUILD_MODE", "source")
+    cuda = values.get("CUDA_FROM", "image") != "none" and bool(values.get("CCA"))
+    if mode == "source":
+        try:
+            archs = len(gpu.parse_cca(values.get("CCA", ""))) if cuda else 1
+        except UserError:
+            archs = 1
+        return DISK_GB_PER_ARCH[0] + DISK_GB_PER_ARCH[1] * max(0, archs - 1)
+    return 20 if mode == "torch-wheel" or values.get("CUDA_FROM") == "pypi" else 10
+
+
 def parallel_jobs(values: Mapping[str, str], cpus: int, memory_bytes: int) -> int:
     """The compile jobs a build runs: MAX_JOBS, else the cores, at most one per GB_PER_JOB."""
     if values.get("MAX_JOBS"):
@@ -171,7 +187,7 @@ def estimate(
     if mode != "source":
         low = minutes[0] / 60 + core[0] / jobs
         high = minutes[1] / 60 + core[1] / jobs
-        disk = 20 if mode == "torch-wheel" or values["CUDA_FROM"] == "pypi" else 10
+        disk = disk_gb(values)
         last = _last(history, "build", mode)
         if last:
             took = runner.format_duration(float(last["seconds"]))  # type: ignore[arg-type]
@@ -186,7 +202,7 @@ def estimate(
     low_core, high_core = arch_units(values["CCA"], cuda)
     low = SERIAL_HOURS[0] + minutes[0] / 60 + (low_core + core[0]) / jobs
     high = SERIAL_HOURS[1] + minutes[1] / 60 + (high_core + core[1]) / jobs
-    disk = DISK_GB_PER_ARCH[0] + DISK_GB_PER_ARCH[1] * max(0, len(items) - 1)
+    disk = disk_gb(values)
     what = (
         f"{len(items)} arch{'s' if len(items) != 1 else ''} ({values['CCA']})"
         if cuda

@@ -219,3 +219,36 @@ def test_a_dry_run_writes_nothing_a_later_command_reads(tmp_path: Path, monkeypa
     assert set(after) - set(before) == {"dry-build-train.yaml"}
     options, note = inputs.with_recorded_inputs(tmp_path, inputs.BuildOptions())
     assert options.cca == "8.6" and options.torch == "2.13.0", note
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"BUILD_MODE": "wheels", "CUDA_FROM": "image"},
+        {"BUILD_MODE": "wheels", "CUDA_FROM": "pypi", "EXTENSIONS": "causal-conv1d==1.5.2"},
+        {"BUILD_MODE": "wheels", "CUDA_FROM": "none"},
+        {"BUILD_MODE": "torch-wheel", "CCA": "8.6"},
+        {"BUILD_MODE": "source", "CCA": "8.6"},
+        {"BUILD_MODE": "source", "CCA": "8.6;8.9;9.0"},
+        {"BUILD_MODE": "source", "CUDA_FROM": "none"},
+    ],
+    ids=[
+        "wheels",
+        "wheels-pypi-extension",
+        "cpu",
+        "torch-wheel",
+        "source",
+        "three-archs",
+        "cpu-src",
+    ],
+)
+def test_the_build_and_doctor_say_the_same_disk_figure(given):
+    from torchkiln.engine import EngineFacts
+
+    values = settings.resolve({"CCA": "8.6", **given})
+    said = re.search(r"needs about (\d+) GB of disk", estimate.estimate(values, 2, 8 * GB))
+    assert said, estimate.estimate(values, 2, 8 * GB)
+    tiny = EngineFacts(server_version="26.1", root_dir="/var/lib/docker", free_bytes=GB)
+    row = doctor.check_disk(tiny, values["BUILD_MODE"], values=values)
+    assert row.detail.endswith(f"needs about {said[1]} GB"), (row.detail, said[0])
+    assert int(said[1]) == estimate.disk_gb(values)
