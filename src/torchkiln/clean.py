@@ -137,6 +137,7 @@ def outcome(
     lines = [
         f"removed {len(plan.containers)} containers and {len(plan.images)} images"
         + (f"; freed {checkout.size_text(freed)} of disk" if freed is not None else "")
+        + kept_in_cache(plan, freed)
     ]
     if any(record.torchkiln for record in records):
         lines.append(
@@ -145,6 +146,19 @@ def outcome(
             f"checkout's next build compiles again)"
         )
     return lines
+
+
+def kept_in_cache(plan: checkout.CleanPlan, freed: float | None) -> str:
+    """What of the removed images stays on the disk: their layers, which the build cache (and
+    the base images) keep and the next invoke build reuses ('' when nothing or not measured)."""
+    total = sum(item.size for item in plan.images)
+    if freed is None or not total or total - freed < 1e6:
+        return ""
+    return (
+        f"; {checkout.size_text(total - freed)} of the images' {checkout.size_text(total)} stay "
+        f"on disk as layers of the build cache and the base images, reused by the next invoke "
+        f"build"
+    )
 
 
 def _probe(command: list[str]) -> str:

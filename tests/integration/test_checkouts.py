@@ -108,6 +108,9 @@ def test_clean_lists_removes_and_says_only_this_checkouts(twins) -> None:
     assert running(first) == container and image_present(image, first)
     said = assert_ok(first.invoke("clean"))
     assert re.search(r"removed 1 containers and 1 images; freed [\d.]+ \w?B of disk", said), said
+    # The image's layers stay as build cache: said in that line, with how much, and why.
+    assert re.search(r"of disk; [\d.]+ [MG]B of the images' [\d.]+ [MG]B stay on disk", said), said
+    assert "reused by the next invoke build" in said
     assert "the build cache still holds" in said and "--cache --all-checkouts" in said
     assert not running(first) and not image_present(image, first)
     assert running(second) and image_present(second.image("train"), second)

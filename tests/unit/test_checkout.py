@@ -149,7 +149,16 @@ def test_clean_lists_each_thing_with_its_size_and_says_what_remains() -> None:
         "kept image other",
     ]
     said = clean.outcome(plan, 0.01e9, records)
-    assert said[0] == "removed 1 containers and 2 images; freed 10.00 MB of disk"
+    assert said[0] == (
+        "removed 1 containers and 2 images; freed 10.00 MB of disk; 11.25 GB of the images' "
+        "11.26 GB stay on disk as layers of the build cache and the base images, reused by the "
+        "next invoke build"
+    )
+    # All of it freed, or nothing measured (a dry run): nothing to say of the cache.
+    assert clean.outcome(plan, 11.26e9, records)[0].endswith("freed 11.26 GB of disk")
+    assert clean.outcome(plan, None, records)[0] == "removed 1 containers and 2 images"
+    images_only = checkout.CleanPlan([], [image("sha256:0123456789abcdef")], [])
+    assert "5.62 GB of the images' 5.63 GB stay" in clean.outcome(images_only, 0.01e9, [])[0]
     assert "an image's layers stay there" in said[1] and "5.60 GB" not in said[1]
     assert "--cache --all-checkouts" in said[1]
 
