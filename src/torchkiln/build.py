@@ -20,7 +20,9 @@ from pathlib import Path
 from torchkiln import (
     buildplan,
     buildsummary,
+    checkrows,
     compose,
+    cxxcheck,
     doctor,
     envfile,
     estimate,
@@ -143,7 +145,7 @@ def build_service(c, built: BuildPlan) -> None:
     # Every reason is said at once, the most fundamental first (checkrows.refusal).
     mine = settings.service_values(built.service, built.values)
     found = list(built.preflight)
-    if built.service in settings.SOURCE and not found:
+    if built.service in settings.SOURCE and not checkrows.failed(found):
         # A spec the index lacks is found here, not after the torch compile.
         try:
             extensions.require_available(
@@ -153,6 +155,21 @@ def build_service(c, built: BuildPlan) -> None:
             )
         except UserError as error:
             found.append(Row("extensions", "error", str(error)))
+        folders = {
+            name: path
+            for name, path in built.contexts.items()
+            if name in extensions.EXTENSION_CONTEXTS
+        }
+        specs = mine["EXTENSIONS"].split()
+        if (specs or folders) and inputs.WHEELHOUSE_CONTEXT not in built.contexts:
+            # A C++ standard torch's headers do not take is found here, not in the compile.
+            found += cxxcheck.gather(
+                specs,
+                folders,
+                mine,
+                built.ca_bundle or hostfacts.fresh_image_ca_bundle(),
+                hostfacts.default_index_url(),
+            )
     facts = doctor.require_ready(
         mine, built.options.up, built.service, root=built.root, known=found
     )

@@ -162,7 +162,9 @@ def judge(
     return Row(check, status, detail + "; the build would fail at its torch download", fix)
 
 
-def _request(url: str, cafile: str) -> tuple[str, bytes]:
+def fetch(url: str, cafile: str, limit: int = 0) -> tuple[str, bytes]:
+    """GET a page (the simple API's JSON where the index speaks it) or a file (at most `limit`
+    bytes: more is a ValueError); its content type and body."""
     parsed = urllib.parse.urlsplit(url)
     headers = {"Accept": f"{_SIMPLE_JSON}, text/html;q=0.1"}
     if parsed.password is not None:
@@ -173,7 +175,10 @@ def _request(url: str, cafile: str) -> tuple[str, bytes]:
     context = ssl.create_default_context(cafile=cafile or None)
     request = urllib.request.Request(url, headers=headers)
     with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S, context=context) as response:
-        return response.headers.get("Content-Type", ""), response.read()
+        body = response.read(limit + 1) if limit else response.read()
+        if limit and len(body) > limit:
+            raise ValueError(f"{url} is larger than {limit} bytes")
+        return response.headers.get("Content-Type", ""), body
 
 
 def probe(
@@ -203,7 +208,7 @@ def probe(
 
 def _page(index_url: str, project: str, cafile: str) -> Answer | dict[str, int]:
     try:
-        kind, body = _request(f"{index_url.rstrip('/')}/{project}/", cafile)
+        kind, body = fetch(f"{index_url.rstrip('/')}/{project}/", cafile)
     except ssl.SSLCertVerificationError as error:
         return Answer(f"fails TLS verification ({error.verify_message})", "tls")
     except urllib.error.HTTPError as error:

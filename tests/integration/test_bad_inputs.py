@@ -537,3 +537,56 @@ def test_a_torch_index_that_has_the_wheels_passes_the_preflight(project) -> None
         env_path.write_text(good_env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "index (" not in result.stderr
+
+
+CXX17_SETUP = """from setuptools import setup
+from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+
+setup(
+    name="cxx17-ops",
+    ext_modules=[
+        CUDAExtension(
+            "cxx17_ops",
+            ["ops.cu"],
+            extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "-std=c++17"]},
+        )
+    ],
+    cmdclass={"build_ext": BuildExtension},
+)
+"""
+
+
+@pytest.mark.parametrize(
+    "given",
+    ["folder", "mamba-ssm==2.3.2.post1"],  # a folder of one's own; a real sdist on the index
+)
+def test_a_cxx17_extension_against_a_cxx20_torch_is_refused_before_the_compile(
+    project, tmp_path: Path, given: str
+) -> None:
+    from torchkiln import cxxcheck, indexcheck
+
+    made, _ = project
+    if given == "folder":
+        (tmp_path / "ops").mkdir()
+        (tmp_path / "ops" / "setup.py").write_text(CXX17_SETUP)
+        given = str(tmp_path / "ops")
+    result = made.invoke("--dry", "build", "--no-up", "--extension", given)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output, output
+    assert "docker compose" not in result.stdout.split("# .torchkiln/")[0]
+    said = [line.removeprefix("error: ") for line in result.stderr.splitlines() if line.strip()]
+    refusal = next(line for line in said if f"--extension {given}: " in line)
+    assert "compiles with -std=c++17, and torch 2.14.1's headers require C++20" in refusal
+    # The torch that fits is named, and it is one the index has.
+    fitting = refusal.split("build with --torch ", 1)[1].split(",", 1)[0]
+    assert cxxcheck.torch_standard(fitting) == 17, refusal
+    index = default_index()
+    listed = indexcheck.probe(index, CA_BUNDLE_HOST, "3.11", ["torch"]).versions["torch"]
+    assert indexcheck.has_version(listed, fitting), (fitting, sorted(listed))
+    if given.startswith("/"):  # and with that torch the same extension passes the check
+        again = made.invoke("--dry", "build", "--no-up", "--extension", given, "--torch", fitting)
+        assert f"--extension {given}: " not in again.stdout + again.stderr, again.stderr
+        assert again.returncode == 0, again.stdout + again.stderr
+
+
+CA_BUNDLE_HOST = "/etc/ssl/certs/ca-certificates.crt"

@@ -1,0 +1,203 @@
+"""C++ standards, before the compile: the one an extension's build asks for (its setup.py's
+`-std=c++NN`) against the one torch's headers require, with advice that names a change that
+exists: a release of the extension that fits, else the newest torch on the index that fits.
+
+The decisions are pure; `gather` reads setup.py from local folders and from the source
+distributions on the index (one download each, no code of theirs runs).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import tarfile
+import zipfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from torchkiln import gpu, indexcheck, urls
+from torchkiln.checkrows import Row
+from torchkiln.errors import UserError
+
+# The first torch release whose headers require C++20 (ATen/ATen.h: "#error C++20 or later
+# compatible compiler is required"); the releases before it take C++17.
+TORCH_CXX20_FROM = (2, 14)
+# Where an extension's own compile flags are: its setup.py (and a setup.cfg or CMake list).
+BUILD_FILES = ("setup.py", "setup.cfg", "CMakeLists.txt")
+# -std=c++17 (gcc, clang, nvcc), -std:c++17 and /std:c++17 (MSVC).
+_STANDARD = re.compile(r"[-/]std[=:]\s*c\+\+(\d\d)\b")
+# A source distribution larger than this is not read before the build (the build will say).
+SDIST_LIMIT_BYTES = 64 * 1024**2
+
+
+def torch_standard(version: str) -> int:
+    """The C++ standard torch's headers require."""
+    return 20 if gpu.version_tuple(version)[:2] >= TORCH_CXX20_FROM else 17
+
+
+def asked_standard(texts: Iterable[str]) -> int | None:
+    """The C++ standard a build's files pin (the lowest one named), None when none is."""
+    found = [int(match) for text in texts for match in _STANDARD.findall(text)]
+    # c++98 is older than c++03 and c++11: count the years of the century before as negative.
+    return min((year - 100 if year >= 90 else year for year in found), default=None)
+
+
+def build_texts_of_archive(name: str, data: bytes) -> list[str]:
+    """The build files at the top of a source distribution (.tar.gz or .zip), as text."""
+    texts: list[str] = []
+    if name.endswith(".zip"):
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            for member in archive.namelist():
+                if member.count("/") == 1 and member.rsplit("/", 1)[1] in BUILD_FILES:
+                    texts.append(archive.read(member).decode("utf-8", "replace"))
+        return texts
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
+        for member in archive.getmembers():
+            parts = member.name.strip("./").split("/")
+            if member.isfile() and len(parts) == 2 and parts[1] in BUILD_FILES:
+                handle = archive.extractfile(member)
+                if handle is not None:
+                    texts.append(handle.read().decode("utf-8", "replace"))
+    return texts
+
+
+def build_texts_of_folder(folder: Path) -> list[str]:
+    """The build files of a local extension's folder, as text."""
+    return [
+        (folder / name).read_text(encoding="utf-8", errors="replace")
+        for name in BUILD_FILES
+        if (folder / name).is_file()
+    ]
+
+
+def newest_torch_for(standard: int, versions: Iterable[str]) -> str:
+    """The newest torch release among `versions` whose headers take `standard` and that has a
+    torchvision torchkiln knows ('' when none)."""
+    fitting = []
+    for version in versions:
+        plain = version.split("+", 1)[0]
+        try:
+            if torch_standard(plain) <= standard and re.fullmatch(r"\d+\.\d+\.\d+", plain):
+                gpu.matching_torchvision(plain)
+                fitting.append(plain)
+        except (UserError, ValueError):
+            continue
+    return max(fitting, key=gpu.version_tuple, default="")
+
+
+def problem(
+    what: str,
+    standard: int,
+    torch: str,
+    fitting_release: str = "",
+    fitting_torch: str = "",
+    index: str = "",
+) -> tuple[str, str]:
+    """Refuse an extension whose build pins an older C++ standard than torch's headers
+    require, with the change that exists (checked on `index` by the caller)."""
+    needed = torch_standard(torch)
+    line = (
+        f"--extension {what}: its setup.py compiles with -std=c++{standard}, and torch {torch}'s "
+        f"headers require C++{needed}: the compile would fail (#error C++{needed} or later)"
+    )
+    routes = []
+    if fitting_release:
+        routes.append(f"use --extension {fitting_release}, a release that builds with C++{needed}")
+    if fitting_torch:
+        where = f" on {urls.shown(index)}" if index else ""
+        routes.append(
+            f"build with --torch {fitting_torch}, the newest torch{where} whose headers take "
+            f"C++{standard}"
+        )
+    if not routes:
+        routes.append(
+            f"choose a torch older than {'.'.join(map(str, TORCH_CXX20_FROM))} with --torch, or "
+            f"a release of the extension made for C++{needed}"
+        )
+    return line, "; or ".join(routes)
+
+
+def sdist_files(index_url: str, project: str, cafile: str) -> dict[str, str]:
+    """The source distributions of a project on an index: version -> download URL."""
+    import json
+    import urllib.parse
+
+    kind, body = indexcheck.fetch(f"{index_url.rstrip('/')}/{project}/", cafile)
+    links: list[str] = []
+    if "json" in kind:
+        links = [str(item.get("url", "")) for item in json.loads(body).get("files", [])]
+    else:
+        page = body.decode("utf-8", "replace")
+        base = f"{index_url.rstrip('/')}/{project}/"
+        links = [urllib.parse.urljoin(base, link) for link in re.findall(r'href="([^"]+)"', page)]
+    found: dict[str, str] = {}
+    stem = re.sub(r"[-_.]+", "[-_.]", re.escape(project.lower()).replace("\\", ""))
+    pattern = re.compile(rf"^{stem}-(.+?)\.(tar\.gz|zip)$", re.IGNORECASE)
+    for link in links:
+        name = urllib.parse.unquote(link.split("#", 1)[0].rsplit("/", 1)[-1])
+        match = pattern.match(name)
+        if match:
+            found[match[1]] = link.split("#", 1)[0]
+    return found
+
+
+def gather(
+    specs: Sequence[str],
+    folders: Mapping[str, str],
+    values: Mapping[str, str],
+    cafile: str,
+    default_index: str,
+) -> list[Row]:
+    """Read the C++ standard each extension pins and refuse those torch's headers do not take
+    (a lookup that cannot be made refuses nothing: the build will say)."""
+    torch = values["PYTORCH_VERSION"]
+    needed = torch_standard(torch)
+    python_index = values.get("PIP_INDEX_URL") or default_index
+    rows: list[Row] = []
+    late: list[tuple[str, int, dict[str, str]]] = []
+    for folder in folders.values():
+        standard = asked_standard(build_texts_of_folder(Path(folder)))
+        if standard is not None and standard < needed:
+            late.append((folder, standard, {}))
+    for spec in specs:
+        project, version = spec.split("==", 1)
+        try:
+            files = sdist_files(python_index, project, cafile)
+            link = files.get(version)
+            if not link:
+                continue
+            _, data = indexcheck.fetch(link, cafile, limit=SDIST_LIMIT_BYTES)
+            standard = asked_standard(build_texts_of_archive(link, data))
+        except (OSError, ValueError, tarfile.TarError, zipfile.BadZipFile):
+            continue
+        if standard is not None and standard < needed:
+            late.append((spec, standard, files))
+    if not late:
+        return rows
+    # The torch releases there are: the torch index's, else (it does not answer) the Python
+    # index's, which carries the same releases.
+    where = indexcheck.torch_index(values, default_index).url
+    answer = indexcheck.probe(where, cafile, values["PYTHON_VERSION"], ["torch"])
+    if not answer.versions.get("torch") and where != python_index:
+        where = python_index
+        answer = indexcheck.probe(where, cafile, values["PYTHON_VERSION"], ["torch"])
+    for what, standard, files in late:
+        release = ""
+        if files:  # the newest release of the project, if it takes torch's standard
+            project = what.split("==", 1)[0]
+            newest = max(files, key=_release_key)
+            if newest != what.split("==", 1)[1]:
+                try:
+                    _, data = indexcheck.fetch(files[newest], cafile, limit=SDIST_LIMIT_BYTES)
+                    own = asked_standard(build_texts_of_archive(files[newest], data))
+                    release = f"{project}=={newest}" if own is None or own >= needed else ""
+                except (OSError, ValueError, tarfile.TarError, zipfile.BadZipFile):
+                    release = ""
+        fitting = newest_torch_for(standard, answer.versions.get("torch", {}))
+        detail, fix = problem(what, standard, torch, release, fitting, where)
+        rows.append(Row("extensions", "error", detail, fix))
+    return rows
+
+
+def _release_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:4])

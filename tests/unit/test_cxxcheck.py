@@ -1,0 +1,90 @@
+"""The C++ standard an extension pins against the one torch's headers require."""
+
+import io
+import tarfile
+import zipfile
+
+import pytest
+
+from torchkiln import cxxcheck
+
+SETUP_17 = "CUDAExtension('k', ['k.cu'], extra_compile_args={'cxx': ['-O3', '-std=c++17'],\n"
+SETUP_17 += "    'nvcc': ['-O3', '-std=c++17', '--use_fast_math']})\n"
+
+
+@pytest.mark.parametrize(
+    ("texts", "standard"),
+    [
+        ([SETUP_17], 17),
+        (["flags = ['/std:c++17']"], 17),
+        (["a = '-std=c++20'", "b = '-std=c++14'"], 14),
+        (["'-std=c++98'", "'-std=c++11'"], -2),
+        (["set(CMAKE_CXX_STANDARD 17)  # no flag"], None),
+        (["CUDAExtension('k', ['k.cu'])"], None),
+    ],
+    ids=["setup-17", "msvc", "lowest-wins", "98-is-oldest", "cmake-variable", "none"],
+)
+def test_the_standard_a_build_pins(texts, standard):
+    assert cxxcheck.asked_standard(texts) == standard
+
+
+@pytest.mark.parametrize(
+    ("version", "standard"), [("2.13.0", 17), ("2.13.1", 17), ("2.14.1", 20), ("2.15.0", 20)]
+)
+def test_torch_headers_standard(version, standard):
+    assert cxxcheck.torch_standard(version) == standard
+
+
+def test_the_newest_torch_that_takes_a_standard_is_chosen_from_what_the_index_has():
+    listed = ["2.14.1+cpu", "2.13.1+cpu", "2.13.0", "2.12.0", "2.13.2rc1", "1.0.0"]
+    assert cxxcheck.newest_torch_for(17, listed) == "2.13.1"
+    assert cxxcheck.newest_torch_for(20, listed) == "2.14.1"
+    assert cxxcheck.newest_torch_for(17, ["2.14.1"]) == ""
+
+
+def archive(kind: str, files: dict[str, str]) -> bytes:
+    buffer = io.BytesIO()
+    if kind == "zip":
+        with zipfile.ZipFile(buffer, "w") as made:
+            for name, text in files.items():
+                made.writestr(name, text)
+        return buffer.getvalue()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as made:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            made.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "zip"])
+def test_the_build_files_are_read_from_the_top_of_a_source_distribution(kind):
+    data = archive(
+        kind,
+        {
+            "ext-1.0/setup.py": SETUP_17,
+            "ext-1.0/third_party/lib/setup.py": "'-std=c++11'",  # not the extension's own
+            "ext-1.0/README.md": "-std=c++03 in prose",
+        },
+    )
+    texts = cxxcheck.build_texts_of_archive(f"ext-1.0.{kind}", data)
+    assert cxxcheck.asked_standard(texts) == 17
+
+
+@pytest.mark.parametrize(
+    ("release", "torch", "words"),
+    [
+        ("ext==2.0", "", ["--extension ext==2.0, a release that builds with C++20"]),
+        ("", "2.13.0", ["--torch 2.13.0, the newest torch on https://i.example/simple"]),
+        ("", "", ["choose a torch older than 2.14", "made for C++20"]),
+    ],
+    ids=["a-release-fits", "a-torch-fits", "nothing-found"],
+)
+def test_the_advice_names_a_change_that_exists(release, torch, words):
+    detail, fix = cxxcheck.problem(
+        "ext==1.0", 17, "2.14.1", release, torch, "https://i.example/simple"
+    )
+    assert "-std=c++17" in detail and "torch 2.14.1's headers require C++20" in detail
+    for word in words:
+        assert word in fix, fix
