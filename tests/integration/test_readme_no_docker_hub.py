@@ -77,3 +77,46 @@ def test_followed_verbatim_from_a_fresh_clone_to_a_running_container(tmp_path: P
             subprocess.run(["docker", "image", "rm", "--force", image.strip("'\"")],
                            capture_output=True, timeout=120)  # fmt: skip
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_readme_main_command_on_a_small_disk_names_what_blocks_it_first(
+    tmp_path: Path,
+) -> None:
+    """The README's main line (`invoke env && invoke build --cca 8.6`) here, where the default
+    base image cannot be pulled, with less disk than a source build's floor: the first reason
+    is the base image, the disk comes after it, its first fix the cheaper BUILD_MODE=wheels and
+    the shared cache last."""
+    import sys
+
+    root = tmp_path / f"readme-{uuid.uuid4().hex[:6]}"
+    root.mkdir()
+    copy_repository(root)
+    environ = clean_environ()
+
+    def invoke(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "invoke", *args],
+            cwd=root, env=environ, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    try:
+        assert invoke("env").returncode == 0
+        free = shutil.disk_usage("/var/lib/docker" if os.path.isdir("/var/lib/docker") else "/")
+        # A disk below the source-build floor, as this engine sees it: the floor above it.
+        floor = int(free.free / 1024**3) + 30
+        env_file = root / ".env"
+        env_file.write_text(env_file.read_text() + f"MIN_FREE_DISK_GB={floor}\n")
+        done = invoke("build", "--cca", "8.6")
+        output = done.stdout + done.stderr
+        assert done.returncode != 0 and "Traceback" not in output, output
+        said = [line.removeprefix("error: ") for line in done.stderr.splitlines() if line.strip()]
+        reasons = [line.strip() for line in said if re.match(r"\s*\d+\. ", line)]
+        errors = [line for line in said if line.startswith("the build cannot start here")]
+        assert errors, output  # the notes and warnings before it say what was chosen
+        assert reasons[0].startswith("1. base images: ") and "cannot be pulled" in reasons[0]
+        disk = next(line for line in reasons if ". disk: " in line)
+        assert reasons.index(disk) > 0
+        assert disk.index("MIN_FREE_DISK_GB") < disk.index("last resort"), disk
+        assert "#0 building" not in output
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
