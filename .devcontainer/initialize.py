@@ -6,9 +6,12 @@ created from the image `invoke build` made, so that the Dev Containers CLI start
 to it. Without one, the CLI would run `docker compose build train` itself: that build sees only
 .env, not the flags given to invoke build (--torch, --wheelhouse, --source), and can start an
 hours-long compile with none of the preflight checks. A running container is left as it is.
+The container carries the labels the CLI finds its containers by (the workspace folder and this
+devcontainer.json), so `devcontainer exec --workspace-folder .` finds the one `up` started.
 
 Standard library only: it runs on the host before anything is known about its Python packages.
-Usage: initialize.py WORKSPACE_FOLDER (devcontainer.json's workspaceFolder, checked here).
+Usage: initialize.py WORKSPACE_FOLDER [LOCAL_FOLDER] (devcontainer.json's workspaceFolder, checked
+here; the folder the CLI was given, its ${localWorkspaceFolder}).
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE = "train"
 TIMEOUT = 300
+# The labels the Dev Containers CLI finds a workspace's container by.
+LOCAL_FOLDER_LABEL = "devcontainer.local_folder"
+CONFIG_FILE_LABEL = "devcontainer.config_file"
+# Where the Compose override with those labels is written (invoke build's own state folder).
+LABELS_FILE = ".torchkiln/devcontainer-labels.json"
 
 
 class Refusal(Exception):
@@ -84,14 +92,48 @@ def check_service(service: dict, workspace_folder: str) -> str:
     return service["image"]
 
 
-def create(root: Path, image: str) -> None:
-    """Create train from its existing image unless a container exists; never build."""
+def compose_files(root: Path) -> str:
+    """COMPOSE_FILE as Compose reads it here: the environment's, else .env's, else its default."""
+    import os
+
+    if os.environ.get("COMPOSE_FILE"):
+        return os.environ["COMPOSE_FILE"]
+    for line in reversed((root / ".env").read_text(encoding="utf-8").splitlines()):
+        name, sep, value = line.strip().partition("=")
+        if sep and name.removeprefix("export ").strip() == "COMPOSE_FILE":
+            return value.strip().strip("'\"")
+    return "compose/compose.yaml"
+
+
+def labels_override(root: Path, local_folder: str) -> Path:
+    """Write the Compose override that labels train as the CLI labels its containers."""
+    config = Path(local_folder) / ".devcontainer" / "devcontainer.json"
+    labels = {LOCAL_FOLDER_LABEL: local_folder, CONFIG_FILE_LABEL: str(config)}
+    # Compose reads $ in any value of its files: $$ is a literal one.
+    escaped = {name: value.replace("$", "$$") for name, value in labels.items()}
+    document = {"services": {SERVICE: {"labels": escaped}}}
+    file = root / LABELS_FILE
+    file.parent.mkdir(exist_ok=True)
+    file.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    return file
+
+
+def create(root: Path, image: str, local_folder: str = "") -> None:
+    """Create train from its existing image unless a container exists; never build. With the
+    CLI's folder, the container carries its labels."""
+    import os
+
     if run(["docker", "image", "inspect", image], root).returncode != 0:
         raise Refusal(
             f"image {image} (TRAIN_IMAGE_NAME) is not built yet; run invoke build in {root} "
             "(invoke doctor checks the host first), then reopen the dev container"
         )
-    command = ["docker", "compose", "create", "--no-build", "--no-recreate", SERVICE]
+    compose = ["docker", "compose"]
+    if local_folder:  # the files Compose reads here, and the labels: as invoke build does
+        separator = os.environ.get("COMPOSE_PATH_SEPARATOR", os.pathsep)
+        files = [*compose_files(root).split(separator), str(labels_override(root, local_folder))]
+        compose += ["--env-file", ".env", *(arg for name in files if name for arg in ("-f", name))]
+    command = [*compose, "create", "--no-build", "--no-recreate", SERVICE]
     result = run(command, root)
     if result.returncode != 0:
         raise Refusal(f"{' '.join(command)} failed: {result.stderr.strip()}")
@@ -100,9 +142,10 @@ def create(root: Path, image: str) -> None:
 
 def main(argv: list[str]) -> int:
     workspace_folder = argv[1] if len(argv) > 1 else "/opt/project"
+    local_folder = argv[2] if len(argv) > 2 else ""
     try:
         ensure_env(ROOT)
-        create(ROOT, check_service(train_service(ROOT), workspace_folder))
+        create(ROOT, check_service(train_service(ROOT), workspace_folder), local_folder)
     except Refusal as refusal:
         print(f"torchkiln: {refusal}", file=sys.stderr)
         return 1
