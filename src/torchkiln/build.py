@@ -52,7 +52,12 @@ def prepare(
         if note:
             print(note)
     dotenv = inputs.read_dotenv(root)
-    return with_host_ca(plan(root, options, environ=environ, dotenv=dotenv), environ)
+    planned = plan(root, options, environ=environ, dotenv=dotenv)
+    # Its settings were taken: a .env holding a password becomes its owner's alone, said once.
+    private = envfile.keep_private(envfile.path(root))
+    if private:
+        print(private, file=sys.stderr)
+    return with_host_ca(planned, environ)
 
 
 def plan(
@@ -131,8 +136,8 @@ def with_host_ca(built: BuildPlan, environ: Mapping[str, str]) -> BuildPlan:
         hostfacts.default_index_url(),
     )
     for row in rows:
-        if row.status == "warn":
-            print(f"warning: {row.check}: {row.detail}", file=sys.stderr)
+        if row.status == "warn" and row.fix:  # an index the build needs did not answer
+            print(f"warning: {row.check}: {row.detail}; {row.fix}", file=sys.stderr)
     return replace(built, preflight=[*built.preflight, *rows])
 
 

@@ -149,9 +149,6 @@ def read_dotenv(root: Path) -> dict[str, str | None]:
         )
     for note in envfile.unknown_names(values):
         print(f"warning: {file.name}: {note}", file=sys.stderr)
-    private = envfile.keep_private(file)
-    if private:
-        print(private, file=sys.stderr)
     return values
 
 
