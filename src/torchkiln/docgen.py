@@ -162,14 +162,43 @@ def templates_in(source: str, filename: str) -> list[Template]:
     return [template for _, template in sorted(found, key=lambda item: item[0])]
 
 
+# A build script's error: `echo "ERROR: …"` or `refuse "…"`, its words in double-quoted pieces
+# that may go on over lines ending in a backslash.
+_SHELL_ERROR = re.compile(
+    r'(?:echo "ERROR: |refuse ")((?:[^"\\]|\\.)*)"((?:\s*\\\n\s*"(?:[^"\\]|\\.)*")*)'
+)
+_SHELL_PIECE = re.compile(r'"((?:[^"\\]|\\.)*)"')
+_SHELL_VARIABLE = re.compile(r"\$(?:\{[^}]*\}|[A-Za-z_][A-Za-z0-9_]*|[*@#?0-9])")
+
+
+def shell_templates_in(source: str, filename: str) -> list[Template]:
+    """Collect the error lines of one build script (what the build log shows after ERROR:)."""
+    found = []
+    for match in _SHELL_ERROR.finditer(source):
+        pieces = [match[1], *_SHELL_PIECE.findall(match[2])]
+        text = _SHELL_VARIABLE.sub(PLACEHOLDER, " ".join(pieces))
+        line = source.count("\n", 0, match.start()) + 1
+        template = Template(normalize(text), f"{filename}:{line}")
+        if template.words() >= MIN_WORDS:
+            found.append(template)
+    return found
+
+
 def error_templates(root: Path) -> list[Template]:
-    """Collect the error templates of the product's Python code (the package and tasks.py)."""
+    """Collect the error templates of the product: its Python code (the package, tasks.py and
+    noxfile.py) and the build scripts under docker/."""
     files = sorted((root / "src" / "torchkiln").rglob("*.py"))
     files += [root / "tasks.py", root / "noxfile.py"]
     found = []
     for path in files:
         relative = path.relative_to(root).as_posix()
         found += templates_in(path.read_text(encoding="utf-8"), relative)
+    scripts = sorted((root / "docker").rglob("*.sh")) + sorted(
+        (root / "docker").glob("*Dockerfile")
+    )
+    for path in scripts:
+        relative = path.relative_to(root).as_posix()
+        found += shell_templates_in(path.read_text(encoding="utf-8"), relative)
     return found
 
 

@@ -1,6 +1,6 @@
 """Every error line the product can print has an entry in docs/troubleshooting.md: the lines
 are collected from the source (UserError, invoke.Exit, session.error, CCAError, doctor rows with
-a fix), so a new one fails this test until its entry is written."""
+a fix, the build scripts' ERROR lines), so a new one fails this test until its entry is written."""
 
 from __future__ import annotations
 
@@ -71,3 +71,29 @@ def test_the_failure_names_each_missing_line_and_where_it_is():
     assert (
         "- `image … is not built; run invoke build` — (the fix, and why)   [src/x.py:6]" in report
     )
+
+
+SCRIPT = """set -euo pipefail
+if [[ -z ${TORCH_CUDA_ARCH_LIST:-} ]]; then
+  echo "ERROR: TORCH_CUDA_ARCH_LIST is empty; build with invoke build --cca 8.6 (it derives" \\
+    "it from CCA)" >&2
+fi
+echo "ERROR: torch changed: $before -> $after" >&2
+refuse "UID $uid is the system account '$existing' in the base image; use your own id"
+echo "building $name"
+"""
+
+
+def test_collector_reads_a_build_scripts_error_lines_over_continued_pieces():
+    found = docgen.shell_templates_in(SCRIPT, "docker/scripts/x.sh")
+    assert [(t.text, t.where) for t in found] == [
+        (
+            "TORCH_CUDA_ARCH_LIST is empty; build with invoke build --cca 8.6 (it derives it "
+            "from CCA)",
+            "docker/scripts/x.sh:3",
+        ),
+        (
+            "UID … is the system account '…' in the base image; use your own id",
+            "docker/scripts/x.sh:7",
+        ),
+    ]  # "torch changed: … -> …" has too few words of its own to be a line with a fix
