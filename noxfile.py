@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -61,6 +62,7 @@ def docs(session: nox.Session) -> None:
     """Build the docs site into build/docs: warnings are errors, internal links are checked."""
     session.install("-r", "docs/requirements.txt", "-e", ".")
     out = ROOT / "build" / "docs"
+    shutil.rmtree(out, ignore_errors=True)  # a whole build: no page of an earlier one stays
     session.run("sphinx-build", "-W", "--keep-going", "-q", "-b", "html", "docs", str(out))
     session.log(f"site: {out / 'index.html'}")
 
