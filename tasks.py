@@ -71,17 +71,6 @@ def doctor(c: Context) -> None:
 SERVICE_HELP = "compose service: train (default), full or ngc"
 
 
-def _build_plan(options):
-    import os
-
-    from torchkiln import build as builder
-
-    dotenv = builder.read_dotenv(ROOT)
-    # The indexes are probed in seconds: a TLS-inspecting network gets its CA bundle here.
-    planned = builder.plan(ROOT, options, environ=os.environ, dotenv=dotenv)
-    return builder.with_host_ca(planned, os.environ)
-
-
 REGISTRY_HELP = {
     "builder": "buildx builder to build with (docker buildx ls; default: BUILDX_BUILDER, else "
     "the current one)",
@@ -132,12 +121,14 @@ def build(
     push: bool = False,
 ) -> None:
     """Validate, build the service's image, start it, and print a summary."""
+    import os
+
     from torchkiln import build as build_module
 
-    options = build_module.BuildOptions.from_flags(locals())
+    flags = dict(locals())
     with user_errors():
-        built = _build_plan(options)
-        if options.up:  # `up` would recreate a container another checkout runs in the project
+        built = build_module.prepare(ROOT, flags, os.environ)
+        if built.options.up:  # `up` would recreate a container another checkout runs in the project
             from torchkiln import checkout
 
             # An engine that does not answer is named by the build's own preflight.
@@ -181,22 +172,20 @@ def wheels(
     from torchkiln import build as build_module
     from torchkiln import wheels as exporter
 
-    given = build_module.BuildOptions.from_flags(locals())
+    flags = dict(locals())
     with user_errors():
-        options, note = build_module.with_recorded_inputs(ROOT, given)
-        if note:
-            print(note)
+        # The inputs not given are the last build's (said in one line).
+        plan = build_module.prepare(ROOT, flags, os.environ, recorded=True)
         proxies = {name: os.environ[name] for name in exporter.PROXY_NAMES if name in os.environ}
-        plan = _build_plan(options)
         exporter.export_wheels(c, ROOT, plan, Path(dest).resolve(), force, proxies)
 
 
 def _built(c: Context, service: str, action: str) -> str:
     """Check the service name, .env and the shell's Compose variables, that no other checkout
     shares the project, and that the image exists (skipped by invoke --dry)."""
-    from torchkiln import checkout, compose, incontainer
+    from torchkiln import checkout, incontainer, inputs
 
-    compose.check_service(service)
+    inputs.check_service(service)
     checkout.guard(ROOT, action=action)
     if not c.config.run.dry:
         incontainer.require_built(ROOT, service)

@@ -30,7 +30,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests" / "integration")]
 
 import projects as images  # noqa: E402
 
-from torchkiln import build, extensions  # noqa: E402
+from torchkiln import buildlog, extensions  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "fixtures" / "extension"
 
@@ -46,7 +46,7 @@ def build_once(project: images.Project, folder: Path) -> dict[str, object]:
     wall = time.monotonic() - started
     (report,) = extensions.reports(output)
     counts = re.search(r"torchkiln-ccache: kiln_gencode_ops hits=(\d+) misses=(\d+)", output)
-    step = dict(build.stage_seconds(output)).get("extensions-build", 0.0)
+    step = dict(buildlog.stage_seconds(output)).get("extensions-build", 0.0)
     return {
         "seconds": float(report["seconds"] or 0.0),  # type: ignore[arg-type]
         "hits": int(counts[1]) if counts else 0,

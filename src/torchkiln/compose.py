@@ -14,11 +14,10 @@ import json
 import os
 import re
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from torchkiln import envfile, gpu, settings, urls
-from torchkiln.errors import UserError
+from torchkiln import envfile, urls
 
 # Predefined BuildKit args passed through by every service (not settings: they are the host's).
 PROXY_ARGS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
@@ -31,24 +30,6 @@ DOCKERFILES = {
     "full": "docker/Dockerfile",
     "ngc": "docker/ngc.Dockerfile",
 }
-# `--source NAME=DIR` names and the Dockerfile stages their checkouts replace.
-SOURCE_CONTEXTS = {
-    "pytorch": "pytorch-src",
-    "vision": "vision-src",
-    "audio": "audio-src",
-    "magma": "magma-src",
-}
-# The files that make a folder a Python project pip can build.
-PYTHON_PROJECT_FILES = ("setup.py", "pyproject.toml")
-# What marks each checkout's root: a build file, and the package the project is named for, so a
-# checkout of something else is refused in seconds rather than after the build.
-SOURCE_MARKERS = {
-    "pytorch": (PYTHON_PROJECT_FILES, ("torch/__init__.py",)),
-    "vision": (PYTHON_PROJECT_FILES, ("torchvision/__init__.py",)),
-    "audio": (PYTHON_PROJECT_FILES, ("src/torchaudio", "torchaudio")),
-    "magma": (("CMakeLists.txt",), ("include/magma.h", "include/magma_v2.h")),
-}
-WHEELHOUSE_CONTEXT = "wheelhouse"
 # The build secret holding PIP_INDEX_TOKEN (compose/compose.yaml, docker/scripts/net.sh).
 INDEX_TOKEN_SECRET = "pip_index_token"
 # The build secret holding CCACHE_REMOTE (a URL that may hold a password): compile steps only.
@@ -72,15 +53,6 @@ def checkout_identity(root: Path) -> str:
     return f"{base}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
 
 
-def check_path(flag: str, value: str) -> None:
-    """Refuse a path no build tool can take: a line break or control character in it."""
-    if re.search(r"[\x00-\x1f\x7f]", value):
-        raise UserError(
-            f"{flag} {value!r} holds a line break or control character, which Compose and "
-            f"BuildKit cannot take; rename the folder"
-        )
-
-
 def csv_field(text: str) -> str:
     """Quote one field of a BuildKit CSV option (--output, --secret) as encoding/csv reads it:
     a path with a comma or a quote would otherwise be split into other fields."""
@@ -94,171 +66,10 @@ def display(command: Sequence[str]) -> str:
     return urls.mask_text(shlex.join(command))
 
 
-def check_service(service: str) -> str:
-    """Refuse a service name the compose file does not define."""
-    if service not in settings.SERVICES:
-        raise UserError(
-            f"service '{service}' does not exist; choose one of {', '.join(settings.SERVICES)}"
-        )
-    return service
-
-
 def compose_files(value: str) -> list[str]:
     """Split COMPOSE_FILE as Compose does (COMPOSE_PATH_SEPARATOR, ':' by default)."""
     separator = os.environ.get("COMPOSE_PATH_SEPARATOR", os.pathsep)
     return [item for item in value.split(separator) if item]
-
-
-def parse_sources(items: Iterable[str], cwd: Path) -> dict[str, str]:
-    """Turn `--source pytorch=DIR` items into named build contexts {stage: absolute dir}."""
-    contexts: dict[str, str] = {}
-    for item in items:
-        name, sep, directory = item.partition("=")
-        check_path("--source", item)
-        if not sep or name not in SOURCE_CONTEXTS or not directory:
-            raise UserError(
-                f"--source '{item}' is not NAME=DIR with NAME one of "
-                f"{', '.join(SOURCE_CONTEXTS)}; write e.g. --source pytorch=../pytorch"
-            )
-        path = (cwd / directory).resolve()
-        for markers in SOURCE_MARKERS[name]:
-            if any((path / marker).exists() for marker in markers):
-                continue
-            raise UserError(
-                f"--source {name}={directory}: {path} holds no {' or '.join(markers)}; "
-                f"give the root of a {name} checkout (git clone --recursive)"
-            )
-        contexts[SOURCE_CONTEXTS[name]] = str(path)
-    return contexts
-
-
-# `--extension DIR` folders replace these empty stages (docker/Dockerfile), at most this many.
-EXTENSION_CONTEXTS = ("extension-src-0", "extension-src-1", "extension-src-2", "extension-src-3")
-_EXTENSION_SPEC = re.compile(settings.EXTENSION_SPEC)
-
-
-def split_extensions(
-    items: Iterable[str], cwd: Path, checkout: Path | None = None
-) -> tuple[list[str], dict[str, str]]:
-    """Split `--extension` items into index specs (name==version) and local source folders,
-    returned as named build contexts; refuse anything else (an empty item, a spec that is not
-    one pinned release, the checkout itself, a folder twice), and more folders than stages."""
-    specs: list[str] = []
-    folders: list[Path] = []
-    for item in items:
-        check_path("--extension", item)
-        if not item.strip():
-            raise UserError(
-                "--extension '' is empty; give a source distribution as name==version (e.g. "
-                "torch-scatter==2.1.2) or the folder of an extension's source"
-            )
-        path = (cwd / item).resolve()
-        if _EXTENSION_SPEC.fullmatch(item):
-            specs.append(item)
-        elif path.is_dir():
-            if checkout is not None and path == checkout.resolve():
-                raise UserError(
-                    f"--extension {item} is this torchkiln checkout itself; give the folder of "
-                    f"the extension's source (its setup.py or pyproject.toml)"
-                )
-            if not any((path / marker).is_file() for marker in PYTHON_PROJECT_FILES):
-                raise UserError(
-                    f"--extension {item}: {path} holds no setup.py or pyproject.toml; give the "
-                    f"root of the extension's source"
-                )
-            if path in folders:
-                raise UserError(f"--extension {item}: {path} is given twice; give it once")
-            folders.append(path)
-        elif re.search(r"[=<>~!,;\s]", item.strip()):
-            raise UserError(
-                f"--extension '{item}' is not one pinned release name==version; write one item "
-                f"per --extension, e.g. --extension torch-scatter==2.1.2"
-            )
-        else:
-            raise UserError(
-                f"--extension '{item}' is neither name==version (a source distribution on the "
-                f"index, e.g. torch-scatter==2.1.2) nor a folder; write one of those"
-            )
-    if len(folders) > len(EXTENSION_CONTEXTS):
-        raise UserError(
-            f"--extension: {len(folders)} local folders, at most {len(EXTENSION_CONTEXTS)}; "
-            f"publish the others as source distributions (name==version) or merge them"
-        )
-    named = zip(EXTENSION_CONTEXTS, folders, strict=False)  # fewer folders than stages
-    return specs, {name: str(path) for name, path in named}
-
-
-def check_wheelhouse(directory: str, cwd: Path) -> str:
-    """Refuse a wheelhouse that is not a directory of wheels; return its absolute path."""
-    check_path("--wheelhouse", directory)
-    path = (cwd / directory).resolve()
-    if not path.is_dir() or not any(path.glob("torch-*.whl")):
-        raise UserError(
-            f"--wheelhouse {directory}: {path} holds no torch-*.whl; fill it with "
-            f"pip download torch==<version> -r docker/requirements.txt -d {directory}"
-        )
-    return str(path)
-
-
-def check_ca_bundle(value: str, cwd: Path) -> str:
-    """Refuse a CA bundle path that is not a readable file; return it absolute ('' for none)."""
-    if not value:
-        return ""
-    check_path("CA bundle", value)
-    path = (cwd / value).resolve()
-    if not path.is_file() or not os.access(path, os.R_OK):
-        raise UserError(
-            f"CA bundle '{value}' is not a readable file; give the PEM bundle your host "
-            f"trusts, e.g. --ca-bundle /etc/ssl/certs/ca-certificates.crt"
-        )
-    return str(path)
-
-
-def service_values(service: str, values: Mapping[str, str]) -> dict[str, str]:
-    """The settings as a service's image really gets them, ${NAME} references expanded.
-
-    A setting the service is not given keeps its default (train always builds the default
-    CUDA_VERSION, distro and so on, whatever .env says for full).
-    """
-    mine = {
-        setting.name: values[setting.name]
-        if service in setting.services or not setting.services
-        else setting.default
-        for setting in settings.SETTINGS
-    }
-    return settings.effective(mine)
-
-
-def build_arg_values(
-    service: str, values: Mapping[str, str], local_extensions: int = 0
-) -> dict[str, str]:
-    """Every build arg of a service with the value the checks saw, plus the derived ones: the
-    CCA's arch lists, and whether there are extensions to build."""
-    mine = service_values(service, values)
-    args = {name: mine[name] for name in settings.build_args(service)}
-    if args.get("PIP_INDEX_URL"):
-        # Its password travels as the secret pip_index_token (build_secrets), never as an arg.
-        args["PIP_INDEX_URL"] = index_url(args["PIP_INDEX_URL"]).without_password().text()
-    if "CCA" in args:
-        # A CPU image (CUDA_FROM=none) compiles no GPU code: no arch lists, whatever CCA says.
-        args.update(gpu.cca_build_args(args["CCA"] if args["CUDA_FROM"] != "none" else ""))
-        args["BUILD_EXTENSIONS"] = "1" if args["EXTENSIONS"] or local_extensions else "0"
-        args.update(compile_args(args))
-    return args
-
-
-def compile_args(args: Mapping[str, str]) -> dict[str, str]:
-    """COMPILED: whether anything is compiled (then the closure and the repair stages run);
-    PARALLEL_STAGES: the compile stages BuildKit runs at once after torch, which share MAX_JOBS."""
-    extensions = args["BUILD_EXTENSIONS"] == "1"
-    compiles_torch_family = args["BUILD_MODE"] != "wheels"
-    stages = extensions + compiles_torch_family * (
-        bool(args["TORCHVISION_VERSION"]) + bool(args["TORCHAUDIO_VERSION"])
-    )
-    return {
-        "COMPILED": "1" if compiles_torch_family or extensions else "0",
-        "PARALLEL_STAGES": str(max(1, stages)),
-    }
 
 
 def index_url(value: str) -> urls.URL:
@@ -320,36 +131,6 @@ def override_text(
     if ca_bundle:
         document["secrets"] = {"ca_bundle": {"file": ca_bundle}}
     return json.dumps(_escaped(document), indent=2) + "\n"
-
-
-def registry_refs(repository: str, service: str) -> tuple[str, str]:
-    """Name a service's image and build-cache references in the REGISTRY_IMAGE repository."""
-    return f"{repository}:{service}", f"{repository}:{service}-cache"
-
-
-def cache_spec(value: str, *, export: bool) -> str:
-    """Turn a --cache-from/--cache-to value into a buildx cache spec.
-
-    A plain reference means the registry cache at that reference; exports keep every stage
-    (mode=max), so teammates and CI reuse the long build stages, not only the final image's.
-    A full spec (type=…) passes through, with mode=max added to a registry export lacking one.
-    """
-    if not value or value != value.strip() or " " in value:
-        raise UserError(
-            f"cache '{value}' is not a registry reference or a type=… spec; write e.g. "
-            f"registry.example.com/team/torchkiln:train-cache"
-        )
-    if "type=" not in value:
-        if "=" in value or "," in value:
-            raise UserError(
-                f"cache '{value}' has fields but no type=; write type=registry,ref=REF or a "
-                f"plain REF"
-            )
-        value = f"type=registry,ref={value}"
-    fields = dict(item.partition("=")[::2] for item in value.split(","))
-    if export and fields.get("type") == "registry" and "mode" not in fields:
-        value += ",mode=max"
-    return value
 
 
 def cache_export_problem(inspect_output: str, builder: str) -> str | None:

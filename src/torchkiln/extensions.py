@@ -33,6 +33,8 @@ _REPORT = re.compile(
 _FAILED = re.compile(
     r"^(?:#\d+ [\d.]+ )?" + re.escape(extreport.FAILED_PREFIX) + r"(\{.*\})\s*$", re.MULTILINE
 )
+# `--extension DIR` folders replace these empty stages (docker/Dockerfile), at most this many.
+EXTENSION_CONTEXTS = ("extension-src-0", "extension-src-1", "extension-src-2", "extension-src-3")
 # How long one index lookup may take; the lookups run side by side.
 LOOKUP_TIMEOUT_S = 60
 
@@ -267,11 +269,9 @@ def failure_line(log: str, contexts: Mapping[str, str], log_path: str = "") -> s
     source = str(failed.get("source"))
     folder = failed.get("folder")
     if folder is not None:
-        from torchkiln import compose
-
         index = int(folder)
-        if index < len(compose.EXTENSION_CONTEXTS):
-            source = contexts.get(compose.EXTENSION_CONTEXTS[index], source)
+        if index < len(EXTENSION_CONTEXTS):
+            source = contexts.get(EXTENSION_CONTEXTS[index], source)
     where = f" (the whole output is in {log_path})" if log_path else ""
     hint = str(failed.get("hint") or "its lines in the build output say why")
     return (

@@ -762,3 +762,18 @@ GROUP_TITLES = {
     + " are the ngc service's)",
     "network": "Downloads behind mirrors and proxies",
 }
+
+
+def service_values(service: str, values: Mapping[str, str]) -> dict[str, str]:
+    """The settings as a service's image really gets them, ${NAME} references expanded.
+
+    A setting the service is not given keeps its default (train always builds the default
+    CUDA_VERSION, distro and so on, whatever .env says for full).
+    """
+    mine = {
+        setting.name: values[setting.name]
+        if service in setting.services or not setting.services
+        else setting.default
+        for setting in SETTINGS
+    }
+    return effective(mine)

@@ -20,7 +20,20 @@ import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from torchkiln import __version__, build, buildchecks, compose, doctor, extensions, runner, settings
+from torchkiln import (
+    __version__,
+    build,
+    buildchecks,
+    buildlog,
+    buildplan,
+    buildsummary,
+    compose,
+    doctor,
+    extensions,
+    inputs,
+    runner,
+    settings,
+)
 from torchkiln.errors import UserError
 from torchkiln.inimage import extreport
 
@@ -48,7 +61,7 @@ def earlier_export(dest: Path) -> list[str] | None:
 def check_dest(dest: Path, force: bool, protected: list[Path]) -> list[str]:
     """Refuse a destination that is not ours to fill; return the earlier export's files that
     --force will replace ([] when dest is new or empty)."""
-    compose.check_path("--dest", str(dest))
+    inputs.check_path("--dest", str(dest))
     if dest.exists() and not dest.is_dir():
         raise UserError(f"--dest {dest} is a file; give a directory")
     for keep in protected:
@@ -146,7 +159,7 @@ def build_info(
     now: datetime.datetime | None = None,
 ) -> dict[str, object]:
     """Describe the exported wheels as they are, and the settings that made them."""
-    mine = compose.service_values(service, values)
+    mine = settings.service_values(service, values)
     # Per wheel what it was compiled for: an extension built as-is may hold other archs than CCA.
     entries: list[dict[str, object]] = [
         {**wheel_entry(path), **device_code(path)} for path in sorted(wheels)
@@ -168,7 +181,7 @@ def build_info(
         "cca": mine["CCA"] if compiled else None,
         # What extensions were compiled for (wheels[].sass/ptx: what each one holds).
         "extension_archs": mine["EXTENSION_ARCHS"],
-        "torch_cuda_arch_list": compose.build_arg_values(service, values).get(
+        "torch_cuda_arch_list": buildplan.build_arg_values(service, values).get(
             "TORCH_CUDA_ARCH_LIST"
         )
         if compiled
@@ -246,7 +259,7 @@ def place(staging: Path, dest: Path, replaced: list[str]) -> None:
 def export_wheels(
     c,
     root: Path,
-    built: build.BuildPlan,
+    built: buildplan.BuildPlan,
     dest: Path,
     force: bool,
     proxies: Mapping[str, str],
@@ -257,7 +270,7 @@ def export_wheels(
         raise UserError(f"service '{service}' has no wheels stage (it uses NGC's torch); use train")
     replaced = check_dest(dest, force, [root, Path.cwd(), Path.home()])
     dry = bool(c.config.run.dry)
-    doctor.require_ready(compose.service_values(service, built.values), False, service)
+    doctor.require_ready(settings.service_values(service, built.values), False, service)
     if not dry:
         build.check_builder(c, built.builder, export_cache=False)
 
@@ -285,26 +298,26 @@ def export_wheels(
         with runner.checkout_lock(root, "wheels"):
             result = runner.stream(command(str(staging)), root, token)
         if result.failed:
-            line = build.failure_line(f"exporting the wheels of {service}", result)
+            line = buildsummary.failure_line(f"exporting the wheels of {service}", result)
             # A failed extension is named by project, spec or folder, and step (as by build).
             named = extensions.failure_line(result.output, built.contexts)
             raise UserError(named if named and "--ca-bundle" not in line else line)
         wheels = sorted(staging.glob("*.whl"))
         if not wheels:
             raise UserError(f"the wheels stage of {service} holds no wheel; check BUILD_MODE")
-        digest = image_digest(c, compose.service_values(service, built.values)["BUILD_IMAGE"])
+        digest = image_digest(c, settings.service_values(service, built.values)["BUILD_IMAGE"])
         info = build_info(wheels, service, built.values, digest)
         (staging / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         place(staging, dest, replaced)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    ran = build.executed_steps(result.output)
+    ran = buildlog.executed_steps(result.output)
     print(f"steps run: {len(ran)} (the others from cache)")
     for line in buildchecks.summary_lines(result.output):
         print(line)
     # What the compile steps of this export did (nothing when BuildKit took them from its cache).
-    print(f"ccache: {build.ccache_rate(result.output)}")
+    print(f"ccache: {buildsummary.ccache_rate(result.output)}")
     for line in extensions.summary_lines(result.output):
         print(line)
     print(f"{len(wheels)} wheels and {INFO_NAME} in {dest}:")

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from torchkiln import build as builder
-from torchkiln import envfile, settings
+from torchkiln import buildplan, envfile, settings
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = os.environ.get("TORCHKILN_TEST_BASE_IMAGE") or "debian:bookworm"
@@ -78,7 +78,7 @@ class Project:
     def image(self, service: str) -> str:
         """The tag of the service's image."""
         values = dotenv_values(self.root / ".env")
-        return values[builder.IMAGE_SETTING[service]]
+        return values[buildplan.IMAGE_SETTING[service]]
 
 
 def dotenv_values(path: Path) -> dict[str, str]:

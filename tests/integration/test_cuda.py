@@ -27,7 +27,7 @@ from projects import (
     remove_project,
 )
 
-from torchkiln import build as builder
+from torchkiln import buildlog
 from torchkiln.inimage import fatbin
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
@@ -281,7 +281,7 @@ def test_editing_a_build_script_does_not_refetch_the_sources(tmp_path: Path) -> 
         requirements = project.root / "docker" / "requirements-build.txt"
         requirements.write_text(requirements.read_text() + "# edited\n")
         output = assert_ok(project.run(*command))
-        assert builder.executed_steps(output) == []
+        assert buildlog.executed_steps(output) == []
     finally:
         remove_project(project)
 

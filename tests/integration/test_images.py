@@ -29,7 +29,7 @@ from projects import (
     remove_project,
 )
 
-from torchkiln import build as builder
+from torchkiln import buildlog
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
 
@@ -109,13 +109,13 @@ def test_wheels_export_with_build_info(source_project) -> None:
     sources = ("--source", f"pytorch={marked}", "--source", f"vision={fixtures / 'vision'}")
     args = ("--cca", "8.6 9.0", *sources)
     built = assert_ok(project.invoke("build", "--no-up", *args))
-    assert ("torch-build", "RUN") in builder.executed_steps(built)
+    assert ("torch-build", "RUN") in buildlog.executed_steps(built)
     dest = project.root / "dist"
     started = time.monotonic()
     output = assert_ok(project.invoke("wheels", "--dest", str(dest), *args))
     print(f"\nwheels export: {time.monotonic() - started:.0f} s")
     # Only the repair of the compiled wheels is the export's own (the image needs none of it).
-    rerun = [step for step in builder.executed_steps(output) if step[1] == "RUN"]
+    rerun = [step for step in buildlog.executed_steps(output) if step[1] == "RUN"]
     rerun = [step for step in rerun if step[0] != "repair"]
     assert not rerun, f"the export ran again what the build had just run: {rerun}\n{output[-3000:]}"
     info = json.loads((dest / "BUILD-INFO.json").read_text())
@@ -173,15 +173,15 @@ def test_rebuild_is_cached_and_train_changes_spare_the_build_stages(
         output = assert_ok(project.invoke(*args))
         seconds = time.monotonic() - started
         print(f"\nno-op rebuild of train: {seconds:.1f} s (target: <= 15 s on the CI machine)")
-        assert builder.executed_steps(output) == [] or all(
-            verb != "RUN" for _, verb in builder.executed_steps(output)
+        assert buildlog.executed_steps(output) == [] or all(
+            verb != "RUN" for _, verb in buildlog.executed_steps(output)
         )
         requirements = project.root / "docker" / "requirements.txt"
         # unique each run, so a warm BuildKit cache cannot already hold this content
         marker = f"# a train-only change {uuid.uuid4().hex}\n"
         requirements.write_text(requirements.read_text() + marker)
         output = assert_ok(project.invoke(*args))
-        executed = builder.executed_steps(output)
+        executed = buildlog.executed_steps(output)
         rerun_build_steps = [step for step in executed if step[0] in BUILD_STAGES]
         print(f"after a train-only change: re-ran {executed}")
         assert rerun_build_steps == []

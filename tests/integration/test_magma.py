@@ -24,7 +24,7 @@ from projects import (
     remove_project,
 )
 
-from torchkiln import build as builder
+from torchkiln import buildlog
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
 
@@ -101,7 +101,7 @@ def test_magma_off_leaves_the_pytorch_build_alone(tmp_path: Path) -> None:
         changed = Project(project.root, project.name, {**project.env, "MAGMA_VERSION": "2.9.9"})
         started = time.monotonic()
         output = assert_ok(changed.invoke(*args, *magma_source(project)))
-        executed = builder.executed_steps(output)
+        executed = buildlog.executed_steps(output)
         print(
             f"\nBUILD_MAGMA=0, MAGMA_VERSION changed: {time.monotonic() - started:.1f} s, "
             f"re-ran {executed}"

@@ -33,7 +33,7 @@ from projects import (
     remove_project,
 )
 
-from torchkiln import build as builder
+from torchkiln import buildlog
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
 
@@ -139,7 +139,7 @@ def test_fresh_engine_rebuilds_from_the_registry_cache(
     started = time.monotonic()
     output = assert_ok(project.invoke("build", "--no-up", "--cache-from", *sources))
     print(f"\nrebuild from the registry cache: {time.monotonic() - started:.0f} s")
-    executed = builder.executed_steps(output)
+    executed = buildlog.executed_steps(output)
     print(f"steps re-run on the fresh engine: {executed}")
     assert "importing cache manifest" in output
     assert [step for step in executed if step[0] in BUILD_STAGES] == []
@@ -164,7 +164,7 @@ def test_wheels_of_a_pushed_build_come_from_the_registry_cache(pushed, tmp_path:
     args = ("wheels", "--cache-from", "--dest", str(dest), *sources)
     output = assert_ok(teammate_project.invoke(*args))
     print(f"\nwheels from the registry cache, main engine: {time.monotonic() - started:.0f} s")
-    executed = builder.executed_steps(output)
+    executed = buildlog.executed_steps(output)
     print(f"steps re-run: {executed}")
     # Every compile comes from the cache; only the export's own repair of the wheels runs (the
     # image needs none of it, so the pushed build never ran it).

@@ -17,7 +17,7 @@ import pytest
 from engines import SecondEngine, bridge_address, free_port, redis_command, redis_server
 from projects import Project, assert_ok, make_project, remove_project
 
-from torchkiln import build as builder
+from torchkiln import buildlog
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
 
@@ -61,7 +61,7 @@ def compile_counts(output: str) -> tuple[int, int, int, int]:
 
 
 def compile_seconds(output: str) -> float:
-    return dict(builder.stage_seconds(output)).get("torch-build", 0.0)
+    return dict(buildlog.stage_seconds(output)).get("torch-build", 0.0)
 
 
 def test_a_second_builder_takes_every_compile_from_the_first(

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from torchkiln import compose, gpu, settings
+from torchkiln import buildplan, gpu, settings
 from torchkiln.errors import UserError
 from torchkiln.inimage import archs
 
@@ -118,7 +118,7 @@ def test_what_the_compile_sees_equals_the_normalised_value(text: str) -> None:
     values = settings.resolve({"CCA": text})
     normal = archs.normalize_cca(text)
     assert values["CCA"] == normal
-    args = compose.build_arg_values("train", values)
+    args = buildplan.build_arg_values("train", values)
     assert args["CCA"] == normal
     assert args["TORCH_CUDA_ARCH_LIST"] == normal
     assert all(item for item in args["TORCH_CUDA_ARCH_LIST"].split(";"))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from invoke import Config, MockContext, Result
 
-from torchkiln import build, doctor, settings
+from torchkiln import build, buildsummary, doctor, estimate, inputs, settings
 from torchkiln.runner import Streamed
 
 GB = 1024**3
@@ -29,7 +29,7 @@ def hours_range(text: str) -> tuple[float, float]:
 
 
 def test_one_arch_is_25_to_40_core_hours_over_the_jobs_plus_a_serial_part() -> None:
-    text = build.estimate(settings.resolve({"CCA": "8.6"}), cpus=16, memory_bytes=64 * GB)
+    text = estimate.estimate(settings.resolve({"CCA": "8.6"}), cpus=16, memory_bytes=64 * GB)
     # 64 GB at 6 GB a job: 10 jobs, not 16.
     assert "with 10 parallel jobs (16 cores, 64 GB memory: one job per 6 GB)" in text
     low, high = hours_range(text)
@@ -40,9 +40,9 @@ def test_one_arch_is_25_to_40_core_hours_over_the_jobs_plus_a_serial_part() -> N
 
 
 def test_further_archs_and_the_arch_specific_kernels_of_9_0_cost_more() -> None:
-    one = hours_range(build.estimate(settings.resolve({"CCA": "8.6"}), 16, 64 * GB))
-    two = hours_range(build.estimate(settings.resolve({"CCA": "8.6;8.9"}), 16, 64 * GB))
-    hopper = hours_range(build.estimate(settings.resolve({"CCA": "8.6;9.0"}), 16, 64 * GB))
+    one = hours_range(estimate.estimate(settings.resolve({"CCA": "8.6"}), 16, 64 * GB))
+    two = hours_range(estimate.estimate(settings.resolve({"CCA": "8.6;8.9"}), 16, 64 * GB))
+    hopper = hours_range(estimate.estimate(settings.resolve({"CCA": "8.6;9.0"}), 16, 64 * GB))
     assert two[0] == pytest.approx(one[0] + 8 / 10, abs=0.02)
     assert two[1] == pytest.approx(one[1] + 15 / 10, abs=0.02)
     assert hopper[0] == pytest.approx(two[0] + 4 / 10, abs=0.02)
@@ -51,11 +51,13 @@ def test_further_archs_and_the_arch_specific_kernels_of_9_0_cost_more() -> None:
 
 def test_max_jobs_wins_and_small_memory_bounds_the_jobs() -> None:
     values = settings.resolve({"CCA": "8.6", "MAX_JOBS": "3"})
-    assert "with 3 parallel jobs (32 cores, 128 GB memory: MAX_JOBS)" in build.estimate(
+    assert "with 3 parallel jobs (32 cores, 128 GB memory: MAX_JOBS)" in estimate.estimate(
         values, 32, 128 * GB
     )
-    assert "with 2 parallel jobs" in build.estimate(settings.resolve({"CCA": "8.6"}), 32, 16 * GB)
-    assert "with 1 parallel job " in build.estimate(settings.resolve({"CCA": "8.6"}), 2, 4 * GB)
+    assert "with 2 parallel jobs" in estimate.estimate(
+        settings.resolve({"CCA": "8.6"}), 32, 16 * GB
+    )
+    assert "with 1 parallel job " in estimate.estimate(settings.resolve({"CCA": "8.6"}), 2, 4 * GB)
 
 
 def test_this_machine_s_record_scales_to_the_archs_and_jobs_of_the_next_build() -> None:
@@ -66,17 +68,17 @@ def test_this_machine_s_record_scales_to_the_archs_and_jobs_of_the_next_build() 
         {"stage": "torch-build", "cuda": True, "cca": "8.6", "seconds": 600, "jobs": 10,
          "hits": 7000, "misses": 5, "date": "2026-01-03"},
     ]  # fmt: skip
-    same = build.estimate(settings.resolve({"CCA": "8.6"}), 16, 64 * GB, history)
+    same = estimate.estimate(settings.resolve({"CCA": "8.6"}), 16, 64 * GB, history)
     assert "this machine compiled torch for 8.6 in 4 h with 10 jobs on 2026-01-02" in same
     assert "so here about 4 h;" in same
-    half_the_jobs = build.estimate(settings.resolve({"CCA": "8.6"}), 5, 64 * GB, history)
+    half_the_jobs = estimate.estimate(settings.resolve({"CCA": "8.6"}), 5, 64 * GB, history)
     assert "so here about 8 h;" in half_the_jobs
-    cpu = build.estimate(settings.resolve({"CUDA_FROM": "none"}), 16, 64 * GB, history)
+    cpu = estimate.estimate(settings.resolve({"CUDA_FROM": "none"}), 16, 64 * GB, history)
     assert "this machine compiled" not in cpu  # a CUDA record says nothing about a CPU build
 
 
 def test_wheels_modes_give_a_range_and_what_this_machine_took() -> None:
-    wheels = build.estimate(settings.resolve({"BUILD_MODE": "wheels"}), 2, 8 * GB)
+    wheels = estimate.estimate(settings.resolve({"BUILD_MODE": "wheels"}), 2, 8 * GB)
     assert wheels.startswith("estimate: BUILD_MODE=wheels takes 3 min to 10 min")
     pypi = settings.resolve(
         {"BUILD_MODE": "wheels", "CUDA_FROM": "pypi", "EXTENSIONS": "causal-conv1d==1.5.0"}
@@ -85,7 +87,7 @@ def test_wheels_modes_give_a_range_and_what_this_machine_took() -> None:
         {"stage": "build", "mode": "wheels", "seconds": 2305},
         {"stage": "extensions-build", "seconds": 1700},
     ]
-    text = build.estimate(pypi, 2, 8 * GB, history)
+    text = estimate.estimate(pypi, 2, 8 * GB, history)
     low, high = hours_range(text)
     assert low > 0.5 and high > 1.5, "an extension compile is not ten minutes"
     assert "this machine's last BUILD_MODE=wheels build took 38 min" in text
@@ -93,9 +95,9 @@ def test_wheels_modes_give_a_range_and_what_this_machine_took() -> None:
 
 
 def test_the_estimate_needs_no_cca_where_nothing_is_compiled_for_one() -> None:
-    cpu = build.estimate(settings.resolve({"CUDA_FROM": "none"}), 2, 8 * GB)
+    cpu = estimate.estimate(settings.resolve({"CUDA_FROM": "none"}), 2, 8 * GB)
     assert "for the CPU" in cpu and "4-8 core-hours without CUDA" in cpu
-    assert "for the CPU" in build.estimate(settings.resolve({"CCA": ""}), 2, 8 * GB)
+    assert "for the CPU" in estimate.estimate(settings.resolve({"CCA": ""}), 2, 8 * GB)
 
 
 LOG = """\
@@ -114,7 +116,7 @@ LOG = """\
 
 def test_a_finished_build_records_its_compile_stages_and_its_total() -> None:
     values = settings.resolve({"CCA": "8.6;9.0"})
-    entries = build.timing_entries(values, LOG, 3700.2, "2026-02-03")
+    entries = estimate.timing_entries(values, LOG, 3700.2, "2026-02-03")
     assert entries == [
         {"stage": "build", "seconds": 3700, "date": "2026-02-03", "mode": "source",
          "cuda": True, "cca": "8.6;9.0"},
@@ -124,13 +126,13 @@ def test_a_finished_build_records_its_compile_stages_and_its_total() -> None:
 
 
 def test_timings_are_kept_and_read_back_and_a_bad_file_is_no_record(tmp_path: Path) -> None:
-    assert build.read_timings(tmp_path) == []
+    assert estimate.read_timings(tmp_path) == []
     (tmp_path / ".torchkiln").mkdir()
-    build.record_timings(tmp_path, [{"stage": "build", "seconds": 1}])
-    build.record_timings(tmp_path, [{"stage": "build", "seconds": 2}])
-    assert [entry["seconds"] for entry in build.read_timings(tmp_path)] == [1, 2]
-    (tmp_path / ".torchkiln" / build.TIMINGS_FILE).write_text("{not json")
-    assert build.read_timings(tmp_path) == []
+    estimate.record_timings(tmp_path, [{"stage": "build", "seconds": 1}])
+    estimate.record_timings(tmp_path, [{"stage": "build", "seconds": 2}])
+    assert [entry["seconds"] for entry in estimate.read_timings(tmp_path)] == [1, 2]
+    (tmp_path / ".torchkiln" / estimate.TIMINGS_FILE).write_text("{not json")
+    assert estimate.read_timings(tmp_path) == []
 
 
 @pytest.mark.parametrize(
@@ -147,7 +149,7 @@ def test_timings_are_kept_and_read_back_and_a_bad_file_is_no_record(tmp_path: Pa
 def test_next_steps_are_what_works_on_this_machine(values, gpu_here, smoke) -> None:
     import shlex
 
-    steps = build.next_steps("train", True, settings.resolve(values), gpu_here)
+    steps = buildsummary.next_steps("train", True, settings.resolve(values), gpu_here)
     assert [shlex.join(step) for step in steps] == [
         "docker compose exec train zsh",
         smoke,
@@ -157,10 +159,10 @@ def test_next_steps_are_what_works_on_this_machine(values, gpu_here, smoke) -> N
 
 def test_the_summary_names_the_log_and_the_next_steps(tmp_path: Path) -> None:
     plan = build.plan(
-        tmp_path, build.BuildOptions(), environ={}, dotenv={**DOTENV, "CUDA_FROM": "none"},
+        tmp_path, inputs.BuildOptions(), environ={}, dotenv={**DOTENV, "CUDA_FROM": "none"},
         cwd=tmp_path,
     )  # fmt: skip
-    text = build.summary(plan, 4000, 2 * 10**9, LOG, gpu_here=False)
+    text = buildsummary.summary(plan, 4000, 2 * 10**9, LOG, gpu_here=False)
     assert "build time:  1 h 7 min" in text
     assert "log:         .torchkiln/build-train.log" in text
     assert "  nox -s smoke -- --service train --allow-cpu" in text
@@ -181,7 +183,7 @@ CERT_LOGS = {
 @pytest.mark.parametrize("tool", sorted(CERT_LOGS))
 def test_a_certificate_failure_ends_with_the_ca_bundle_to_add(tool: str) -> None:
     result = Streamed(17, CERT_LOGS[tool] + "\n#9 ERROR: process did not complete\n")
-    line = build.failure_line(
+    line = buildsummary.failure_line(
         "docker compose build train", result, ".torchkiln/build-train.log", "", "/etc/host.pem"
     )
     assert "\n" not in line
@@ -190,17 +192,17 @@ def test_a_certificate_failure_ends_with_the_ca_bundle_to_add(tool: str) -> None
         "give the build its CA bundle: --ca-bundle /etc/host.pem, the one this host uses "
         "(invoke doctor's tls row says which one verifies the index)"
     )
-    given = build.failure_line("docker compose build train", result, ca_bundle="/my/ca.pem")
+    given = buildsummary.failure_line("docker compose build train", result, ca_bundle="/my/ca.pem")
     assert "with the CA bundle given (/my/ca.pem)" in given and "--ca-bundle FILE" in given
 
 
 def test_no_certificate_word_means_no_ca_bundle_advice() -> None:
-    line = build.failure_line("build", Streamed(1, "#9 ERROR: compiler crashed\n"))
+    line = buildsummary.failure_line("build", Streamed(1, "#9 ERROR: compiler crashed\n"))
     assert "--ca-bundle" not in line
 
 
 def test_a_dry_run_writes_nothing_a_later_command_reads(tmp_path: Path, monkeypatch) -> None:
-    plan = build.plan(tmp_path, build.BuildOptions(cca="9.0"), environ={}, dotenv=DOTENV,
+    plan = build.plan(tmp_path, inputs.BuildOptions(cca="9.0"), environ={}, dotenv=DOTENV,
                       cwd=tmp_path)  # fmt: skip
     # A real build ran before: its record and override must stay as they were.
     state = tmp_path / ".torchkiln"
@@ -215,5 +217,5 @@ def test_a_dry_run_writes_nothing_a_later_command_reads(tmp_path: Path, monkeypa
     after = {path.name: path.read_bytes() for path in state.iterdir()}
     assert {name: after[name] for name in before} == before
     assert set(after) - set(before) == {"dry-build-train.yaml"}
-    options, note = build.with_recorded_inputs(tmp_path, build.BuildOptions())
+    options, note = inputs.with_recorded_inputs(tmp_path, inputs.BuildOptions())
     assert options.cca == "8.6" and options.torch == "2.13.0", note

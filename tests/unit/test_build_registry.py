@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from invoke import Config, MockContext, Result
 
-from torchkiln import build, compose, doctor
+from torchkiln import build, buildlog, buildplan, compose, doctor, inputs
 from torchkiln.errors import UserError
 
 REPOSITORY = "registry.example.com/team/torchkiln"
@@ -18,10 +18,10 @@ CONTAINERD_DOCKER = CLASSIC_DOCKER + " org.mobyproject.buildkit.worker.container
 CONTAINER_DRIVER = "Name:   kiln\nDriver: docker-container\n"
 
 
-def make_plan(tmp_path: Path, dotenv: dict | None = None, **options) -> build.BuildPlan:
+def make_plan(tmp_path: Path, dotenv: dict | None = None, **options) -> buildplan.BuildPlan:
     return build.plan(
         tmp_path,
-        build.BuildOptions(**options),
+        inputs.BuildOptions(**options),
         environ={},
         dotenv={**DOTENV, **(dotenv or {})},
         cwd=tmp_path,
@@ -41,13 +41,13 @@ def make_plan(tmp_path: Path, dotenv: dict | None = None, **options) -> build.Bu
     ids=["ref-import", "ref-export-max", "spec-gets-max", "spec-keeps-mode", "local", "gha"],
 )
 def test_cache_values_become_buildx_specs(value: str, export: bool, spec: str) -> None:
-    assert compose.cache_spec(value, export=export) == spec
+    assert inputs.cache_spec(value, export=export) == spec
 
 
 @pytest.mark.parametrize("value", ["", "ref=reg.io/a:c", "reg.io/a:c mode=max"])
 def test_malformed_cache_values_are_refused(value: str) -> None:
     with pytest.raises(UserError, match="cache"):
-        compose.cache_spec(value, export=True)
+        inputs.cache_spec(value, export=True)
 
 
 @pytest.mark.parametrize(
@@ -154,4 +154,4 @@ def test_a_step_shown_twice_counts_as_cached_when_one_vertex_was() -> None:
         "#22 [base 2/2] RUN install-python.sh\n#22 DONE 0.0s\n\n"
         "#23 [venv 1/2] RUN install-wheels.sh\n#23 DONE 3.1s\n"
     )
-    assert build.executed_steps(log) == [("venv", "RUN")]
+    assert buildlog.executed_steps(log) == [("venv", "RUN")]

@@ -7,7 +7,15 @@ import threading
 
 import pytest
 
-from torchkiln import build, compose, doctor, hostfacts, settings
+from torchkiln import (
+    build,
+    buildplan,
+    buildsummary,
+    compose,
+    hostfacts,
+    settingchecks,
+    settings,
+)
 from torchkiln.errors import UserError
 
 
@@ -28,7 +36,7 @@ def test_refused_urls_name_the_form(url: str) -> None:
 
 def test_the_url_is_a_secret_of_the_build_never_an_arg() -> None:
     values = settings.resolve({"CCACHE_REMOTE": "redis://:pw@h:1"})
-    assert "CCACHE_REMOTE" not in compose.build_arg_values("train", values)
+    assert "CCACHE_REMOTE" not in buildplan.build_arg_values("train", values)
     # In the form ccache reads: it takes redis://:PW@ for "no password", redis://PW@ for PW.
     assert build.build_secrets(values)["CCACHE_REMOTE"] == "redis://pw@h:1"
     command = compose.wheels_command("train", {}, {}, "", "/tmp/out")
@@ -40,12 +48,12 @@ def test_the_summary_tells_remote_hits_and_failures_apart() -> None:
         "torchkiln-ccache: pytorch hits=3 misses=1 remote_hits=2 remote_errors=0\n"
         "torchkiln-ccache: vision hits=1 misses=0 remote_hits=1 remote_errors=0\n"
     )
-    assert build.ccache_rate(log) == (
+    assert buildsummary.ccache_rate(log) == (
         "80% (4 hits, 1 misses); 1 hits local, 3 from the team's remote cache"
     )
     down = "torchkiln-ccache: pytorch hits=0 misses=4 remote_hits=0 remote_errors=4\n"
-    assert "WARNING the remote cache failed 4 times" in build.ccache_rate(down)
-    assert build.ccache_rate("torchkiln-ccache: hits=1 misses=1\n").endswith("1 misses)")
+    assert "WARNING the remote cache failed 4 times" in buildsummary.ccache_rate(down)
+    assert buildsummary.ccache_rate("torchkiln-ccache: hits=1 misses=1\n").endswith("1 misses)")
 
 
 def serve_once(answer: bytes) -> int:
@@ -81,8 +89,8 @@ def test_the_probe_knows_redis_from_the_rest_and_from_nothing() -> None:
 
 
 def test_doctor_warns_and_never_fails_on_the_cache() -> None:
-    assert doctor.check_ccache_remote("", "") is None
-    row = doctor.check_ccache_remote("redis://h:1|read-only", "redis://h:1 does not answer")
+    assert settingchecks.check_ccache_remote("", "") is None
+    row = settingchecks.check_ccache_remote("redis://h:1|read-only", "redis://h:1 does not answer")
     assert row is not None and row.status == "warn" and "read-only" in row.detail
     assert "never 127.0.0.1" in row.fix
-    assert doctor.check_ccache_remote("redis://h:1", "").status == "ok"
+    assert settingchecks.check_ccache_remote("redis://h:1", "").status == "ok"

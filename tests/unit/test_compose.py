@@ -11,21 +11,31 @@ from pathlib import Path
 import pytest
 from invoke import Config, MockContext, Result
 
-from torchkiln import build, compose, doctor, settings, wheels
+from torchkiln import (
+    build,
+    buildlog,
+    buildplan,
+    buildsummary,
+    compose,
+    doctor,
+    inputs,
+    settings,
+    wheels,
+)
 from torchkiln.errors import UserError
 
 DOTENV = {"UID": "1000", "GID": "1000", "CCA": "8.6", "COMPOSE_PROJECT_NAME": "demo"}
 
 
-def make_plan(tmp_path: Path, **options) -> build.BuildPlan:
+def make_plan(tmp_path: Path, **options) -> buildplan.BuildPlan:
     environ = options.pop("environ", {})
     dotenv = {**DOTENV, **options.pop("dotenv", {})}
     return build.plan(
-        tmp_path, build.BuildOptions(**options), environ=environ, dotenv=dotenv, cwd=tmp_path
+        tmp_path, inputs.BuildOptions(**options), environ=environ, dotenv=dotenv, cwd=tmp_path
     )
 
 
-def override(plan: build.BuildPlan) -> dict:
+def override(plan: buildplan.BuildPlan) -> dict:
     return json.loads(plan.override_text())
 
 
@@ -129,18 +139,18 @@ def test_wheels_reuses_the_inputs_of_the_last_build(tmp_path: Path) -> None:
     (wheelhouse / "torch-2.13.0-cp311-none-any.whl").write_text("")
     plan = make_plan(tmp_path, torch="2.13.0", wheelhouse=str(wheelhouse))
     build.write_state(plan)
-    options, note = build.with_recorded_inputs(tmp_path, build.BuildOptions())
+    options, note = inputs.with_recorded_inputs(tmp_path, inputs.BuildOptions())
     assert options.wheelhouse == str(wheelhouse) and options.torch == "2.13.0"
     assert "--wheelhouse" in note and "--torch 2.13.0" in note
-    given, _ = build.with_recorded_inputs(tmp_path, build.BuildOptions(torch="2.14.1"))
+    given, _ = inputs.with_recorded_inputs(tmp_path, inputs.BuildOptions(torch="2.14.1"))
     assert given.torch == "2.14.1", "a flag given now wins over the record"
-    assert build.with_recorded_inputs(tmp_path, build.BuildOptions(service="full"))[1] == ""
+    assert inputs.with_recorded_inputs(tmp_path, inputs.BuildOptions(service="full"))[1] == ""
 
 
 def test_ccache_rate_sums_every_step() -> None:
     log = "torchkiln-ccache: hits=3 misses=1\nxx\ntorchkiln-ccache: hits=1 misses=3\n"
-    assert build.ccache_rate(log) == "50% (4 hits, 4 misses)"
-    assert build.ccache_rate("").startswith("no compile step ran")
+    assert buildsummary.ccache_rate(log) == "50% (4 hits, 4 misses)"
+    assert buildsummary.ccache_rate("").startswith("no compile step ran")
 
 
 def test_executed_steps_ignore_cached_ones() -> None:
@@ -149,7 +159,7 @@ def test_executed_steps_ignore_cached_ones() -> None:
         "#6 [train base 2/2] RUN install\n#6 CACHED\n"
         "#7 [train venv 2/2] RUN pip install\n#7 DONE 3.0s\n"
     )
-    assert build.executed_steps(log) == [("venv", "RUN")]
+    assert buildlog.executed_steps(log) == [("venv", "RUN")]
 
 
 def test_wheels_command_exports_the_wheels_stage() -> None:
@@ -280,14 +290,14 @@ def test_build_info_describes_the_wheels_as_they_are(tmp_path, version_py, mode,
 
 def test_task_flags_become_options() -> None:
     flags = {"c": object(), "service": "full", "source": ["vision=../v"], "no_up": True}
-    options = build.BuildOptions.from_flags({**flags, "cca": "8.6", "push": False})
+    options = inputs.BuildOptions.from_flags({**flags, "cca": "8.6", "push": False})
     assert (options.service, options.sources, options.up, options.cca) == (
         "full",
         ["vision=../v"],
         False,
         "8.6",
     )
-    assert build.BuildOptions.from_flags({"service": "train"}).up is True
+    assert inputs.BuildOptions.from_flags({"service": "train"}).up is True
 
 
 @pytest.mark.parametrize(
@@ -314,7 +324,7 @@ def test_a_checkout_of_something_else_is_refused_in_seconds(tmp_path, name, file
     with pytest.raises(
         UserError, match=re.escape(f"holds no {missing}; give the root of a {name}")
     ):
-        compose.parse_sources([f"{name}={tmp_path}"], tmp_path)
+        inputs.parse_sources([f"{name}={tmp_path}"], tmp_path)
 
 
 def test_stage_times_from_the_log() -> None:
@@ -324,14 +334,14 @@ def test_stage_times_from_the_log() -> None:
         "#9 [train base 1/2] FROM local/debian\n#9 DONE 0.1s\n"
         "#10 [train torch-build 1/1] RUN again\n#10 CACHED\n"
     )
-    assert build.stage_seconds(log) == [("torch-build", 3600.5), ("vision-build", 300.0),
+    assert buildlog.stage_seconds(log) == [("torch-build", 3600.5), ("vision-build", 300.0),
                                        ("base", 0.1)]  # fmt: skip
 
 
 def test_a_failure_points_at_error_lines_only_when_there_are_some() -> None:
     from torchkiln.runner import Streamed
 
-    with_error = build.failure_line("build", Streamed(17, "#9 ERROR: process failed\n"))
+    with_error = buildsummary.failure_line("build", Streamed(17, "#9 ERROR: process failed\n"))
     assert "the ERROR lines above name the step" in with_error
-    without = build.failure_line("build", Streamed(1, "something else went wrong\n"))
+    without = buildsummary.failure_line("build", Streamed(1, "something else went wrong\n"))
     assert "ERROR lines" not in without and "its last lines above say why" in without

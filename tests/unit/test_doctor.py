@@ -2,7 +2,7 @@
 
 import pytest
 
-from torchkiln import doctor, settings
+from torchkiln import baseimages, checkrows, doctor, settingchecks, settings, tlscheck
 from torchkiln.engine import EngineFacts
 from torchkiln.hostfacts import CABundle, ImageFacts, TLSVerdict
 
@@ -17,7 +17,7 @@ GOOD = dict(
 
 
 def state(**values):
-    return doctor.env_state({"CCA": "8.6", **values}, {})
+    return settingchecks.env_state({"CCA": "8.6", **values}, {})
 
 
 def rows_by_check(facts, driver="580.65.06", env=None):
@@ -27,7 +27,7 @@ def rows_by_check(facts, driver="580.65.06", env=None):
 
 def test_all_good_passes():
     rows = doctor.diagnose(EngineFacts(**GOOD), "580.95.05", state())
-    assert not doctor.failed(rows), doctor.render(rows)
+    assert not checkrows.failed(rows), checkrows.render(rows)
 
 
 @pytest.mark.parametrize(
@@ -73,7 +73,7 @@ def test_engine_down_is_one_row_and_no_crash():
     rows = doctor.diagnose(EngineFacts(error="connection refused"), "", state())
     engine_rows = [row for row in rows if row.check == "engine"]
     assert len(engine_rows) == 1 and engine_rows[0].status == "error"
-    assert doctor.failed(rows)
+    assert checkrows.failed(rows)
 
 
 def test_cpu_override_turns_missing_runtime_into_a_warning():
@@ -96,20 +96,22 @@ def test_cca_unbuildable_and_empty():
 
 
 def test_missing_and_invalid_env():
-    missing = doctor.env_state(None, {})
+    missing = settingchecks.env_state(None, {})
     assert rows_by_check(EngineFacts(**GOOD), env=missing)[".env"].status == "error"
-    invalid = doctor.env_state({"UID": "abc"}, {})
+    invalid = settingchecks.env_state({"UID": "abc"}, {})
     row = rows_by_check(EngineFacts(**GOOD), env=invalid)[".env"]
     assert row.status == "error" and "UID 'abc'" in row.detail
 
 
 def test_render_shows_fix_only_for_failures():
-    text = doctor.render([doctor.Row("a", "ok", "fine", "x"), doctor.Row("b", "error", "bad", "y")])
+    text = checkrows.render(
+        [checkrows.Row("a", "ok", "fine", "x"), checkrows.Row("b", "error", "bad", "y")]
+    )
     assert "fix: y" in text and "fix: x" not in text
 
 
 def values(**changes):
-    return {**doctor.env_state({"CCA": "8.6"}, {}).values, **changes}
+    return {**settingchecks.env_state({"CCA": "8.6"}, {}).values, **changes}
 
 
 def test_build_blockers_pass_on_a_good_host():
@@ -154,7 +156,7 @@ def test_full_cuda_is_checked_beside_train_default():
 
 def test_a_refused_env_gives_one_error_not_spurious_ones():
     # What the old base-image advice made people type; COMPOSE_FILE and the disk floor are fine.
-    env = doctor.env_state(
+    env = settingchecks.env_state(
         {
             "BUILD_IMAGE": "TRAIN_IMAGE=debian:12",
             "COMPOSE_FILE": "compose/compose.yaml:compose/cpu.yaml",
@@ -165,7 +167,7 @@ def test_a_refused_env_gives_one_error_not_spurious_ones():
     facts = EngineFacts(**{**GOOD, "runtimes": ["runc"], "free_bytes": 20 * doctor.GB})
     rows = doctor.diagnose(facts, "", env)
     errors = [row.check for row in rows if row.status == "error"]
-    assert errors == [".env"], doctor.render(rows)
+    assert errors == [".env"], checkrows.render(rows)
     assert "BUILD_IMAGE 'TRAIN_IMAGE=debian:12'" in rows_by_check(facts, env=env)[".env"].detail
 
 
@@ -201,7 +203,7 @@ def run_fix_into_env(fix: str, tmp_path, before: str = "") -> dict:
 def test_a_missing_base_image_names_an_image_here_with_its_python_and_mode(tmp_path):
     values = settings.resolve()
     problems = {values["BUILD_IMAGE"]: "no such host"}
-    row = doctor.check_base_images("train", values, problems, [DEBIAN], gpu_here=True)
+    row = baseimages.check_base_images("train", values, problems, [DEBIAN], gpu_here=True)
     assert row.status == "error" and "BUILD_IMAGE=TRAIN_IMAGE" not in row.fix
     assert "local/debian:bookworm (Debian 12, Python 3.11)" in row.fix
     assert "for the CPU only" not in row.fix  # this machine has a GPU runtime
@@ -214,9 +216,9 @@ def test_a_missing_base_image_names_an_image_here_with_its_python_and_mode(tmp_p
 
 
 def test_with_a_cca_the_mode_stays_and_with_no_gpu_the_cpu_route_is_named(tmp_path):
-    values = doctor.env_state({"CCA": "8.6"}, {}).values
+    values = settingchecks.env_state({"CCA": "8.6"}, {}).values
     problems = {values["BUILD_IMAGE"]: "no such host"}
-    row = doctor.check_base_images("train", values, problems, [DEBIAN], gpu_here=False)
+    row = baseimages.check_base_images("train", values, problems, [DEBIAN], gpu_here=False)
     assert run_fix_into_env(row.fix, tmp_path)["BUILD_MODE"] == "source"
     cpu_fix = row.fix.split("for the CPU only", 1)[1]
     resolved = run_fix_into_env(cpu_fix, tmp_path)
@@ -226,7 +228,7 @@ def test_with_a_cca_the_mode_stays_and_with_no_gpu_the_cpu_route_is_named(tmp_pa
 
 def test_no_local_image_names_no_lines_it_cannot_vouch_for():
     values = settings.resolve()
-    row = doctor.check_base_images("train", values, {values["BUILD_IMAGE"]: "refused"}, [])
+    row = baseimages.check_base_images("train", values, {values["BUILD_IMAGE"]: "refused"}, [])
     assert "printf" not in row.fix and "docker load" in row.fix
 
 
@@ -241,23 +243,23 @@ def test_no_local_image_names_no_lines_it_cannot_vouch_for():
     ],
 )
 def test_the_distro_from_an_image_name(image, distro):
-    assert doctor.distro_from_name(image) == distro
+    assert baseimages.distro_from_name(image) == distro
 
 
 def test_python_version_against_the_images_own():
     values = settings.resolve()  # PYTHON_VERSION 3.12
-    rows = doctor.check_python(values, [DEBIAN])
+    rows = baseimages.check_python(values, [DEBIAN])
     assert rows[0].status == "warn" and "has Python 3.11, not PYTHON_VERSION 3.12" in rows[0].detail
     assert "printf '\\nPYTHON_VERSION=3.11\\n' >> .env" in rows[0].fix
-    assert doctor.check_python(values, [DEBIAN], index_unreachable=True)[0].status == "error"
-    debian = doctor.env_state({"PYTHON_VERSION": "3.11"}, {}).values
-    assert doctor.check_python(debian, [DEBIAN])[0].status == "ok"
+    assert baseimages.check_python(values, [DEBIAN], index_unreachable=True)[0].status == "error"
+    debian = settingchecks.env_state({"PYTHON_VERSION": "3.11"}, {}).values
+    assert baseimages.check_python(debian, [DEBIAN])[0].status == "ok"
     # An image with a python3 of its own: that one is used, whatever the distro ships.
     own = ImageFacts("python:3.12-bookworm", "debian", "12", python="3.12")
-    assert doctor.check_python(values, [own])[0].status == "ok"
+    assert baseimages.check_python(values, [own])[0].status == "ok"
     # Not here and the name says nothing: not known, said as such.
     unknown = ImageFacts("registry.example.com/team/base:1", error="not here")
-    assert doctor.check_python(values, [unknown])[0].status == "warn"
+    assert baseimages.check_python(values, [unknown])[0].status == "warn"
 
 
 # --- TLS: a TLS-inspecting network is noticed, and its bundle used or named ---------------------
@@ -280,7 +282,7 @@ def verifier(trusting: set[str], unreachable: bool = False):
 
 
 def decide(trusting, configured=None, candidates=(), unreachable=False):
-    return doctor.decide_ca(
+    return tlscheck.decide_ca(
         [INDEX], configured, list(candidates), SYSTEM, FRESH, verifier(trusting, unreachable)
     )
 
@@ -329,7 +331,7 @@ def test_an_unreachable_index_falls_back_on_the_host_setting_or_says_not_checked
 
 
 def test_the_indexes_probed_are_the_https_ones_the_build_uses():
-    assert doctor.index_urls({"PIP_INDEX_URL": "", "TORCH_INDEX_URL": ""}, INDEX) == [INDEX]
-    assert doctor.index_urls(
+    assert tlscheck.index_urls({"PIP_INDEX_URL": "", "TORCH_INDEX_URL": ""}, INDEX) == [INDEX]
+    assert tlscheck.index_urls(
         {"PIP_INDEX_URL": "http://mirror/simple", "TORCH_INDEX_URL": "https://t/whl/cpu"}, INDEX
     ) == ["https://t/whl/cpu"]

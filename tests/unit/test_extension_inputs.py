@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from torchkiln import build, compose, extensions, settings
+from torchkiln import build, buildplan, buildsummary, extensions, inputs, settings
 from torchkiln.errors import UserError
 
 
@@ -36,17 +36,17 @@ def project(tmp_path: Path, name: str, project_name: str = "") -> Path:
 )
 def test_a_bad_extension_item_is_refused_in_one_line(tmp_path: Path, item: str, says: str) -> None:
     with pytest.raises(UserError, match=says) as refused:
-        compose.split_extensions([item], tmp_path, tmp_path / "checkout")
+        inputs.split_extensions([item], tmp_path, tmp_path / "checkout")
     assert "\n" not in str(refused.value)
 
 
 def test_the_checkout_itself_and_a_folder_twice_are_refused(tmp_path: Path) -> None:
     checkout = project(tmp_path, "checkout")
     with pytest.raises(UserError, match="is this torchkiln checkout itself"):
-        compose.split_extensions(["."], checkout, checkout)
+        inputs.split_extensions(["."], checkout, checkout)
     ops = project(tmp_path, "ops")
     with pytest.raises(UserError, match="is given twice"):
-        compose.split_extensions(["ops", str(ops)], tmp_path, checkout)
+        inputs.split_extensions(["ops", str(ops)], tmp_path, checkout)
 
 
 @pytest.mark.parametrize(
@@ -91,10 +91,10 @@ def test_one_project_with_two_versions_is_refused_wherever_it_is_named(tmp_path:
         extensions.check_unique(["causal-conv1d==1.7.0"], {"extension-src-0": str(folder)})
 
 
-def plan(tmp_path: Path, items: list[str], dotenv: dict[str, str]) -> build.BuildPlan:
+def plan(tmp_path: Path, items: list[str], dotenv: dict[str, str]) -> buildplan.BuildPlan:
     root = tmp_path / "checkout"
     root.mkdir(exist_ok=True)
-    options = build.BuildOptions(cca="8.6", extensions=items)
+    options = inputs.BuildOptions(cca="8.6", extensions=items)
     return build.plan(root, options, environ={}, dotenv=dotenv, cwd=tmp_path)
 
 
@@ -207,4 +207,4 @@ def test_a_failed_extension_is_named_by_project_and_host_folder() -> None:
     ids=["cached-steps", "bypassed", "counted"],
 )
 def test_the_ccache_line_counts_what_ran(log: str, says: str) -> None:
-    assert build.ccache_rate(log) == says
+    assert buildsummary.ccache_rate(log) == says

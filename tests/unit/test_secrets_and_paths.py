@@ -11,7 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from torchkiln import build, compose, envfile, envtask, settings, wheels
+from torchkiln import (
+    build,
+    buildplan,
+    checkrows,
+    compose,
+    envfile,
+    envtask,
+    inputs,
+    settingchecks,
+    settings,
+    wheels,
+)
 from torchkiln.errors import UserError
 
 DOTENV = {"UID": "1000", "GID": "1000", "CCA": "8.6", "COMPOSE_PROJECT_NAME": "demo"}
@@ -103,10 +114,10 @@ def test_kept_notes_mask_passwords() -> None:
     assert not any("s3cret" in note or "t0k" in note for note in notes)
 
 
-def plan(tmp_path: Path, **dotenv: str) -> build.BuildPlan:
+def plan(tmp_path: Path, **dotenv: str) -> buildplan.BuildPlan:
     return build.plan(
         tmp_path,
-        build.BuildOptions(),
+        inputs.BuildOptions(),
         environ={},
         dotenv={**DOTENV, **dotenv},
         cwd=tmp_path,
@@ -157,11 +168,11 @@ def test_a_path_with_a_line_break_is_refused_by_name(tmp_path: Path, flag: str) 
         if flag == "--dest":
             wheels.check_dest(Path(bad), False, [])
         elif flag == "--source":
-            compose.parse_sources([f"pytorch={bad}"], tmp_path)
+            inputs.parse_sources([f"pytorch={bad}"], tmp_path)
         elif flag == "--wheelhouse":
-            compose.check_wheelhouse(bad, tmp_path)
+            inputs.check_wheelhouse(bad, tmp_path)
         else:
-            compose.split_extensions([bad], tmp_path)
+            inputs.split_extensions([bad], tmp_path)
     message = str(caught.value)
     assert message.startswith(flag) and "\n" not in message and "line break" in message
 
@@ -190,13 +201,16 @@ def test_a_dest_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
 
 
 def test_doctor_warns_of_a_password_in_env_index_url_and_masks_every_row() -> None:
-    from torchkiln import doctor
 
-    assert doctor.check_index_password({"PIP_INDEX_URL": "https://pypi.example/simple"}) is None
-    row = doctor.check_index_password({"PIP_INDEX_URL": "https://me:s3cret@pypi.example/simple"})
+    assert (
+        settingchecks.check_index_password({"PIP_INDEX_URL": "https://pypi.example/simple"}) is None
+    )
+    row = settingchecks.check_index_password(
+        {"PIP_INDEX_URL": "https://me:s3cret@pypi.example/simple"}
+    )
     assert row is not None and row.status == "warn"
     assert "PIP_INDEX_URL=https://me@pypi.example/simple" in row.fix and "s3cret" not in row.fix
     # A row another check wrote with a URL in it: the table masks it all the same.
-    other = doctor.Row("tls", "warn", "https://me:s3cret@h/simple does not answer", "see x:y@z")
-    shown = doctor.render([row, other])
+    other = checkrows.Row("tls", "warn", "https://me:s3cret@h/simple does not answer", "see x:y@z")
+    shown = checkrows.render([row, other])
     assert "s3cret" not in shown and "https://me:****@h/simple" in shown

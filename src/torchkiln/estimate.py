@@ -1,0 +1,284 @@
+"""The estimate said before a build starts (time as a range, disk), and the timings it learns.
+
+From published build times, and from what this machine's earlier builds recorded in
+`.torchkiln/timings.json` (`timing_entries` reads them off a finished build's log).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from torchkiln import buildlog, compose, envfile, gpu, runner
+from torchkiln.errors import UserError
+
+# --- The estimate, and what this machine's builds teach it ---------------------------------------
+#
+# Published figures for compiling PyTorch with CUDA (core-hours: wall hours x parallel jobs). They
+# give a range, not a promise; this machine's own recorded builds (below) narrow it.
+# - conda-forge/pytorch-cpu-feedstock#52 (2021): "almost exactly 2 hours ... using 10 cores",
+#   1 h 20 min of it compiling, for the GPU of the machine plus PTX: about 13 core-hours before
+#   FlashAttention, memory-efficient attention and the sm90 CUTLASS kernels were added.
+# - pytorch/pytorch#126980 (2024): PyTorch's own CUDA nightly needs about 5 h of compiling.
+# - pytorch/pytorch#58596: single CUDA objects take up to 12 min (PowKernel.cu): a serial tail.
+# - pytorch/pytorch#133686: the extended-MMA CUTLASS kernels for sm90 and newer "add a bit to
+#   compile time"; 9.0 and 10.0 builds also compile their 90a/100a kernels (row-wise scaled mm,
+#   FlashAttention's Hopper/Blackwell paths), nearly another arch's worth of device code.
+# - pytorch/pytorch#194502: FlashAttention's kernels are "the largest source tree under
+#   third_party", and they compile per arch.
+# Together (torchkiln issue 17): about 25-40 core-hours for the first arch, 8-15 for each further
+# one (device code is compiled once per arch, host C++ once), 4-8 more for 9.0/10.0's a-kernels.
+CORE_HOURS_FIRST_ARCH = (25.0, 40.0)
+
+
+CORE_HOURS_MORE_ARCH = (8.0, 15.0)
+
+
+CORE_HOURS_ARCH_SPECIFIC = (4.0, 8.0)
+
+
+# A CPU-only torch compiles the host C++ alone: a fraction of the first arch's figure.
+CORE_HOURS_CPU = (4.0, 8.0)
+
+
+# Official wheels: minutes of downloading; CUDA_FROM=pypi adds about 3 GB of NVIDIA's wheels
+# (pip's cache mount keeps them for the next build).
+DOWNLOAD_MINUTES = (3.0, 10.0)
+
+
+PYPI_CUDA_MINUTES = (5.0, 15.0)
+
+
+# torchvision's CUDA kernels and a mid-sized CUDA extension (torch-scatter, causal-conv1d: the
+# latter made most of a 38 min build on a small machine, torchkiln issue 20), one arch, in
+# core-hours.
+VISION_CORE_HOURS = (0.5, 1.5)
+
+
+EXTENSION_CORE_HOURS = (0.5, 1.5)
+
+
+# What does not parallelise: CMake's configure, the slowest objects, linking libtorch_cuda.
+SERIAL_HOURS = (0.3, 0.6)
+
+
+# Archs whose builds add arch-specific (a) CUTLASS kernels besides the plain ones.
+ARCH_SPECIFIC_BASES = ("9.0", "10.0")
+
+
+DISK_GB_PER_ARCH = (40, 4)
+
+
+# One compile job per 6 GB of memory: one FlashAttention translation unit takes about 4.5 GB
+# (pytorch/pytorch#124018); #108174 needed MAX_JOBS=2 on 16 GB. docker/scripts/build-wheel.sh
+# applies the same rule.
+GB_PER_JOB = 6
+
+
+COMPILE_STAGES = ("magma-build", "torch-build", "vision-build", "audio-build", "extensions-build")
+
+
+TIMINGS_FILE = "timings.json"
+
+
+# Kept per checkout: enough to learn from, small enough to read in no time.
+TIMINGS_KEPT = 50
+
+
+def parallel_jobs(values: Mapping[str, str], cpus: int, memory_bytes: int) -> int:
+    """The compile jobs a build runs: MAX_JOBS, else the cores, at most one per GB_PER_JOB."""
+    if values.get("MAX_JOBS"):
+        return int(values["MAX_JOBS"])
+    by_memory = max(1, memory_bytes // (GB_PER_JOB * 1024**3)) if memory_bytes else cpus
+    return max(1, min(cpus or 1, by_memory))
+
+
+def arch_units(cca: str, cuda: bool) -> tuple[float, float]:
+    """The core-hours (low, high) of compiling torch for a CCA (or for the CPU)."""
+    if not cuda:
+        return CORE_HOURS_CPU
+    items = gpu.parse_cca(cca)
+    specific = sum(1 for item in items if item.base in ARCH_SPECIFIC_BASES)
+    return tuple(  # type: ignore[return-value]
+        first + more * (len(items) - 1) + extra * specific
+        for first, more, extra in zip(
+            CORE_HOURS_FIRST_ARCH, CORE_HOURS_MORE_ARCH, CORE_HOURS_ARCH_SPECIFIC, strict=True
+        )
+    )
+
+
+def learned_torch_hours(
+    history: Sequence[Mapping[str, object]], cca: str, cuda: bool, jobs: int
+) -> tuple[float, str] | None:
+    """Scale this machine's last cold torch compile (mostly ccache misses) of the same kind to
+    this build's archs and jobs: (hours, what it was), or None when there is none."""
+    for entry in reversed(history):
+        if entry.get("stage") != "torch-build" or bool(entry.get("cuda")) != cuda:
+            continue
+        hits, misses = int(entry.get("hits") or 0), int(entry.get("misses") or 0)
+        if hits > misses:  # a rebuild from ccache says nothing about a first compile
+            continue
+        try:
+            then_units = sum(arch_units(str(entry.get("cca") or ""), cuda)) / 2
+            now_units = sum(arch_units(cca, cuda)) / 2
+        except UserError:
+            continue
+        seconds = float(entry.get("seconds") or 0)  # type: ignore[arg-type]
+        then_jobs = int(entry.get("jobs") or jobs)  # type: ignore[call-overload]
+        hours = seconds / 3600 * (now_units / then_units) * (then_jobs / jobs)
+        archs = f"for {entry.get('cca')}" if cuda else "for the CPU"
+        what = (
+            f"this machine compiled torch {archs} in {runner.format_duration(seconds)} with "
+            f"{then_jobs} jobs on {entry.get('date', '?')}"
+        )
+        return hours, what
+    return None
+
+
+def estimate(
+    values: Mapping[str, str],
+    cpus: int,
+    memory_bytes: int,
+    history: Sequence[Mapping[str, object]] = (),
+    local_extensions: int = 0,
+) -> str:
+    """Say, before a build starts, how long it will take (a range) and how much disk it needs,
+    from published build times and from what this machine's earlier builds recorded."""
+    mode = values["BUILD_MODE"]
+    jobs = parallel_jobs(values, cpus, memory_bytes)
+    cuda = values["CUDA_FROM"] != "none" and bool(values["CCA"])
+    # How much more device code than for one arch: torchvision and extensions scale the same.
+    scale = [sum(arch_units(values["CCA"], cuda)) / sum(arch_units("8.6", True))] if cuda else [1]
+    extensions = len(values["EXTENSIONS"].split()) + local_extensions
+    minutes = [*DOWNLOAD_MINUTES]
+    if values["CUDA_FROM"] == "pypi":
+        minutes = [low + more for low, more in zip(minutes, PYPI_CUDA_MINUTES, strict=True)]
+    core = [0.0, 0.0]
+    if mode == "torch-wheel":
+        core = [c + v * scale[0] for c, v in zip(core, VISION_CORE_HOURS, strict=True)]
+    core = [c + x * scale[0] * extensions for c, x in zip(core, EXTENSION_CORE_HOURS, strict=True)]
+    learned: list[str] = []
+    last_extensions = _last(history, "extensions-build")
+    if extensions and last_extensions:
+        took = runner.format_duration(float(last_extensions["seconds"]))  # type: ignore[arg-type]
+        learned.append(f"this machine's last extension compile took {took}")
+    jobs_text = f"{jobs} parallel job{'s' if jobs != 1 else ''}"
+    memory = f"{memory_bytes / 1024**3:.0f} GB memory"
+    why = "MAX_JOBS" if values.get("MAX_JOBS") else f"one job per {GB_PER_JOB} GB"
+    if mode != "source":
+        low = minutes[0] / 60 + core[0] / jobs
+        high = minutes[1] / 60 + core[1] / jobs
+        disk = 20 if mode == "torch-wheel" or values["CUDA_FROM"] == "pypi" else 10
+        last = _last(history, "build", mode)
+        if last:
+            took = runner.format_duration(float(last["seconds"]))  # type: ignore[arg-type]
+            learned.insert(0, f"this machine's last BUILD_MODE={mode} build took {took}")
+        compiles = f", compiling with {jobs_text} ({cpus} cores, {memory})" if core[1] else ""
+        text = f"estimate: BUILD_MODE={mode}{compiles} takes {_range(low, high)}"
+        if extensions:
+            text += " (flash-attn-sized extensions take hours more)"
+        text += "".join(f"; {said}" for said in learned)
+        return f"{text}; it needs about {disk} GB of disk (an estimate, not a promise)"
+    items = gpu.parse_cca(values["CCA"]) if cuda else []
+    low_core, high_core = arch_units(values["CCA"], cuda)
+    low = SERIAL_HOURS[0] + minutes[0] / 60 + (low_core + core[0]) / jobs
+    high = SERIAL_HOURS[1] + minutes[1] / 60 + (high_core + core[1]) / jobs
+    disk = DISK_GB_PER_ARCH[0] + DISK_GB_PER_ARCH[1] * max(0, len(items) - 1)
+    what = (
+        f"{len(items)} arch{'s' if len(items) != 1 else ''} ({values['CCA']})"
+        if cuda
+        else ("the CPU")
+    )
+    text = (
+        f"estimate: a PyTorch source build for {what} with {jobs_text} ({cpus} cores, "
+        f"{memory}: {why}) takes {_range(low, high)} the first time (published figures: "
+        f"{_core_hours_text(cuda)})"
+    )
+    torch_hours = learned_torch_hours(history, values["CCA"], cuda, jobs)
+    if torch_hours:
+        hours, said = torch_hours
+        learned.insert(0, f"{said}, so here about {runner.format_duration(hours * 3600)}")
+    text += "".join(f"; {said}" for said in learned)
+    return (
+        f"{text}; it needs about {disk} GB of disk, and a rebuild reuses ccache (an estimate, "
+        f"not a promise)"
+    )
+
+
+def _last(
+    history: Sequence[Mapping[str, object]], stage: str, mode: str | None = None
+) -> Mapping[str, object] | None:
+    for entry in reversed(history):
+        if entry.get("stage") == stage and (mode is None or entry.get("mode") == mode):
+            return entry
+    return None
+
+
+def _range(low_hours: float, high_hours: float) -> str:
+    low, high = runner.format_duration(low_hours * 3600), runner.format_duration(high_hours * 3600)
+    return f"about {low}" if low == high else f"{low} to {high}"
+
+
+def _core_hours_text(cuda: bool) -> str:
+    if not cuda:
+        return f"{CORE_HOURS_CPU[0]:.0f}-{CORE_HOURS_CPU[1]:.0f} core-hours without CUDA"
+    first, more, extra = CORE_HOURS_FIRST_ARCH, CORE_HOURS_MORE_ARCH, CORE_HOURS_ARCH_SPECIFIC
+    return (
+        f"{first[0]:.0f}-{first[1]:.0f} core-hours for the first arch, {more[0]:.0f}-"
+        f"{more[1]:.0f} for each further one, {extra[0]:.0f}-{extra[1]:.0f} more for 9.0 and "
+        f"10.0's arch-specific kernels"
+    )
+
+
+_STEP_STAT = re.compile(
+    r"^#(\d+) [\d.]+ torchkiln-(ccache|jobs): .*?(?:\bhits=(\d+) misses=(\d+)|MAX_JOBS=(\d+))",
+    re.MULTILINE,
+)
+
+
+def timing_entries(
+    values: Mapping[str, str], log: str, seconds: float, date: str
+) -> list[dict[str, object]]:
+    """What a finished build teaches later estimates: each compile stage that ran (not from
+    cache) with its seconds, jobs and ccache counts, and the build's total for its mode."""
+    stages = {number: stage for number, _, stage, _ in buildlog.STEP_HEADER.findall(log)}
+    per_step: dict[str, dict[str, int]] = {}
+    for number, kind, hits, misses, jobs in _STEP_STAT.findall(log):
+        stat = per_step.setdefault(number, {"hits": 0, "misses": 0, "jobs": 0})
+        if kind == "ccache":
+            stat["hits"] += int(hits)
+            stat["misses"] += int(misses)
+        else:
+            stat["jobs"] = max(stat["jobs"], int(jobs))
+    cuda = values["CUDA_FROM"] != "none" and bool(values["CCA"])
+    common = {"date": date, "mode": values["BUILD_MODE"], "cuda": cuda, "cca": values["CCA"]}
+    entries: list[dict[str, object]] = [{"stage": "build", "seconds": round(seconds), **common}]
+    for number, spent in buildlog.STEP_DONE.findall(log):
+        stage = stages.get(number)
+        if stage in COMPILE_STAGES:
+            stat = per_step.get(number, {})
+            entries.append({"stage": stage, "seconds": round(float(spent)), **common, **stat})
+    return entries
+
+
+def read_timings(root: Path) -> list[dict[str, object]]:
+    """The timings this checkout's builds recorded ([] when none, or unreadable)."""
+    try:
+        recorded = json.loads((root / compose.STATE_DIR / TIMINGS_FILE).read_text("utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(recorded, list):
+        return []
+    return [entry for entry in recorded if isinstance(entry, dict)]
+
+
+def record_timings(root: Path, entries: list[dict[str, object]]) -> None:
+    """Add a build's timings to the record later estimates read."""
+    kept = [*read_timings(root), *entries][-TIMINGS_KEPT:]
+    # A convenience for later estimates: a checkout that cannot be written loses only that.
+    with contextlib.suppress(OSError):
+        file = root / compose.STATE_DIR / TIMINGS_FILE
+        envfile.write_atomic(file, json.dumps(kept, indent=1) + "\n", 0o644)
