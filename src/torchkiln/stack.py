@@ -383,4 +383,6 @@ def run_action(root: Path, action: str, nodes: int, allow_cpu: bool, project_pat
         return text
     if action == "down":
         return down(root)
-    raise UserError(f"stack action '{action}' is not one of up, check, down")
+    raise UserError(
+        f"stack action '{action}' is not one of up, check, down; invoke --help stack shows them"
+    )

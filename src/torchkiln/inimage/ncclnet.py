@@ -138,37 +138,74 @@ def verbs_text(verbs: Verbs) -> str:
     return f"verbs: no RDMA device{where}"
 
 
-def ask_nccl(timeout: float = PROBE_TIMEOUT_S) -> NcclNetwork:
-    """Create a one-rank NCCL communicator in a child process and read what NCCL said."""
-    from torchkiln.inimage.workers import free_port
+class NcclProbe:
+    """A one-rank NCCL communicator in a child process, started at construction so that its
+    torch import and NCCL set-up overlap smoke's other checks; `result()` reads what NCCL said."""
 
-    with tempfile.TemporaryDirectory(prefix="torchkiln-nccl-") as folder:
-        env = {**os.environ, **debug_environment(folder)}
-        done = subprocess.run(
+    def __init__(self, timeout: float = PROBE_TIMEOUT_S) -> None:
+        from torchkiln.inimage.workers import free_port
+
+        self.timeout = timeout
+        self.folder = tempfile.TemporaryDirectory(prefix="torchkiln-nccl-")
+        env = {**os.environ, **debug_environment(self.folder.name)}
+        self.proc = subprocess.Popen(
             [sys.executable, "-c", PROBE, str(free_port())],
             env=env,
-            capture_output=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=timeout,
         )
-        found = read_debug_files(folder)
-    if done.returncode != 0:
-        lines = [line for line in done.stderr.splitlines() if line.strip()]
-        raise CheckFailed(
-            "a one-rank NCCL communicator failed: " + one_line(lines[-1] if lines else "", 300)
-        )
-    return found
+
+    def result(self) -> NcclNetwork:
+        """Wait for the child; NCCL's answer, or CheckFailed with the child's last line."""
+        try:
+            _, errors = self.proc.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+            raise CheckFailed(
+                f"a one-rank NCCL communicator did not start within {self.timeout:.0f} s"
+            ) from None
+        try:
+            found = read_debug_files(self.folder.name)
+        finally:
+            self.folder.cleanup()
+        if self.proc.returncode != 0:
+            lines = [line for line in errors.splitlines() if line.strip()]
+            raise CheckFailed(
+                "a one-rank NCCL communicator failed: " + one_line(lines[-1] if lines else "", 300)
+            )
+        return found
 
 
-def check_nccl_network(torch: Any, gpu: bool) -> str:
+def nccl_built(torch: Any) -> bool:
+    """Tell whether this torch has NCCL (a CUDA build with USE_NCCL and USE_DISTRIBUTED)."""
+    if torch.version.cuda is None:
+        return False
+    import torch.distributed as dist
+
+    return bool(dist.is_available() and dist.is_nccl_available())
+
+
+def start_probe(torch: Any) -> NcclProbe | None:
+    """Start NCCL's answer early (None without NCCL, or when it cannot start)."""
+    try:
+        return NcclProbe() if nccl_built(torch) else None
+    except Exception:  # the check asks again and reports the error
+        return None
+
+
+def check_nccl_network(torch: Any, gpu: bool, probe: NcclProbe | None = None) -> str:
     """Smoke's "NCCL network" row: NCCL's own choice of network (with a GPU), the verbs
     library's RDMA devices, and a warning naming what is lost when the library is missing."""
     if torch.version.cuda is None:
         raise CheckSkipped("CPU build: no NCCL; gloo's TCP between machines")
     verbs = ask_verbs()
     parts = []
+    if gpu and not nccl_built(torch):
+        raise CheckFailed("torch.distributed has no NCCL backend: nothing to ask")
     if gpu:
-        found = ask_nccl()
+        found = (probe or NcclProbe()).result()
         network = found.text() or "no 'Using network' line"
         version = f"NCCL {found.version} " if found.version else "NCCL "
         parts.append(f"{version}uses {network}")
