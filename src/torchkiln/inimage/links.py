@@ -20,6 +20,10 @@ container runtime mounts at run time, and the system libraries that optional plu
 wheels need (nvshmem's UCX/MPI transports, cuFile's RDMA): nothing links those plugins, they are
 loaded only when that transport is asked for. Both are named in the detail.
 
+Libraries opened at run time (dlopen) are named by no DT_NEEDED entry: when the files hold NCCL,
+those of torchkiln.inimage.runtimelibs' table (the verbs library NCCL needs for InfiniBand/RoCE)
+must be here too, else a warning row names what is lost and the package.
+
 `python -m torchkiln.inimage.links [--json] [PATH ...]` prints the audit (exit 0 all resolve,
 1 something is missing, 2 bad input); `--needs-from-system PATH ...` prints, for the build, the
 NEEDED names of the ELF files under the PATHs that those trees do not satisfy themselves, one

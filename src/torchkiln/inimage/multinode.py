@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torchkiln.inimage import multirank, ncclnet
+from torchkiln.inimage.workers import free_port
 
 DEFAULT_PORT = 29500
 DEFAULT_TIMEOUT_S = 60.0
@@ -86,13 +87,6 @@ def port_problem(port: int) -> str | None:
                 "free one"
             )
     return None
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("", 0))
-        return int(sock.getsockname()[1])
 
 
 def reach(host: str, port: int, deadline: float) -> str | None:
