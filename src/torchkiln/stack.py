@@ -147,7 +147,6 @@ def stack_service(
     }
     spec: dict[str, Any] = {
         "image": service["image"],
-        "user": service.get("user", ""),
         "working_dir": project_root,
         "environment": dict(service.get("environment") or {}),
         "init": bool(service.get("init", False)),
@@ -166,6 +165,8 @@ def stack_service(
         ],
         "deploy": deploy,
     }
+    if service.get("user"):
+        spec["user"] = service["user"]
     if command:
         spec["command"] = list(command)
     if not settings.allow_cpu:

@@ -45,7 +45,13 @@ def own_swarm(wheels_project) -> Iterator[tuple[object, str]]:
             if docker("network", "inspect", f"{name}_torchkiln").returncode != 0:
                 break
             subprocess.run(["sleep", "1"], timeout=5)
-        docker("volume", "rm", f"{name}_project")
+        # The tasks' containers go after the network: the volume is free once they are gone.
+        for _ in range(60):
+            if docker("volume", "rm", f"{name}_project").returncode == 0:
+                break
+            if docker("volume", "inspect", f"{name}_project").returncode != 0:
+                break
+            subprocess.run(["sleep", "1"], timeout=5)
         docker("swarm", "leave", "--force")
 
 
