@@ -280,7 +280,8 @@ def stack(
     from torchkiln import stack as swarm
 
     with user_errors():
-        print(swarm.run_action(ROOT, action, nodes, allow_cpu, project_path))
+        dry = bool(c.config.run.dry)
+        print(swarm.run_action(ROOT, action, nodes, allow_cpu, project_path, dry))
 
 
 # invoke's own echo (`invoke --dry …`) is bold on a terminal; files and pipes get plain text.

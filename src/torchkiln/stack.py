@@ -276,8 +276,9 @@ def check_verdict(logs: str, states: Sequence[tuple[str, str, str]], nodes: int)
 # --- the tasks ------------------------------------------------------------------------------
 
 
-def up(root: Path, nodes: int, allow_cpu: bool, project_path: str) -> str:
-    """Deploy the training service to this engine's swarm; the settings are kept for check."""
+def up(root: Path, nodes: int, allow_cpu: bool, project_path: str, dry: bool = False) -> str:
+    """Deploy the training service to this engine's swarm; the settings are kept for check.
+    `dry` (invoke --dry): print the command and the stack file, deploy nothing."""
     swarm = swarm_here()
     problem = refusal(swarm, nodes, allow_cpu)
     if problem:
@@ -289,7 +290,11 @@ def up(root: Path, nodes: int, allow_cpu: bool, project_path: str) -> str:
         )
     compose = compose_model(root)
     settings = StackSettings(str(compose["name"]), nodes, allow_cpu, project_path)
-    deploy(stack_document(compose, settings), settings.name)
+    document = stack_document(compose, settings)
+    if dry:
+        command = " ".join(deploy_command(settings.name))
+        return f"{command} <<'STACK'\n{json.dumps(document, indent=2)}\nSTACK"
+    deploy(document, settings.name)
     path = root / SETTINGS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(settings.__dict__) + "\n")
@@ -371,10 +376,15 @@ def swarm_row(swarm: Swarm) -> tuple[str, str, str]:
     )
 
 
-def run_action(root: Path, action: str, nodes: int, allow_cpu: bool, project_path: str) -> str:
-    """`invoke stack ACTION`: the text to print; UserError for a refusal or a failed check."""
+def run_action(
+    root: Path, action: str, nodes: int, allow_cpu: bool, project_path: str, dry: bool = False
+) -> str:
+    """`invoke stack ACTION`: the text to print; UserError for a refusal or a failed check.
+    Under invoke --dry, up prints what it would deploy; check and down refuse to pretend."""
     if action == "up":
-        return up(root, nodes, allow_cpu, project_path)
+        return up(root, nodes, allow_cpu, project_path, dry)
+    if dry and action in ("check", "down"):
+        raise UserError(f"invoke --dry stack {action}: it only reads and removes; run it without")
     if action in ("check", "down") and (nodes or allow_cpu or project_path):
         raise UserError(f"stack {action} takes no options; stack up's are kept from its run")
     if action == "check":

@@ -66,6 +66,10 @@ def test_stack_up_check_down_on_a_single_node_swarm(own_swarm) -> None:
         "node's GPUs as node-generic-resources in its daemon.json, use fewer nodes, or "
         "--allow-cpu to run on the CPU"
     ]
+    dry = assert_ok(project.invoke("--dry", "stack", "up", "--nodes", "2", "--allow-cpu"))
+    assert "docker stack deploy --compose-file - --resolve-image never --prune" in dry
+    assert '"replicas": 2' in dry and '"target": "/dev/shm"' in dry
+    assert name not in docker("stack", "ls", "--format", "{{.Name}}").stdout.split()
     output = assert_ok(project.invoke("stack", "up", "--nodes", "2", "--allow-cpu"))
     assert f"stack {name}: train with 2 replica(s) on a swarm of 1 node(s)" in output
     assert name in docker("stack", "ls", "--format", "{{.Name}}").stdout.split()
