@@ -249,6 +249,10 @@ def check_host(root: Path) -> tuple[str, bool]:
     rows = diagnose(facts, hostfacts.gpu_driver_version(), state, images, cache, tls, python)
     index = settingchecks.check_index_password(dotenv) if state.values is not None else None
     rows += [index] if index else []
+    if not facts.error:
+        from torchkiln import stack
+
+        rows.append(Row("swarm", *stack.swarm_row(stack.swarm_here())))
     return checkrows.render(rows), checkrows.failed(rows)
 
 
