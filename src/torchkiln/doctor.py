@@ -328,6 +328,10 @@ def check_host(root: Path) -> tuple[str, bool]:
     index = settingchecks.check_index_password(dotenv)
     private = settingchecks.check_env_private(envfile.exposed_secret(file))
     rows += [row for row in (index, private) if row]
+    if not facts.error:
+        from torchkiln import stack
+
+        rows.append(Row("swarm", *stack.swarm_row(stack.swarm_here())))
     return checkrows.render(rows), checkrows.failed(rows)
 
 

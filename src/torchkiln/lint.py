@@ -19,6 +19,21 @@ def dockerfiles(root: Path) -> list[str]:
     return sorted(str(path.relative_to(root)) for path in (root / "docker").glob("*Dockerfile"))
 
 
+# The README is a landing page that fits on two screens; the rest lives in docs/.
+README_MAX_LINES = 200
+
+
+def readme_problem(root: Path, limit: int = README_MAX_LINES) -> str:
+    """Say why README.md is too long for a landing page, '' when it is not."""
+    count = len((root / "README.md").read_text(encoding="utf-8").splitlines())
+    if count <= limit:
+        return ""
+    return (
+        f"README.md has {count} lines, more than {limit}: move the detail into a page of docs/ "
+        f"and link it from the README's 'Where next' list"
+    )
+
+
 def docker_problem() -> str:
     """Say why `docker compose` cannot run here, '' when it can."""
     if not shutil.which("docker"):

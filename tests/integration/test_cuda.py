@@ -382,3 +382,45 @@ def test_pypi_cuda_needs_cuda_13(tmp_path: Path) -> None:
         ]
     finally:
         remove_project(project)
+
+
+def test_the_runtime_image_holds_rdma_core_and_the_audit_names_it_when_gone(cuda_source) -> None:
+    """NCCL opens libibverbs.so.1 at run time: the image has it, and a copy of the image without
+    it is warned about by the link audit, naming what is lost and the Debian package."""
+    project, _ = cuda_source
+    probe = (
+        "python -c 'import torch; from torchkiln.inimage import ncclnet; "
+        'print("row:", ncclnet.check_nccl_network(torch, gpu=False))\''
+    )
+    script = (
+        "ldconfig -p | grep -E 'lib(ibverbs|rdmacm)[.]so[.]1 ' | sort && "
+        "ls /usr/lib/*/libibverbs/ | grep -c rdmav && "
+        "python -m torchkiln.inimage.links --json > /tmp/a.json; echo audit=$?; "
+        'python -c \'import json; print([r["package"] for r in json.load(open("/tmp/a.json"))'
+        f'["packages"] if r["status"] != "pass"])\'; {probe}'
+    )
+    output = assert_ok(run_in(project.image("train"), script))
+    assert "libibverbs.so.1 (libc6,x86-64)" in output and "librdmacm.so.1" in output, output
+    assert "audit=0" in output and "(opened at run time)" not in output, output
+    assert "row: NCCL not asked: no GPU; verbs: no RDMA device" in output, output
+    # The copy without rdma-core: dpkg removes the verbs library as a user's slimmed image would.
+    check = f"python -m torchkiln.inimage.links --json; echo audit=$?; {probe}"
+    removed = (
+        "dpkg --purge --force-depends ibverbs-providers libibverbs1 librdmacm1 >/dev/null && "
+        'ldconfig && su -s /bin/bash -c "$CHECK" alice'
+    )
+    result = run_in(project.image("train"), removed, "--user", "0", "-e", f"CHECK={check}")
+    output = result.stdout + result.stderr
+    assert "audit=0" in output, output  # a warning, not a failure: NCCL still works on sockets
+    report = json.loads(output[: output.index("audit=")])
+    assert report["warned"] is True
+    (row,) = [row for row in report["packages"] if row["package"] == "(opened at run time)"]
+    assert row["status"] == "warn"
+    assert "libibverbs.so.1 not found" in row["detail"], row
+    assert (
+        "NCCL: InfiniBand/RoCE unavailable, sockets only; apt-get install libibverbs1"
+        in (row["detail"])
+    )
+    assert "apt-get install ibverbs-providers" in row["detail"]
+    assert "row:" not in output  # smoke's row warns (CheckWarned), naming the package
+    assert "InfiniBand/RoCE unavailable, sockets only; apt-get install libibverbs1" in output

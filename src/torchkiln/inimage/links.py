@@ -20,6 +20,10 @@ container runtime mounts at run time, and the system libraries that optional plu
 wheels need (nvshmem's UCX/MPI transports, cuFile's RDMA): nothing links those plugins, they are
 loaded only when that transport is asked for. Both are named in the detail.
 
+Libraries opened at run time (dlopen) are named by no DT_NEEDED entry: when the files hold NCCL,
+those of torchkiln.inimage.runtimelibs' table (the verbs library NCCL needs for InfiniBand/RoCE)
+must be here too, else a warning row names what is lost and the package.
+
 `python -m torchkiln.inimage.links [--json] [PATH ...]` prints the audit (exit 0 all resolve,
 1 something is missing, 2 bad input); `--needs-from-system PATH ...` prints, for the build, the
 NEEDED names of the ELF files under the PATHs that those trees do not satisfy themselves, one
@@ -44,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from torchkiln.inimage import audit as arch_audit
+from torchkiln.inimage import runtimelibs
 from torchkiln.inimage.report import FAIL, PASS, WARN
 from torchkiln.inimage.workers import ModuleInBackground
 
@@ -122,6 +127,7 @@ PACKAGE_HINTS: tuple[tuple[str, str], ...] = (
 # What a NEEDED name came to; every kind but MISSING lets the object load.
 SEARCHED = ("path", "rpath", "LD_LIBRARY_PATH", "runpath", "ld.so.cache", "system dir")
 LOADED, DRIVER_KIND, OPTIONAL, MISSING = "loaded", "driver", "optional", "missing"
+RUNTIME_ROW = "(opened at run time)"  # the row of runtimelibs' warning
 UNIMPORTABLE = "unimportable"  # missing for a module its package may import only if it can
 # Packages whose every module must load: torch and what torch.compile and the images need.
 STRICT_PACKAGES = ("torch", "torchvision", "torchaudio", "triton")
@@ -215,8 +221,9 @@ class LinkAudit:
 
     @property
     def warned(self) -> bool:
-        """Tell whether some module cannot be imported (its package may not need it)."""
-        return any(row.unimportable for row in self.rows)
+        """Tell whether some module cannot be imported (its package may not need it), or a
+        library opened at run time is missing (runtimelibs)."""
+        return any(row.unimportable or row.status == WARN for row in self.rows)
 
     @property
     def needed(self) -> list[str]:
@@ -866,8 +873,23 @@ def audit(paths: Sequence[str] = (), overlays: Sequence[tuple[str, list[str]]] =
         apply_providers(auditor, providers)
         mark_optional(auditor, torch.gate if torch else set())
     major = cuda_major(torch_folder(auditor.roots))
-    rows = judge_all(auditor.files, major)
+    rows = judge_all(auditor.files, major) + runtime_rows(auditor)
     return LinkAudit(auditor.files, rows, linker.ld_library_path, time.perf_counter() - start)
+
+
+def runtime_rows(auditor: Auditor) -> list[PackageRow]:
+    """A warning row when the files hold NCCL and a library it opens at run time is missing."""
+    names = [file.path for file in auditor.files]
+    names += [name for file in auditor.files for name in file.dynamic.needed]
+
+    def resolve(name: str) -> str:
+        return auditor.linker.resolve(name, sys.executable, Dynamic(), auditor.wanted).path
+
+    lost = runtimelibs.missing(names, resolve, auditor.linker.system)
+    if not lost:
+        return []
+    text = runtimelibs.warning_text(lost)
+    return [PackageRow(RUNTIME_ROW, WARN, text, False, 0, [entry.name for entry in lost])]
 
 
 # --- verdicts -------------------------------------------------------------------------------
@@ -1027,8 +1049,11 @@ def failures(rows: Sequence[PackageRow]) -> str:
 
 
 def warnings(rows: Sequence[PackageRow]) -> str:
-    """The modules that cannot be imported, with the libraries they miss."""
-    return ", ".join(missing_texts([item for row in rows for item in row.unimportable]))
+    """The modules that cannot be imported, with the libraries they miss, and the libraries
+    opened at run time that are missing."""
+    texts = missing_texts([item for row in rows for item in row.unimportable])
+    texts += [row.detail for row in rows if row.package == RUNTIME_ROW]
+    return ", ".join(texts)
 
 
 def summary(data: dict[str, Any]) -> str:
@@ -1036,6 +1061,9 @@ def summary(data: dict[str, Any]) -> str:
     rows = rows_from_data(data)
     if not data["ok"]:
         return failures(rows)
+    runtime = [row.detail for row in rows if row.package == RUNTIME_ROW]
+    if runtime and not any(row.unimportable for row in rows):
+        return "; ".join(runtime)
     if any(row.unimportable for row in rows):
         return "modules that cannot be imported (fine if their packages do without them): " + (
             warnings(rows)

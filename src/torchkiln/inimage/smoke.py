@@ -21,6 +21,7 @@ from typing import Any
 from torchkiln.inimage import archs as arch_rules
 from torchkiln.inimage import audit as arch_audit
 from torchkiln.inimage import links as link_audit
+from torchkiln.inimage.ncclnet import check_nccl_network, start_probe
 from torchkiln.inimage.numerics import (
     TOL_FP32,
     TOL_HALF,
@@ -260,6 +261,7 @@ def run_cuda_checks(
     vision = workers.vision if workers else None
     files = workers.files if workers else None
     started = start_all_reduce(torch)
+    network = start_probe(torch)
     archs = torch_arch_list(torch)
     for device in runner.report.devices:
         index = device["index"]
@@ -285,6 +287,7 @@ def run_cuda_checks(
     runner.run("sdpa fp16", lambda: check_sdpa(torch, "cuda", torch.float16))
     runner.run("nccl", lambda: check_nccl(torch))
     runner.run("nccl all-reduce", lambda: check_nccl_all_reduce(torch, started))
+    runner.run("NCCL network", lambda: check_nccl_network(torch, gpu=True, probe=network))
     runner.run("torchvision", lambda: torchvision_result(torch, "cuda", vision))
     runner.run("torchaudio", check_torchaudio, required=False)
     compiling = workers.compile if workers else None
@@ -394,6 +397,7 @@ def _run_all(args: argparse.Namespace, start: float, workers: Background | None 
         # The code in the files says which GPUs the image will run on, GPU or not.
         runner.run("arch audit", lambda: check_arch_audit(report, args.expect_cca, files))
         runner.run("link audit", lambda: check_link_audit(report, links))
+        runner.run("NCCL network", lambda: check_nccl_network(torch, gpu=False))
         if args.allow_cpu:
             run_cpu_checks(torch, runner, vision)
         # Without a GPU, torch.compile is checked on the CPU (Inductor's C++ backend).
