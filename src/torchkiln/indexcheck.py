@@ -140,7 +140,10 @@ def judge(
         return Row(check, "warn", detail + "; the build reads torch's requirements there")
     # An index that does not answer while no other does either: the host may only lack the
     # build's proxy, so no proof; a name that does not resolve, TLS or HTTP refusals are.
-    status = "warn" if answer.kind == "unreachable" and python_answer.problem else "error"
+    # An index that refuses the credentials given here is no proof either: the build may have
+    # others (a token only CI holds).
+    unproven = answer.kind == "unreachable" and python_answer.problem
+    status = "warn" if unproven or answer.problem.startswith("answers HTTP 40") else "error"
     torch = python_answer.versions.get("torch", {})
     found = has_version(torch, wanted["torch"])
     if (
@@ -230,6 +233,22 @@ def _page(index_url: str, project: str, cafile: str) -> Answer | dict[str, int]:
     return files
 
 
+def with_token(url: str, values: Mapping[str, str]) -> str:
+    """PIP_INDEX_URL with PIP_INDEX_TOKEN as its password (user __token__ unless it names one),
+    as docker/scripts/net.sh gives it to pip; other URLs as they are."""
+    token = values.get("PIP_INDEX_TOKEN", "")
+    if not token or url != values.get("PIP_INDEX_URL"):
+        return url
+    from dataclasses import replace
+
+    from torchkiln import compose
+
+    parsed = compose.index_url(url)
+    if parsed.password:
+        return url
+    return replace(parsed, user=parsed.user or "__token__", password=token).text()
+
+
 def index_rows(
     values: Mapping[str, str], cafile: str, default_index: str, wheelhouse: str = ""
 ) -> list[Row]:
@@ -249,9 +268,13 @@ def index_rows(
         if values.get(setting) and (project == "torch" or index.required)
     }
     proxied = bool(urllib.request.getproxies().get("https"))
+    # The Python index as the build's pip gets it: with PIP_INDEX_TOKEN as its password.
+    asked_url = with_token(index.url, values) if index.url == python_index else index.url
     with ThreadPoolExecutor(max_workers=2) as pool:
-        asked = pool.submit(probe, index.url, cafile, python, list(wanted), "", proxied)
-        other = pool.submit(probe, python_index, cafile, python, list(wanted), "", proxied)
+        asked = pool.submit(probe, asked_url, cafile, python, list(wanted), "", proxied)
+        other = pool.submit(
+            probe, with_token(python_index, values), cafile, python, list(wanted), "", proxied
+        )
         answer = asked.result()
         python_answer = answer if python_index == index.url else other.result()
     return [judge(index, answer, python_index, python_answer, wanted, python)]

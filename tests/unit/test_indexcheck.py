@@ -88,3 +88,26 @@ def test_a_failing_torch_index_names_the_setting_and_a_value_that_works(
     assert row.status == status, row
     for word in words:
         assert word in row.detail + row.fix, row
+
+
+@pytest.mark.parametrize(
+    ("url", "token", "expected"),
+    [
+        ("https://index.example/simple", "t0k", "https://__token__:t0k@index.example/simple"),
+        ("https://me@index.example/simple", "t0k", "https://me:t0k@index.example/simple"),
+        ("https://me:pw@index.example/simple", "", "https://me:pw@index.example/simple"),
+        ("https://index.example/simple", "", "https://index.example/simple"),
+    ],
+    ids=["token", "user-and-token", "password-in-url", "none"],
+)
+def test_the_python_index_is_asked_with_the_builds_credentials(url, token, expected):
+    given = {"PIP_INDEX_URL": url, "PIP_INDEX_TOKEN": token}
+    assert indexcheck.with_token(url, given) == expected
+    assert indexcheck.with_token("https://other.example/whl", given) == "https://other.example/whl"
+
+
+def test_an_index_that_refuses_the_credentials_here_is_no_proof():
+    index = indexcheck.TorchIndex(PYTHON, "PIP_INDEX_URL", "CUDA_FROM=pypi", True)
+    refused = indexcheck.Answer("answers HTTP 401 for torch's page", "http")
+    row = indexcheck.judge(index, refused, PYTHON, refused, WANTED, "3.11")
+    assert row.status == "warn" and "HTTP 401" in row.detail
