@@ -24,7 +24,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests" / "integration")]
 
 import projects as images  # noqa: E402
 
-from torchkiln.build import executed_steps  # noqa: E402
+from torchkiln.buildlog import executed_steps  # noqa: E402
 
 
 def context_bytes(log: str) -> float:
