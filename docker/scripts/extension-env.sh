@@ -10,6 +10,8 @@
 #    looks for it: cpp_extension runs $CUDA_HOME/bin/nvcc by absolute path (or PYTORCH_NVCC),
 #    CMake runs CUDACXX, others run `nvcc` from PATH; a CUDA_HOME of links to the real one,
 #    whose bin/nvcc is the wrapper, serves them all.
+#  - A setup.py with use_ninja=False: its extension modules built at once (setuptools' build_ext
+#    parallel, through DIST_EXTRA_CONFIG and torchkiln's build hook), within MAX_JOBS.
 #  - EXTENSION_ARCHS=cca (build-extensions.sh): the arch variables of projects that read their
 #    own (FLASH_ATTN_CUDA_ARCHS, TCNN_CUDA_ARCHITECTURES, CMake's CUDAARCHS), from the CCA.
 # PyTorch's own build names ccache as CMake's compiler launcher (torch-build's ENV): it gets the
@@ -68,6 +70,10 @@ EOF
   # PATH: the links above and the wrapper already do, and ccache must not run the wrapper.
   export TORCH_NO_COMPILER_WRAPPER=1
   eval "$("$python" -m torchkiln.inimage.nvcc env "$tree")"
+  # A setup.py that turns ninja off: its modules at once, within MAX_JOBS (modules.py says how).
+  local modules
+  modules=$("$python" -m torchkiln.inimage.modules env "$tree") || return 1
+  eval "$modules"
 }
 extension_env "$1"
 unset -f extension_env
