@@ -35,10 +35,16 @@ extension_env() {
     export TORCHKILN_CCACHE TORCHKILN_CCACHE_BIN=$tools/ccache-bin PATH=$tools/ccache-bin:$PATH
   fi
 
+  # A setup.py that turns ninja off: its modules at once, within MAX_JOBS (modules.py says how),
+  # with or without CUDA.
+  python=$(command -v python3 || command -v python)
+  local modules
+  modules=$("$python" -m torchkiln.inimage.modules env "$tree") || return 1
+  eval "$modules"
+
   cuda_home=${CUDA_HOME:-/usr/local/cuda}
   real=$cuda_home/bin/nvcc
   [[ ${USE_CUDA:-1} != 0 && -x $real ]] || return 0
-  python=$(command -v python3 || command -v python)
   if ! library=$("$python" -c 'import os, torchkiln.inimage.nvcc as m
 print(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(m.__file__)))))'); then
     echo "ERROR: torchkiln.inimage is not importable by $python; extension-env.sh needs it on" \
@@ -70,10 +76,6 @@ EOF
   # PATH: the links above and the wrapper already do, and ccache must not run the wrapper.
   export TORCH_NO_COMPILER_WRAPPER=1
   eval "$("$python" -m torchkiln.inimage.nvcc env "$tree")"
-  # A setup.py that turns ninja off: its modules at once, within MAX_JOBS (modules.py says how).
-  local modules
-  modules=$("$python" -m torchkiln.inimage.modules env "$tree") || return 1
-  eval "$modules"
 }
 extension_env "$1"
 unset -f extension_env
