@@ -1,110 +1,104 @@
 #!/bin/bash
-# On a GPU host with torch, nvcc, cmake and ninja but no Docker and no network: build
-# causal-conv1d 1.7.0 (its sdist, carried in) for one CCA (default 9.0) with
-# docker/scripts/build-wheel.sh, the script the image's build stages run, and the same nvcc
-# wrapper (docker/scripts/extension-env.sh): once with EXTENSION_ARCHS=cca (the default policy)
-# and once with as-is, one after the other, timing both; print each wheel's size and SASS (the
-# fatbin reader, and cuobjdump when the toolkit has it) and the build's own report line; audit the
-# cca wheel on this GPU; run the package's own tests/test_causal_conv1d.py on the GPU against it.
+# On a GPU host with torch, nvcc, cmake and ninja but no Docker and no network: build each given
+# extension sdist for one CCA with docker/scripts/build-wheel.sh (the script the image's extension
+# stage runs, with its nvcc wrapper and build hook, through scripts/measure_modules.py), and print
+# for each: build time, wheel size, SASS/PTX (cuobjdump and the fatbin reader), the arch verdict
+# (extreport), the arch and link audit of the wheel installed alone, the checks of its ops in
+# scripts/gpu_extension_ops.py if it has some, and its own tests where its sdist ships them.
 #
-# Usage: scripts/gpu_extensions.sh CARRY OUT [CCA]   (from the checkout's root)
-# CARRY holds what this machine cannot download:
-#   causal_conv1d-1.7.0.tar.gz   the sdist, sha256 3202758494eaa7b597ce1c282dfa188889506bfcb92cad3c407d26736bfcd32b
-#                                (it has tests/test_causal_conv1d.py); in any environment with
-#                                torch: CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE pip download --no-deps
-#                                --no-build-isolation --no-binary :all: causal-conv1d==1.7.0 -d CARRY
-#   wheels/                      pip download --only-binary :all: --python-version 3.12 -d
-#                                CARRY/wheels setuptools wheel packaging einops pytest (its setup.py
-#                                imports the first three, its tests the others; pytest brings
-#                                iniconfig, pluggy, pygments); pip takes only what the host lacks
-# OUT gets each build's log, wheel, nvcc call log and report, the tests' output, summary.txt;
-# with NVCC_TIME=1 also each build's nvcc-phases.csv (nvcc --time).
+# Usage: scripts/gpu_extensions.sh OUT CCA POLICY SDIST…   (from the checkout's root)
+#   POLICY   EXTENSION_ARCHS: cca (exactly the CCA) or as-is (the project's own flags)
+#   MODES    (environment) TORCHKILN_EXTENSION_MODULES values to build in, one after the other,
+#            the first the baseline; default: "off parallel" for a project whose setup.py turns
+#            ninja off (today's way vs modules at once, ratio and wheel contents compared), else
+#            "parallel" (one build)
+#   WHEELS   (environment) a folder of wheels pip may install from (no network): the tests' needs
+# OUT gets per sdist: each mode's build log, nvcc call log, modules record and wheel, the audit,
+# the tests' output; summary.txt collects what is printed.
 set -euo pipefail
-carry=$(cd "$1" && pwd)
-mkdir -p "$2"
-out=$(cd "$2" && pwd) cca=${3:-9.0}
+(($# >= 4)) || { sed -n '2,17p' "$0" >&2; exit 2; }
+mkdir -p "$1"
+out=$(cd "$1" && pwd) cca=$2 policy=$3
+shift 3
 repo=$(pwd)
-sdist=$carry/causal_conv1d-1.7.0.tar.gz
-[[ -s $sdist ]] || { echo "ERROR: $sdist is missing; see the head of $0" >&2; exit 1; }
-export PYTHONPATH=$repo/src
-# build-wheel.sh calls `pip` and `python`; a bare host may only have python3. No network: pip
-# takes what is missing from the carried wheels.
+[[ $policy == cca || $policy == as-is ]] || {
+  echo "ERROR: POLICY '$policy' is not an EXTENSION_ARCHS value; write cca or as-is" >&2; exit 2
+}
+for sdist in "$@"; do
+  [[ -s $sdist ]] || { echo "ERROR: $sdist is missing or empty; carry it in (pip download --no-deps --no-binary :all: NAME==VERSION)" >&2; exit 2; }
+done
+export PYTHONPATH=$repo/src${PYTHONPATH:+:$PYTHONPATH}
+# build-wheel.sh calls `pip` and `python`; on such a host `pip` may be another Python's.
 shims=$(mktemp -d)
 printf '#!/bin/sh\nexec python3 -m pip "$@"\n' >"$shims/pip"
 printf '#!/bin/sh\nexec python3 "$@"\n' >"$shims/python"
 chmod +x "$shims/pip" "$shims/python"
-export PATH=$shims:$PATH PIP_NO_INDEX=1 PIP_FIND_LINKS=$carry/wheels
-export FORCE_CUDA=1 CAUSAL_CONV1D_FORCE_BUILD=TRUE CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
-# The timings compare compiles: ccache (if this host has it) must not serve the second build.
-export CCACHE_DISABLE=1
+export PATH=$shims:$PATH PIP_NO_INDEX=1 ${WHEELS:+PIP_FIND_LINKS=$WHEELS}
+# As build-extensions.sh: compile, for the CUDA variant only (PyG's extensions), never download.
+export FORCE_CUDA=1 FORCE_ONLY_CUDA=1 FLASH_ATTENTION_FORCE_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE
+export CAUSAL_CONV1D_FORCE_BUILD=TRUE CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} EXTENSION_ARCHS=$policy
 eval "$(python3 -c "
 from torchkiln import gpu
 for name, value in gpu.cca_build_args('$cca').items():
     print(f'export {name}={value!r}')")"
-python3 -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda,
-  torch.cuda.get_device_name(0) if torch.cuda.is_available() else "(no GPU visible)")' |
-  tee "$out/host.txt"
-echo "cores $(nproc), memory $(awk '/^MemTotal:/ {print int($2 / 1048576)}' /proc/meminfo) GB, nvcc: $("$CUDA_HOME/bin/nvcc" --version | tail -1)" |
-  tee -a "$out/host.txt"
-
 summary=$out/summary.txt
-: >"$summary"
-build_as() {
-  local policy=$1 work=$out/$1 tree started seconds wheel
-  rm -rf "$work" && mkdir -p "$work/src" "$work/wheels"
-  tar -xzf "$sdist" -C "$work/src"
-  tree=$(find "$work/src" -mindepth 1 -maxdepth 1 -type d)
-  started=$(date +%s)
-  # NVCC_TIME=1: nvcc's own time per phase (cicc, ptxas, the host compiler) of every call.
-  NVCC_APPEND_FLAGS=${NVCC_TIME:+--time=$work/nvcc-phases.csv} \
-    EXTENSION_ARCHS=$policy TORCHKILN_NVCC_LOG=$work/nvcc-calls.jsonl \
-    TORCHKILN_BUILD_NAME=causal-conv1d "$repo/docker/scripts/build-wheel.sh" "$tree" "$work/wheels" \
-    >"$work/build.log" 2>&1 || { tail -40 "$work/build.log"; echo "ERROR: the $policy build failed"; exit 1; }
-  seconds=$(($(date +%s) - started))
-  wheel=$(ls "$work"/wheels/causal_conv1d-*.whl)
-  {
-    echo "=== EXTENSION_ARCHS=$policy, CCA $cca: built in $seconds s"
-    grep -E '^torchkiln(-jobs)?: (nvcc through|.*MAX_JOBS=)' "$work/build.log" || true
-    echo "wheel: $(basename "$wheel") $(stat -c %s "$wheel") bytes ($(($(stat -c %s "$wheel") / 1000000)) MB)"
-    python3 -m torchkiln.inimage.extreport report --name causal-conv1d \
-      --source causal-conv1d==1.7.0 --wheel "$wheel" --cca "$TORCH_CUDA_ARCH_LIST" \
-      --policy "$policy" --nvcc-log "$work/nvcc-calls.jsonl" --tree "$tree" --seconds "$seconds" |
-      grep -v '^torchkiln-extension: ' || true
-    if [[ -x $CUDA_HOME/bin/cuobjdump ]]; then
-      mkdir -p "$work/unpacked" && python3 -m zipfile -e "$wheel" "$work/unpacked"
-      echo "cuobjdump: $("$CUDA_HOME/bin/cuobjdump" --list-elf --list-ptx "$work"/unpacked/*.so 2>&1 |
-        grep -oE '(sm_[0-9]+[af]?)\.(cubin|ptx)' | sort -u | tr '\n' ' ')"
-    fi
-  } | tee -a "$summary"
-  echo "$seconds" >"$work/seconds"
-}
-# One after the other: side by side they would share the cores, and neither time would be its own.
-# POLICIES="as-is" builds only that one (e.g. when an earlier run measured cca).
-for policy in ${POLICIES:-cca as-is}; do
-  build_as "$policy"
-done
-if [[ -s $out/cca/seconds && -s $out/as-is/seconds ]]; then
-  python3 - "$(cat "$out/cca/seconds")" "$(cat "$out/as-is/seconds")" "$out"/cca/wheels/*.whl <<'PY' |
-import os, sys
-cca, asis, wheel = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
-print(f"=== cca/as-is build time: {cca:.0f} s / {asis:.0f} s = {cca / asis:.2f} (goal <= 0.50)")
-print(f"=== cca wheel: {os.path.getsize(wheel) / 1e6:.1f} MB (goal <= 30 MB)")
-PY
-    tee -a "$summary"
-fi
-[[ -s $out/cca/seconds ]] || exit 0  # the tests below take the cca wheel
+{
+  python3 -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda,
+    torch.cuda.get_device_name(0) if torch.cuda.is_available() else "(no GPU visible)")'
+  echo "cores $(nproc), memory $(awk '/^MemTotal:/ {print int($2 / 1048576)}' /proc/meminfo) GB," \
+    "nvcc: $("$CUDA_HOME/bin/nvcc" --version | tail -1); CCA $cca, EXTENSION_ARCHS=$policy"
+} | tee "$summary"
 
-# The cca wheel on this GPU: the audit first (it must pass), then the package's own tests.
-site=$out/site-cca deps=$out/test-deps run=$out/tests-run
-rm -rf "$site" "$deps" "$run" && mkdir -p "$run"
-python3 -m pip install -q --no-deps --target "$site" "$out"/cca/wheels/*.whl
-python3 -m pip install -q --target "$deps" einops pytest
-echo "=== arch audit of the cca wheel on this GPU" | tee -a "$summary"
-python3 -m torchkiln.smoke --audit-only --expect-cca "$cca" "$site" | tee -a "$summary" || true
-# Run from a folder of their own: the sdist's causal_conv1d/ (without the compiled module) must
-# not shadow the installed one.
-cp "$out"/cca/src/*/tests/test_causal_conv1d.py "$run/"
-echo "=== tests/test_causal_conv1d.py against the cca wheel" | tee -a "$summary"
-(cd "$run" && PYTHONPATH=$site:$deps:$PYTHONPATH python3 -m pytest -q -p no:cacheprovider \
-  test_causal_conv1d.py >"$out/tests.log" 2>&1) || true
-tail -3 "$out/tests.log" | tee -a "$summary"
+one() {
+  local sdist=$1 base name work tree modes mode wheel site run tests
+  base=$(basename "$sdist") && name=${base%.tar.gz} && name=${name%.zip}
+  work=$out/$name && rm -rf "$work" && mkdir -p "$work/src"
+  case $sdist in
+    *.zip) python3 -m zipfile -e "$sdist" "$work/src" ;;
+    *) tar -xzf "$sdist" -C "$work/src" ;;
+  esac
+  tree=$(find "$work/src" -mindepth 1 -maxdepth 1 -type d | head -1)
+  if python3 -c 'import sys; from torchkiln.inimage import modules; sys.exit(not modules.ninja_off(sys.argv[1]))' "$tree"; then
+    modes=${MODES:-off parallel}
+  else
+    modes=${MODES:-parallel}
+  fi
+  echo "=== $name (EXTENSION_ARCHS=$policy, CCA $cca, modes: $modes)"
+  python3 "$repo/scripts/measure_modules.py" "$sdist" --cca "$TORCH_CUDA_ARCH_LIST" \
+    --modes "${modes// /,}" --out "$work" --name "$name" || return 1
+  mode=${modes##* }
+  wheel=$(ls "$work/$mode"/*.whl)
+  echo "wheel ($mode): $(basename "$wheel") $(stat -c %s "$wheel") bytes"
+  python3 -m torchkiln.inimage.extreport report --name "$name" --source "$base" --wheel "$wheel" \
+    --cca "$TORCH_CUDA_ARCH_LIST" --policy "$policy" --nvcc-log "$work/$mode-nvcc.jsonl" \
+    --modules-log "$work/$mode-modules.log" --tree "$tree" | grep -v '^torchkiln-extension: ' || true
+  site=$work/site && rm -rf "$site"
+  python3 -m pip install -q --no-deps --target "$site" "$wheel"
+  if [[ -x $CUDA_HOME/bin/cuobjdump ]]; then
+    echo "cuobjdump: $(find "$site" -name '*.so' -exec "$CUDA_HOME/bin/cuobjdump" --list-elf --list-ptx {} + 2>&1 |
+      grep -oE '(sm_[0-9]+[af]?)\.(cubin|ptx)' | sort | uniq -c | awk '{printf "%s x%s ", $2, $1}')"
+  fi
+  echo "--- arch and link audit of the wheel on this GPU"
+  python3 -m torchkiln.smoke --audit-only --expect-cca "$cca" "$site" 2>&1 | tee "$work/audit.txt" || true
+  echo "--- checks of its ops"
+  (cd "$work" && PYTHONPATH=$site:$PYTHONPATH python3 "$repo/scripts/gpu_extension_ops.py" \
+    "$(python3 -m torchkiln.inimage.extreport name "$tree" --default "$name")") || true
+  tests=$(find "$tree" -maxdepth 1 -type d \( -name test -o -name tests \) | head -1)
+  if [[ -n $tests ]]; then
+    echo "--- its own tests ($(basename "$tests")/) against the wheel"
+    run=$work/tests-run && rm -rf "$run" && cp -r "$tests" "$run"
+    # From a folder of their own: the sdist's package (without compiled modules) must not shadow
+    # the installed one.
+    (cd "$run" && PYTHONPATH=$site:$PYTHONPATH python3 -m pytest -q -p no:cacheprovider . \
+      >"$work/tests.log" 2>&1) || true
+    tail -3 "$work/tests.log"
+  else
+    echo "--- its sdist ships no tests"
+  fi
+}
+status=0
+for sdist in "$@"; do
+  one "$(cd "$(dirname "$sdist")" && pwd)/$(basename "$sdist")" 2>&1 | tee -a "$summary" ||
+    status=1
+done
+exit $status

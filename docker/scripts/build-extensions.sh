@@ -60,7 +60,7 @@ build_one() {
   echo "torchkiln: extension $name ($source), EXTENSION_ARCHS=$EXTENSION_ARCHS"
   before=$(find "$wheel_dir" -maxdepth 1 -name '*.whl' | sort)
   # The nvcc wrapper logs what each call asked for: the report says why a wheel holds more.
-  export TORCHKILN_NVCC_LOG=$log.nvcc TORCHKILN_BUILD_NAME=$name
+  export TORCHKILN_NVCC_LOG=$log.nvcc TORCHKILN_BUILD_NAME=$name TORCHKILN_MODULES_LOG=$log.modules
   # torch is installed above, once for every extension.
   if ! "$here/build-wheel.sh" "$tree" "$wheel_dir" 2>&1 | tee "$log"; then
     fail "$name" "$source" "compile (pip wheel --no-build-isolation)" "$log" "$folder"
@@ -72,7 +72,7 @@ build_one() {
   fi
   if ! python -m torchkiln.inimage.extreport report --name "$name" --source "$source" \
     --wheel "$wheel" --cca "${TORCH_CUDA_ARCH_LIST:-}" --policy "$EXTENSION_ARCHS" \
-    --nvcc-log "$TORCHKILN_NVCC_LOG" --tree "$tree" --seconds $((SECONDS - started)) 2>&1 |
+    --nvcc-log "$TORCHKILN_NVCC_LOG" --modules-log "$TORCHKILN_MODULES_LOG" --tree "$tree" --seconds $((SECONDS - started)) 2>&1 |
     tee -a "$log"; then
     fail "$name" "$source" "the arch check of its wheel" "$log" "$folder"
   fi

@@ -10,6 +10,8 @@
 #    looks for it: cpp_extension runs $CUDA_HOME/bin/nvcc by absolute path (or PYTORCH_NVCC),
 #    CMake runs CUDACXX, others run `nvcc` from PATH; a CUDA_HOME of links to the real one,
 #    whose bin/nvcc is the wrapper, serves them all.
+#  - A setup.py with use_ninja=False: its extension modules built at once (setuptools' build_ext
+#    parallel, through DIST_EXTRA_CONFIG and torchkiln's build hook), within MAX_JOBS.
 #  - EXTENSION_ARCHS=cca (build-extensions.sh): the arch variables of projects that read their
 #    own (FLASH_ATTN_CUDA_ARCHS, TCNN_CUDA_ARCHITECTURES, CMake's CUDAARCHS), from the CCA.
 # PyTorch's own build names ccache as CMake's compiler launcher (torch-build's ENV): it gets the
@@ -33,10 +35,16 @@ extension_env() {
     export TORCHKILN_CCACHE TORCHKILN_CCACHE_BIN=$tools/ccache-bin PATH=$tools/ccache-bin:$PATH
   fi
 
+  # A setup.py that turns ninja off: its modules at once, within MAX_JOBS (modules.py says how),
+  # with or without CUDA.
+  python=$(command -v python3 || command -v python)
+  local modules
+  modules=$("$python" -m torchkiln.inimage.modules env "$tree") || return 1
+  eval "$modules"
+
   cuda_home=${CUDA_HOME:-/usr/local/cuda}
   real=$cuda_home/bin/nvcc
   [[ ${USE_CUDA:-1} != 0 && -x $real ]] || return 0
-  python=$(command -v python3 || command -v python)
   if ! library=$("$python" -c 'import os, torchkiln.inimage.nvcc as m
 print(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(m.__file__)))))'); then
     echo "ERROR: torchkiln.inimage is not importable by $python; extension-env.sh needs it on" \

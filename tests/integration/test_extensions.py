@@ -34,11 +34,11 @@ CCA = "8.6"
 CUDA = {"CUDA_FROM": "pypi", "MAX_JOBS": "", "BUILD_MODE": "torch-wheel"}
 
 
-def fixture_copy(where: Path, change: str = "") -> Path:
+def fixture_copy(where: Path, change: str = "", fixture: Path = FIXTURE) -> Path:
     """A copy of the fixture that BuildKit has not seen (a new file outside the compile), so the
     extension step runs and reports; `change` is a line appended to shift.cu."""
     target = where / f"ext-{uuid.uuid4().hex[:8]}"
-    shutil.copytree(FIXTURE, target)
+    shutil.copytree(fixture, target)
     (target / "BUILD-STAMP").write_text(uuid.uuid4().hex)
     if change:
         kernel = target / "csrc" / "shift.cu"
@@ -85,14 +85,16 @@ def build(project: Project, folder: Path, policy: str | None = None) -> str:
     return run_task(project, "build", folder, policy, "--no-up")
 
 
-def export(project: Project, folder: Path, policy: str | None = None) -> tuple[str, Path, dict]:
+def export(
+    project: Project, folder: Path, policy: str | None = None, name: str = NAME
+) -> tuple[str, Path, dict]:
     """`invoke wheels` of the stages alone (no train image: each costs gigabytes of disk); its
     output, the fixture's wheel and its BUILD-INFO entry."""
     dest = project.root / f"dist-{uuid.uuid4().hex[:6]}"
     output = run_task(project, "wheels", folder, policy, "--dest", str(dest))
-    (wheel,) = dest.glob(f"{NAME}-*.whl")
+    (wheel,) = dest.glob(f"{name}-*.whl")
     info = json.loads((dest / "BUILD-INFO.json").read_text())
-    (entry,) = [entry for entry in info["wheels"] if entry["name"] == NAME]
+    (entry,) = [entry for entry in info["wheels"] if entry["name"] == name]
     return output, wheel, entry
 
 
@@ -309,3 +311,29 @@ def test_arch_specific_code_the_cca_drops_fails_naming_the_target_and_both_fixes
     assert last.startswith(f"error: extension hopper_ops ({folder}) failed at compile"), last
     for words in ("wgmma.cu", "sm_90a", "CCA to 9.0a", "EXTENSION_ARCHS=as-is"):
         assert words in last, last
+
+
+NINJA_OFF = REPO / "tests" / "fixtures" / "ninja_off_extension"
+
+
+def test_a_ninja_off_project_builds_its_modules_within_the_budget_and_says_so(
+    extension_project: Project, cuobjdump: Path, tmp_path: Path
+) -> None:
+    """torch-scatter's kind (use_ninja=False, several modules): told apart before the compile,
+    its modules built by setuptools' build_ext within MAX_JOBS through the build hook, each
+    module compiled for the CCA by the real nvcc, and the summary says how."""
+    folder = fixture_copy(tmp_path, fixture=NINJA_OFF)
+    output, wheel, entry = export(extension_project, folder, name="kiln_ninja_off")
+    assert "torchkiln: ninja off in its setup.py (use_ninja=False): its modules compile" in output
+    (line,) = extension_lines(output)
+    # CI's 2 cores, shared by the vision stand-in's stage: MAX_JOBS is 1 there, 2+ elsewhere.
+    assert re.fullmatch(
+        r"extension: +kiln_ninja_off: sm_86 \(CCA 8\.6\); [\d.]+ MB, built in \d+ s; ninja off "
+        r"in its setup\.py: 3 modules compiled (in parallel \(\d+ at once\)|one at a time "
+        r"\(parallel = 1\))",
+        line,
+    ), line
+    with zipfile.ZipFile(wheel) as archive:
+        libraries = sorted(n for n in archive.namelist() if n.endswith(".so"))
+    assert libraries == [f"kiln_ninja_off/_{m}.so" for m in ("cumsum", "rowmax", "rowsum")]
+    assert (entry["sass"], entry["ptx"]) == (["sm_86"], [])

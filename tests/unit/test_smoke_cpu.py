@@ -376,3 +376,23 @@ def test_torchvision_worker_for_another_device_is_not_trusted(monkeypatch) -> No
     monkeypatch.setattr(vision, "verdict", lambda: {"device": "cpu", "status": "pass"})
     monkeypatch.setattr(workers, "check_torchvision", lambda torch, device: f"ran on {device}")
     assert vision.result(torch, "cuda") == "ran on cuda"
+
+
+@pytest.mark.parametrize(
+    ("check", "status"),
+    [
+        (lambda: "fp32 rel. error 1e-7", report.PASS),
+        (lambda: (_ for _ in ()).throw(report.CheckWarned("slow first start")), report.WARN),
+        (lambda: (_ for _ in ()).throw(report.CheckFailed("conv differs")), report.FAIL),
+        (lambda: (_ for _ in ()).throw(RuntimeError("cuDNN error")), report.FAIL),
+    ],
+    ids=["pass", "warn", "fail", "exception"],
+)
+def test_a_check_begun_in_a_thread_keeps_its_rows_meaning(check, status) -> None:
+    """cuDNN's row starts early in a thread: the row reads as it would have in line."""
+    in_line, early = report.Runner(), report.Runner()
+    in_line.run("cuDNN conv2d fwd/bwd", check)
+    early.run("cuDNN conv2d fwd/bwd", report.InThread(check).result)
+    (first,), (second,) = in_line.report.checks, early.report.checks
+    assert (second.status, second.detail) == (first.status, first.detail)
+    assert second.status == status

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from torchkiln.inimage import archs as arch_rules
+from torchkiln.inimage import modules as module_rules
 from torchkiln.inimage.fatbin import FatbinError, arch_sort_key, read_archs
 
 REPORT_PREFIX = "torchkiln-extension: "
@@ -153,8 +154,10 @@ def judge(
     calls: int,
     build_file: str,
     seconds: float | None = None,
+    modules: str | None = None,
 ) -> dict[str, object]:
-    """Compare what a wheel holds with its CCA; the dict is the report line's content."""
+    """Compare what a wheel holds with its CCA; the dict is the report line's content
+    (`modules`: how a ninja-off project's modules were built, in words)."""
     items = arch_rules.parse_cca(cca) if cca.strip() else []
     expected = arch_rules.expected_binaries(items)
     held = [*sass, *ptx]
@@ -179,6 +182,7 @@ def judge(
         "nvcc_calls": calls,
         "build_file": build_file,
         "seconds": seconds,
+        "modules": modules,
     }
 
 
@@ -238,6 +242,8 @@ def describe(report: dict[str, object]) -> str:
     size = _size(int(report["bytes"]))  # type: ignore[call-overload]
     if report.get("seconds") is not None:
         size += f", built in {float(report['seconds']):.0f} s"  # type: ignore[arg-type]
+    if report.get("modules"):
+        size += f"; {report['modules']}"
     if not sass and not ptx:
         return f"{name}: no CUDA code; {size}"
     held = _short(sass) + (f" + PTX {_short(ptx)}" if ptx else "")
@@ -299,6 +305,7 @@ def _report(options: argparse.Namespace) -> int:
         calls=len(calls),
         build_file=build_file,
         seconds=options.seconds,
+        modules=module_rules.describe(module_rules.read_record(options.modules_log)),
     )
     print(REPORT_PREFIX + json.dumps(report))
     print(f"torchkiln: extension {describe(report)}")
@@ -323,6 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add_argument("--policy", choices=POLICIES, default="cca")
     report.add_argument("--nvcc-log", default="")
     report.add_argument("--tree", default="", help="the source tree (names its build file)")
+    report.add_argument("--modules-log", default="", help="the build hook's record (ninja off)")
     report.add_argument("--seconds", type=float, default=None, help="how long its build took")
     name = commands.add_parser("name", help="the project name a source tree declares")
     name.add_argument("tree")

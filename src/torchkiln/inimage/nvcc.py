@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from torchkiln.inimage import archs as arch_rules
+from torchkiln.inimage import modules
 
 # Target options as nvcc spells them, each taking one value (`-o v` or `-o=v`).
 GENCODE = ("-gencode", "--generate-code")
@@ -363,6 +364,10 @@ def env_lines(tree: str, environ: Mapping[str, str]) -> list[str]:
     max_jobs = int(environ.get("MAX_JOBS") or 1)
     sources = count_cuda_sources(tree)
     threads = nvcc_threads(max_jobs, sources)
+    # Without ninja one file compiles at a time: the build hook shares the budget once it knows
+    # how many modules compile at once (torchkiln.inimage.modules).
+    if environ.get("TORCHKILN_EXTENSION_MODULES") != "off" and modules.ninja_off(tree):
+        threads = max(1, max_jobs)
     variables = {"TORCHKILN_NVCC_THREADS": str(threads), "NVCC_THREADS": str(threads)}
     if threads > 1 and has_split_compile(environ.get("TORCHKILN_REAL_NVCC", "")):
         variables["TORCHKILN_NVCC_SPLIT"] = "1"

@@ -48,6 +48,7 @@ from torchkiln.inimage.report import (
     CheckFailed,
     CheckSkipped,
     CheckWarned,
+    InThread,
     Report,
     Runner,
     render_table,
@@ -262,6 +263,9 @@ def run_cuda_checks(
     files = workers.files if workers else None
     started = start_all_reduce(torch)
     network = start_probe(torch)
+    # cuDNN's first conv loads its libraries and picks algorithms (seconds on a fresh machine):
+    # begun now, beside the arch rows and the audits, which mostly wait for their workers.
+    cudnn = InThread(lambda: check_cudnn(torch))
     archs = torch_arch_list(torch)
     for device in runner.report.devices:
         index = device["index"]
@@ -273,7 +277,7 @@ def run_cuda_checks(
     runner.run("link audit", lambda: check_link_audit(runner.report, workers and workers.links))
     if args.expect_cca:
         runner.run("expected CCA", lambda: check_expected_cca(archs, args.expect_cca))
-    runner.run("cuDNN conv2d fwd/bwd", lambda: check_cudnn(torch))
+    runner.run("cuDNN conv2d fwd/bwd", cudnn.result)
     for mode, tol, want in (
         ("fp32", TOL_FP32, "float32"),
         ("tf32", TOL_TF32, "float32"),
