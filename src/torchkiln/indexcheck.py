@@ -165,6 +165,12 @@ def judge(
     return Row(check, status, detail + "; the build would fail at its torch download", fix)
 
 
+def without_credentials(url: str) -> str:
+    """The URL without its user and password; host, port and IPv6 brackets as they were."""
+    parsed = urllib.parse.urlsplit(url)
+    return parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl()
+
+
 def fetch(url: str, cafile: str, limit: int = 0) -> tuple[str, bytes]:
     """GET a page (the simple API's JSON where the index speaks it) or a file (at most `limit`
     bytes: more is a ValueError); its content type and body."""
@@ -174,7 +180,7 @@ def fetch(url: str, cafile: str, limit: int = 0) -> tuple[str, bytes]:
         token = f"{urllib.parse.unquote(parsed.username or '')}:"
         token += urllib.parse.unquote(parsed.password)
         headers["Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
-        url = parsed._replace(netloc=parsed.hostname or "").geturl()
+        url = without_credentials(url)
     context = ssl.create_default_context(cafile=cafile or None)
     request = urllib.request.Request(url, headers=headers)
     with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S, context=context) as response:

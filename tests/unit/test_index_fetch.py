@@ -1,0 +1,81 @@
+"""The index fetch over real sockets: credentials in the URL go as Basic authorization to the
+index's own host and port, never along a redirect to another host; bad answers are the
+index's fault in one line."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from torchkiln import indexcheck
+
+
+class Server:
+    """A local HTTP server answering each path from `routes` and recording what it was sent."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
+        self.seen: list[tuple[str, str]] = []  # (path, Authorization)
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.seen.append((self.path, self.headers.get("Authorization", "")))
+                code, headers, body = server.routes.get(self.path, (404, {}, b""))
+                self.send_response(code)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def servers() -> Iterator[tuple[Server, Server]]:
+    index, cdn = Server(), Server()
+    try:
+        yield index, cdn
+    finally:
+        index.close()
+        cdn.close()
+
+
+BASIC = "Basic " + base64.b64encode(b"__token__:s3cret").decode()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://u:p@idx:8443/simple", "https://idx:8443/simple"),
+        ("https://u:p@[::1]:8443/simple", "https://[::1]:8443/simple"),
+        ("https://u:p@[fe80::1]/simple", "https://[fe80::1]/simple"),
+        ("https://__token__:a%40b@idx.example/simple/", "https://idx.example/simple/"),
+        ("https://idx.example:444/simple", "https://idx.example:444/simple"),
+    ],
+)
+def test_credentials_leave_the_url_with_its_port_and_brackets(url, expected):
+    assert indexcheck.without_credentials(url) == expected
+
+
+def test_an_index_on_its_own_port_is_asked_there_with_the_password(servers):
+    index, _ = servers
+    index.routes["/simple/torch/"] = (200, {"Content-Type": "text/html"}, b"<a></a>")
+    url = f"http://__token__:s3cret@127.0.0.1:{index.port}/simple/torch/"
+    _, body = indexcheck.fetch(url, "")
+    assert body == b"<a></a>"
+    assert index.seen == [("/simple/torch/", BASIC)]
