@@ -171,19 +171,44 @@ def without_credentials(url: str) -> str:
     return parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl()
 
 
+def origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port: where a password given for `url` may go."""
+    parsed = urllib.parse.urlsplit(url)
+    default = {"https": 443, "http": 80}.get(parsed.scheme)
+    return parsed.scheme, (parsed.hostname or "").lower(), parsed.port or default
+
+
+class _SameOriginAuth(urllib.request.HTTPRedirectHandler):
+    """Follow redirects; the index's credentials go along only to the index's own origin
+    (a redirect to a file host or CDN gets none)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        auth = req.unredirected_hdrs.get("Authorization")
+        if new is not None and auth and origin(new.full_url) == origin(req.full_url):
+            new.add_unredirected_header("Authorization", auth)
+        return new
+
+
 def fetch(url: str, cafile: str, limit: int = 0) -> tuple[str, bytes]:
     """GET a page (the simple API's JSON where the index speaks it) or a file (at most `limit`
-    bytes: more is a ValueError); its content type and body."""
+    bytes: more is a ValueError); its content type and body. A password in the URL goes as
+    Basic authorization to that origin only, never along a redirect to another host."""
     parsed = urllib.parse.urlsplit(url)
-    headers = {"Accept": f"{_SIMPLE_JSON}, text/html;q=0.1"}
+    auth = ""
     if parsed.password is not None:
         token = f"{urllib.parse.unquote(parsed.username or '')}:"
         token += urllib.parse.unquote(parsed.password)
-        headers["Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
+        auth = "Basic " + base64.b64encode(token.encode()).decode()
         url = without_credentials(url)
     context = ssl.create_default_context(cafile=cafile or None)
-    request = urllib.request.Request(url, headers=headers)
-    with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S, context=context) as response:
+    request = urllib.request.Request(url, headers={"Accept": f"{_SIMPLE_JSON}, text/html;q=0.1"})
+    if auth:
+        request.add_unredirected_header("Authorization", auth)
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPSHandler(context=context), _SameOriginAuth
+    )
+    with opener.open(request, timeout=PROBE_TIMEOUT_S) as response:
         body = response.read(limit + 1) if limit else response.read()
         if limit and len(body) > limit:
             raise ValueError(f"{url} is larger than {limit} bytes")

@@ -79,3 +79,23 @@ def test_an_index_on_its_own_port_is_asked_there_with_the_password(servers):
     _, body = indexcheck.fetch(url, "")
     assert body == b"<a></a>"
     assert index.seen == [("/simple/torch/", BASIC)]
+
+
+def test_a_redirect_to_another_host_gets_no_password(servers):
+    index, cdn = servers
+    file_url = f"http://127.0.0.1:{cdn.port}/files/torch.whl"
+    index.routes["/simple/torch/"] = (302, {"Location": file_url}, b"")
+    cdn.routes["/files/torch.whl"] = (200, {"Content-Type": "application/octet-stream"}, b"w")
+    _, body = indexcheck.fetch(f"http://__token__:s3cret@127.0.0.1:{index.port}/simple/torch/", "")
+    assert body == b"w"
+    assert index.seen == [("/simple/torch/", BASIC)]
+    assert cdn.seen == [("/files/torch.whl", "")]
+
+
+def test_a_redirect_on_the_index_itself_keeps_the_password(servers):
+    index, _ = servers
+    index.routes["/simple/torch"] = (301, {"Location": "/simple/torch/"}, b"")
+    index.routes["/simple/torch/"] = (200, {"Content-Type": "text/html"}, b"ok")
+    _, body = indexcheck.fetch(f"http://__token__:s3cret@127.0.0.1:{index.port}/simple/torch", "")
+    assert body == b"ok"
+    assert index.seen == [("/simple/torch", BASIC), ("/simple/torch/", BASIC)]
