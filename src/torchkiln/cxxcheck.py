@@ -119,13 +119,12 @@ def problem(
 
 def sdist_files(index_url: str, project: str, cafile: str) -> dict[str, str]:
     """The source distributions of a project on an index: version -> download URL."""
-    import json
     import urllib.parse
 
     kind, body = indexcheck.fetch(f"{index_url.rstrip('/')}/{project}/", cafile)
     links: list[str] = []
     if "json" in kind:
-        links = [str(item.get("url", "")) for item in json.loads(body).get("files", [])]
+        links = [str(item.get("url", "")) for item in indexcheck.simple_files(body)]
     else:
         page = body.decode("utf-8", "replace")
         base = f"{index_url.rstrip('/')}/{project}/"

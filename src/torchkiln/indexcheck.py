@@ -256,11 +256,26 @@ def _page(index_url: str, project: str, cafile: str) -> Answer | dict[str, int]:
         return Answer(f"does not answer from here ({reason})", "unreachable")
     files: dict[str, int] = {}
     if _SIMPLE_JSON in kind:
-        for item in json.loads(body).get("files", []):
-            files[str(item.get("filename", ""))] = int(item.get("size") or 0)
+        try:
+            for item in simple_files(body):
+                files[str(item.get("filename", ""))] = int(item.get("size") or 0)
+        except (ValueError, TypeError) as error:
+            return Answer(f"answers {project}'s page with {error}", "http")
     else:
         for name in re.findall(r'href="([^"#]+\.whl)', body.decode("utf-8", "replace")):
             files[name.rsplit("/", 1)[-1]] = 0
+    return files
+
+
+def simple_files(body: bytes) -> list[dict]:
+    """The files of a simple API JSON page; ValueError naming what is wrong with it."""
+    try:
+        page = json.loads(body)
+    except ValueError as error:  # not JSON, or not UTF-8
+        raise ValueError(f"JSON that does not parse ({error})") from None
+    files = page.get("files", []) if isinstance(page, dict) else None
+    if not isinstance(files, list) or not all(isinstance(item, dict) for item in files):
+        raise ValueError("JSON without the simple API's list of files")
     return files
 
 

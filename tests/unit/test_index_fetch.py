@@ -99,3 +99,35 @@ def test_a_redirect_on_the_index_itself_keeps_the_password(servers):
     _, body = indexcheck.fetch(f"http://__token__:s3cret@127.0.0.1:{index.port}/simple/torch", "")
     assert body == b"ok"
     assert index.seen == [("/simple/torch", BASIC), ("/simple/torch/", BASIC)]
+
+
+JSON_PAGE = {"Content-Type": "application/vnd.pypi.simple.v1+json"}
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (b"<html>maintenance</html>", "JSON that does not parse"),
+        (b"\xff\xfe", "JSON that does not parse"),
+        (b"[]", "JSON without the simple API's list of files"),
+        (b'{"files": 3}', "JSON without the simple API's list of files"),
+        (b'{"files": ["torch.whl"]}', "JSON without the simple API's list of files"),
+        (b'{"files": [{"filename": "t.whl", "size": "big"}]}', "invalid literal"),
+    ],
+)
+def test_an_index_answering_bad_json_is_its_fault_in_one_line(servers, body, said):
+    index, _ = servers
+    index.routes["/simple/torch/"] = (200, JSON_PAGE, body)
+    answer = indexcheck.probe(f"http://127.0.0.1:{index.port}/simple", "", "3.11", ["torch"])
+    assert answer.kind == "http"
+    assert answer.problem.startswith("answers torch's page with ") and said in answer.problem
+    assert "\n" not in answer.problem
+
+
+def test_the_cxx_check_reads_no_bad_json_either(servers):
+    from torchkiln import cxxcheck
+
+    index, _ = servers
+    index.routes["/simple/torch/"] = (200, JSON_PAGE, b"[1]")
+    with pytest.raises(ValueError, match="list of files"):
+        cxxcheck.sdist_files(f"http://127.0.0.1:{index.port}/simple", "torch", "")
