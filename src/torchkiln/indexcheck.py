@@ -314,13 +314,11 @@ def index_rows(
         if values.get(setting) and (project == "torch" or index.required)
     }
     proxied = bool(urllib.request.getproxies().get("https"))
-    # The Python index as the build's pip gets it: with PIP_INDEX_TOKEN as its password.
-    asked_url = with_token(index.url, values) if index.url == python_index else index.url
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        asked = pool.submit(probe, asked_url, cafile, python, list(wanted), "", proxied)
-        other = pool.submit(
-            probe, with_token(python_index, values), cafile, python, list(wanted), "", proxied
-        )
-        answer = asked.result()
-        python_answer = answer if python_index == index.url else other.result()
-    return [judge(index, answer, python_index, python_answer, wanted, python)]
+
+    def ask(url: str) -> Answer:  # the Python index with PIP_INDEX_TOKEN, as the build's pip
+        return probe(with_token(url, values), cafile, python, list(wanted), "", proxied)
+
+    asked = list(dict.fromkeys([index.url, python_index]))  # once each: they may be one
+    with ThreadPoolExecutor(max_workers=len(asked)) as pool:
+        answers = dict(zip(asked, pool.map(ask, asked), strict=True))
+    return [judge(index, answers[index.url], python_index, answers[python_index], wanted, python)]

@@ -111,3 +111,31 @@ def test_an_index_that_refuses_the_credentials_here_is_no_proof():
     refused = indexcheck.Answer("answers HTTP 401 for torch's page", "http")
     row = indexcheck.judge(index, refused, PYTHON, refused, WANTED, "3.11")
     assert row.status == "warn" and "HTTP 401" in row.detail
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (
+            {"CUDA_FROM": "pypi", "BUILD_MODE": "torch-wheel", "PIP_INDEX_URL": PYTHON},
+            [f"https://__token__:t0k@{PYTHON.removeprefix('https://')}"],
+        ),
+        (
+            {"TORCH_INDEX_URL": "https://mirror.example/whl/cpu", "PIP_INDEX_URL": PYTHON},
+            ["https://mirror.example/whl/cpu", f"https://__token__:t0k@{PYTHON[8:]}"],
+        ),
+    ],
+    ids=["one-index", "two-indexes"],
+)
+def test_each_index_is_probed_once_the_python_index_with_its_token(monkeypatch, given, expected):
+    asked = []
+
+    def probe(url, *args):
+        asked.append(url)
+        return HAS_ALL
+
+    monkeypatch.setattr(indexcheck, "probe", probe)
+    chosen = values(**given, PIP_INDEX_TOKEN="t0k", PYTORCH_VERSION="2.14.1")
+    rows = indexcheck.index_rows(chosen, "", PYTHON)
+    assert sorted(asked) == sorted(expected)
+    assert [row.status for row in rows] == ["ok"]
