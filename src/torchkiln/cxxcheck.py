@@ -152,6 +152,8 @@ def gather(
     torch = values["PYTORCH_VERSION"]
     needed = torch_standard(torch)
     python_index = values.get("PIP_INDEX_URL") or default_index
+    # Asked as the build's pip asks: the Python index with PIP_INDEX_TOKEN as its password.
+    asked = indexcheck.with_token(python_index, values)
     rows: list[Row] = []
     late: list[tuple[str, int, dict[str, str]]] = []
     for folder in folders.values():
@@ -161,7 +163,7 @@ def gather(
     for spec in specs:
         project, version = spec.split("==", 1)
         try:
-            files = sdist_files(python_index, project, cafile)
+            files = sdist_files(asked, project, cafile)
             link = files.get(version)
             if not link:
                 continue
@@ -176,10 +178,11 @@ def gather(
     # The torch releases there are: the torch index's, else (it does not answer) the Python
     # index's, which carries the same releases.
     where = indexcheck.torch_index(values, default_index).url
-    answer = indexcheck.probe(where, cafile, values["PYTHON_VERSION"], ["torch"])
+    python = values["PYTHON_VERSION"]
+    answer = indexcheck.probe(indexcheck.with_token(where, values), cafile, python, ["torch"])
     if not answer.versions.get("torch") and where != python_index:
         where = python_index
-        answer = indexcheck.probe(where, cafile, values["PYTHON_VERSION"], ["torch"])
+        answer = indexcheck.probe(asked, cafile, python, ["torch"])
     for what, standard, files in late:
         release = ""
         if files:  # the newest release of the project, if it takes torch's standard

@@ -20,12 +20,15 @@ class Server:
     def __init__(self) -> None:
         self.routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
         self.seen: list[tuple[str, str]] = []  # (path, Authorization)
+        self.password = ""  # an Authorization every request must carry ('' none)
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 server.seen.append((self.path, self.headers.get("Authorization", "")))
                 code, headers, body = server.routes.get(self.path, (404, {}, b""))
+                if server.password and self.headers.get("Authorization") != server.password:
+                    code, headers, body = 401, {}, b""
                 self.send_response(code)
                 for name, value in headers.items():
                     self.send_header(name, value)
@@ -131,3 +134,34 @@ def test_the_cxx_check_reads_no_bad_json_either(servers):
     index.routes["/simple/torch/"] = (200, JSON_PAGE, b"[1]")
     with pytest.raises(ValueError, match="list of files"):
         cxxcheck.sdist_files(f"http://127.0.0.1:{index.port}/simple", "torch", "")
+
+
+def test_the_cxx_check_asks_an_index_that_needs_the_token_with_it(servers):
+    import io
+    import tarfile
+
+    from torchkiln import cxxcheck, settings
+
+    index, _ = servers
+    index.password = BASIC
+    setup = b"extra_compile_args={'cxx': ['-std=c++17']}"
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as made:
+        info = tarfile.TarInfo("ext-1.0/setup.py")
+        info.size = len(setup)
+        made.addfile(info, io.BytesIO(setup))
+    html = {"Content-Type": "text/html"}
+    index.routes["/simple/ext/"] = (200, html, b'<a href="ext-1.0.tar.gz">ext-1.0.tar.gz</a>')
+    index.routes["/simple/ext/ext-1.0.tar.gz"] = (200, {}, buffer.getvalue())
+    wheel = b"torch-2.13.1-cp311-cp311-manylinux_2_28_x86_64.whl"
+    index.routes["/simple/torch/"] = (200, html, b'<a href="' + wheel + b'">t</a>')
+    url = f"http://127.0.0.1:{index.port}/simple"
+    values = settings.resolve(
+        {"PIP_INDEX_URL": url, "PIP_INDEX_TOKEN": "s3cret", "CUDA_FROM": "pypi"}
+        | {"PYTORCH_VERSION": "2.14.1", "PYTHON_VERSION": "3.11"}
+    )
+    rows = cxxcheck.gather(["ext==1.0"], {}, values, "", url)
+    assert [(row.status, row.check) for row in rows] == [("error", "extensions")]
+    assert "-std=c++17" in rows[0].detail and "--torch 2.13.1" in rows[0].fix
+    assert "s3cret" not in rows[0].detail + rows[0].fix
+    assert all(auth == BASIC for _, auth in index.seen)
