@@ -168,13 +168,17 @@ def build_service(c, built: BuildPlan) -> None:
         specs = mine["EXTENSIONS"].split()
         if (specs or folders) and inputs.WHEELHOUSE_CONTEXT not in built.contexts:
             # A C++ standard torch's headers do not take is found here, not in the compile.
-            found += cxxcheck.gather(
+            standards = cxxcheck.gather(
                 specs,
                 folders,
                 mine,
                 built.ca_bundle or hostfacts.fresh_image_ca_bundle(),
                 hostfacts.default_index_url(),
             )
+            found += standards
+            for row in standards:
+                if row.status == "warn":
+                    print(f"warning: {row.check}: {row.detail}; {row.fix}", file=sys.stderr)
     facts = doctor.require_ready(
         mine, built.options.up, built.service, root=built.root, known=found
     )

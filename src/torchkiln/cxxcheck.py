@@ -26,6 +26,8 @@ TORCH_CXX20_FROM = (2, 14)
 BUILD_FILES = ("setup.py", "setup.cfg", "CMakeLists.txt")
 # -std=c++17 (gcc, clang, nvcc), -std:c++17 and /std:c++17 (MSVC).
 _STANDARD = re.compile(r"[-/]std[=:]\s*c\+\+(\d\d)\b")
+# A flag on a line that chooses: Python's `a if cond else b`.
+_CONDITION = re.compile(r"\bif\b.+\belse\b")
 # A source distribution larger than this is not read before the build (the build will say).
 SDIST_LIMIT_BYTES = 64 * 1024**2
 
@@ -36,10 +38,53 @@ def torch_standard(version: str) -> int:
 
 
 def asked_standard(texts: Iterable[str]) -> int | None:
-    """The C++ standard a build's files pin (the lowest one named), None when none is."""
+    """The C++ standard a build's files name (the oldest one), None when none is."""
+    return min(_named(texts), default=None)
+
+
+def pinned_standard(texts: Sequence[str]) -> tuple[int | None, bool]:
+    """The oldest C++ standard a build's files name, and whether the build surely compiles with
+    it: the only one named, on a line no condition chooses (`c++17 if torch < 2.14 else c++20`,
+    an if/else block, CMake's if()). Not sure: the check warns instead of refusing."""
+    named = set(_named(texts))
+    if not named:
+        return None, False
+    chosen = any(
+        _chosen(lines, at)
+        for text in texts
+        for lines in [text.splitlines()]
+        for at, line in enumerate(lines)
+        if _STANDARD.search(line)
+    )
+    return min(named), len(named) == 1 and not chosen
+
+
+def _named(texts: Iterable[str]) -> list[int]:
     found = [int(match) for text in texts for match in _STANDARD.findall(text)]
     # c++98 is older than c++03 and c++11: count the years of the century before as negative.
-    return min((year - 100 if year >= 90 else year for year in found), default=None)
+    return [year - 100 if year >= 90 else year for year in found]
+
+
+def _chosen(lines: Sequence[str], at: int) -> bool:
+    """Tell whether line `at` sits in a condition: its own if/else, or a block opened by one."""
+    if _CONDITION.search(lines[at]):
+        return True
+    indent = len(lines[at]) - len(lines[at].lstrip())
+    for line in reversed(lines[:at]):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if re.match(r"(?i)(if|elseif|else|endif)\s*\(", stripped) and stripped[-1] != ":":
+            # CMake's blocks
+            return not stripped.lower().startswith("endif")
+        depth = len(line) - len(line.lstrip())
+        if depth < indent:
+            indent = depth
+            if re.match(r"(if|elif|else|match|case)\b", stripped) and "__main__" not in stripped:
+                return True
+        if indent == 0:
+            return False
+    return False
 
 
 def build_texts_of_archive(name: str, data: bytes) -> list[str]:
@@ -92,14 +137,24 @@ def problem(
     fitting_release: str = "",
     fitting_torch: str = "",
     index: str = "",
+    sure: bool = True,
 ) -> tuple[str, str]:
     """Refuse an extension whose build pins an older C++ standard than torch's headers
-    require, with the change that exists (checked on `index` by the caller)."""
+    require, with the change that exists (checked on `index` by the caller); `sure` False:
+    the build names it under a condition or beside another, so the words are a warning's."""
     needed = torch_standard(torch)
-    line = (
-        f"--extension {what}: its setup.py compiles with -std=c++{standard}, and torch {torch}'s "
-        f"headers require C++{needed}: the compile would fail (#error C++{needed} or later)"
-    )
+    if sure:
+        line = (
+            f"--extension {what}: its setup.py compiles with -std=c++{standard}, and torch "
+            f"{torch}'s headers require C++{needed}: the compile would fail (#error C++{needed} "
+            "or later)"
+        )
+    else:
+        line = (
+            f"--extension {what}: its setup.py names -std=c++{standard} under a condition or "
+            f"beside another standard, and torch {torch}'s headers require C++{needed}: the "
+            f"compile fails if the build picks c++{standard}"
+        )
     routes = []
     if fitting_release:
         routes.append(f"use --extension {fitting_release}, a release that builds with C++{needed}")
@@ -147,19 +202,20 @@ def gather(
     cafile: str,
     default_index: str,
 ) -> list[Row]:
-    """Read the C++ standard each extension pins and refuse those torch's headers do not take
-    (a lookup that cannot be made refuses nothing: the build will say)."""
+    """Read the C++ standard each extension pins and refuse those torch's headers do not take;
+    warn where the build names it under a condition or beside another (it may choose the one
+    that fits). A lookup that cannot be made refuses nothing: the build will say."""
     torch = values["PYTORCH_VERSION"]
     needed = torch_standard(torch)
     python_index = values.get("PIP_INDEX_URL") or default_index
     # Asked as the build's pip asks: the Python index with PIP_INDEX_TOKEN as its password.
     asked = indexcheck.with_token(python_index, values)
     rows: list[Row] = []
-    late: list[tuple[str, int, dict[str, str]]] = []
+    late: list[tuple[str, int, bool, dict[str, str]]] = []
     for folder in folders.values():
-        standard = asked_standard(build_texts_of_folder(Path(folder)))
+        standard, sure = pinned_standard(build_texts_of_folder(Path(folder)))
         if standard is not None and standard < needed:
-            late.append((folder, standard, {}))
+            late.append((folder, standard, sure, {}))
     for spec in specs:
         project, version = spec.split("==", 1)
         try:
@@ -168,11 +224,11 @@ def gather(
             if not link:
                 continue
             _, data = indexcheck.fetch(link, cafile, limit=SDIST_LIMIT_BYTES)
-            standard = asked_standard(build_texts_of_archive(link, data))
+            standard, sure = pinned_standard(build_texts_of_archive(link, data))
         except (OSError, ValueError, tarfile.TarError, zipfile.BadZipFile):
             continue
         if standard is not None and standard < needed:
-            late.append((spec, standard, files))
+            late.append((spec, standard, sure, files))
     if not late:
         return rows
     # The torch releases there are: the torch index's, else (it does not answer) the Python
@@ -183,7 +239,7 @@ def gather(
     if not answer.versions.get("torch") and where != python_index:
         where = python_index
         answer = indexcheck.probe(asked, cafile, python, ["torch"])
-    for what, standard, files in late:
+    for what, standard, sure, files in late:
         release = ""
         if files:  # the newest release of the project, if it takes torch's standard
             project = what.split("==", 1)[0]
@@ -196,8 +252,8 @@ def gather(
                 except (OSError, ValueError, tarfile.TarError, zipfile.BadZipFile):
                     release = ""
         fitting = newest_torch_for(standard, answer.versions.get("torch", {}))
-        detail, fix = problem(what, standard, torch, release, fitting, where)
-        rows.append(Row("extensions", "error", detail, fix))
+        detail, fix = problem(what, standard, torch, release, fitting, where, sure)
+        rows.append(Row("extensions", "error" if sure else "warn", detail, fix))
     return rows
 
 

@@ -88,3 +88,81 @@ def test_the_advice_names_a_change_that_exists(release, torch, words):
     assert "-std=c++17" in detail and "torch 2.14.1's headers require C++20" in detail
     for word in words:
         assert word in fix, fix
+
+
+BY_TORCH = """
+torch_version = tuple(int(x) for x in torch.__version__.split(".")[:2])
+std = "-std=c++17" if torch_version < (2, 14) else "-std=c++20"
+setup(ext_modules=[CUDAExtension("k", ["k.cu"], extra_compile_args={"cxx": [std]})])
+"""
+BLOCK = """
+if torch_version >= (2, 14):
+    flags = ["-O3"]
+else:
+    flags = ["-O3",
+             "-std=c++17"]
+"""
+WINDOWS_ONLY = """
+if sys.platform == "win32":
+    args = ["/std:c++17"]
+"""
+CMAKE_IF = """
+if(CMAKE_CUDA_COMPILER_VERSION VERSION_LESS 12)
+  set(CMAKE_CXX_FLAGS "${CMAKE_CXX_FLAGS} -std=c++17")
+endif()
+"""
+MAIN_GUARD = """
+if __name__ == "__main__":
+    setup(ext_modules=[CUDAExtension("k", ["k.cu"],
+          extra_compile_args={"cxx": ["-std=c++17"]})])
+"""
+SIBLING_IF = """
+if (os.name == "nt"):
+    extra = []
+flags = ["-std=c++17"]
+"""
+
+
+@pytest.mark.parametrize(
+    ("texts", "expected"),
+    [
+        ([SETUP_17], (17, True)),
+        ([MAIN_GUARD], (17, True)),
+        ([SIBLING_IF], (17, True)),
+        ([BY_TORCH], (17, False)),
+        (["a = '-std=c++20'", "b = '-std=c++14'"], (14, False)),
+        ([BLOCK], (17, False)),
+        ([WINDOWS_ONLY], (17, False)),
+        ([CMAKE_IF], (17, False)),
+        (["CUDAExtension('k', ['k.cu'])"], (None, False)),
+    ],
+    ids=["one", "main-guard", "sibling-if", "by-torch", "two-files", "block", "win", "cmake", "no"],
+)
+def test_a_standard_is_pinned_only_when_named_alone_and_unconditionally(texts, expected):
+    assert cxxcheck.pinned_standard(texts) == expected
+
+
+def gather_folder(monkeypatch, folder):
+    """The check of one local extension; the index lists no torch (no network asked)."""
+    from torchkiln import indexcheck, settings
+
+    monkeypatch.setattr(indexcheck, "probe", lambda *args: indexcheck.Answer())
+    values = settings.resolve({"PYTORCH_VERSION": "2.14.1"})
+    return cxxcheck.gather([], {"ext": str(folder)}, values, "", "https://i.example/simple")
+
+
+def test_a_build_that_picks_the_standard_by_torch_version_is_warned_not_refused(
+    monkeypatch, tmp_path
+):
+    (tmp_path / "setup.py").write_text(BY_TORCH)
+    rows = gather_folder(monkeypatch, tmp_path)
+    assert [row.status for row in rows] == ["warn"]
+    assert "names -std=c++17 under a condition" in rows[0].detail
+    assert "the compile fails if the build picks c++17" in rows[0].detail
+
+
+def test_a_single_unconditional_older_standard_is_still_refused(monkeypatch, tmp_path):
+    (tmp_path / "setup.py").write_text(SETUP_17)
+    rows = gather_folder(monkeypatch, tmp_path)
+    assert [row.status for row in rows] == ["error"]
+    assert "compiles with -std=c++17" in rows[0].detail
