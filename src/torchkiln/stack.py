@@ -23,7 +23,7 @@ from torchkiln.errors import UserError
 from torchkiln.inimage import multinode as inimage
 
 DOCKER_TIMEOUT_S = 120
-GPU_KINDS = ("gpu",)  # a generic resource whose kind holds this (NVIDIA-GPU, gpu) is a GPU
+GPU_KIND = "NVIDIA-GPU"  # the generic resource the service reserves, one per task
 CHECK_SERVICE = "check"
 NETWORK = "torchkiln"
 PROJECT_VOLUME = "project"
@@ -62,14 +62,22 @@ def docker(command: Sequence[str], stdin: str | None = None, timeout: float = DO
 
 
 def gpu_count(generic: Sequence[Mapping[str, Any]] | None) -> int:
-    """GPUs a node advertises as generic resources (discrete counts or named UUIDs)."""
+    """GPUs a node advertises as the generic resource the service reserves (GPU_KIND: discrete
+    counts or named UUIDs); another kind ('gpu') cannot hold a task."""
     count = 0
     for resource in generic or []:
         for spec_name, spec in resource.items():
-            if not any(kind in str(spec.get("Kind", "")).lower() for kind in GPU_KINDS):
+            if str(spec.get("Kind", "")) != GPU_KIND:
                 continue
             count += int(spec.get("Value", 0)) if spec_name == "DiscreteResourceSpec" else 1
     return count
+
+
+def can_run_tasks(node: Mapping[str, Any]) -> bool:
+    """Tell whether Swarm places tasks on the node: ready and active (not down, paused or
+    drained)."""
+    ready = ((node.get("Status") or {}).get("State") or "") == "ready"
+    return ready and ((node.get("Spec") or {}).get("Availability") or "") == "active"
 
 
 def read_swarm(info: Mapping[str, Any], nodes: Sequence[Mapping[str, Any]]) -> Swarm:
@@ -78,7 +86,10 @@ def read_swarm(info: Mapping[str, Any], nodes: Sequence[Mapping[str, Any]]) -> S
     gpu_nodes = sum(
         1
         for node in nodes
-        if gpu_count((node.get("Description") or {}).get("Resources", {}).get("GenericResources"))
+        if can_run_tasks(node)
+        and gpu_count(
+            ((node.get("Description") or {}).get("Resources") or {}).get("GenericResources")
+        )
     )
     return Swarm(
         state=str(swarm.get("LocalNodeState") or "inactive"),
@@ -116,9 +127,10 @@ def refusal(swarm: Swarm, nodes: int, allow_cpu: bool) -> str | None:
         return f"--nodes {nodes}: pass how many nodes the training service runs on (>= 1)"
     if not allow_cpu and nodes > swarm.gpu_nodes:
         return (
-            f"--nodes {nodes} is more than this swarm's {swarm.gpu_nodes} node(s) with GPUs (of "
-            f"{swarm.nodes}); advertise each node's GPUs as node-generic-resources in its "
-            "daemon.json, use fewer nodes, or --allow-cpu to run on the CPU"
+            f"--nodes {nodes} is more than this swarm's {swarm.gpu_nodes} ready node(s) with "
+            f"GPUs (of {swarm.nodes}); advertise each node's GPUs as node-generic-resources "
+            f"{GPU_KIND}=<GPU UUID> in its daemon.json, make drained nodes active, use fewer "
+            "nodes, or --allow-cpu to run on the CPU"
         )
     return None
 
@@ -173,9 +185,7 @@ def stack_service(
         deploy["placement"]["max_replicas_per_node"] = 1
         deploy["resources"] = {
             "reservations": {
-                "generic_resources": [
-                    {"discrete_resource_spec": {"kind": "NVIDIA-GPU", "value": 1}}
-                ]
+                "generic_resources": [{"discrete_resource_spec": {"kind": GPU_KIND, "value": 1}}]
             }
         }
         # NCCL registers memory with the RDMA device: locked pages without a limit.

@@ -62,9 +62,9 @@ def test_stack_up_check_down_on_a_single_node_swarm(own_swarm) -> None:
     assert refused.returncode != 0
     lines = [line for line in refused.stderr.splitlines() if line.strip()]
     assert lines == [
-        "error: --nodes 2 is more than this swarm's 0 node(s) with GPUs (of 1); advertise each "
-        "node's GPUs as node-generic-resources in its daemon.json, use fewer nodes, or "
-        "--allow-cpu to run on the CPU"
+        "error: --nodes 2 is more than this swarm's 0 ready node(s) with GPUs (of 1); advertise "
+        "each node's GPUs as node-generic-resources NVIDIA-GPU=<GPU UUID> in its daemon.json, "
+        "make drained nodes active, use fewer nodes, or --allow-cpu to run on the CPU"
     ]
     dry = assert_ok(project.invoke("--dry", "stack", "up", "--nodes", "2", "--allow-cpu"))
     assert "docker stack deploy --compose-file - --resolve-image never --prune" in dry

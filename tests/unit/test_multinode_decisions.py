@@ -189,7 +189,7 @@ def swarm(state="active", manager=True, nodes=2, gpu_nodes=1) -> stack.Swarm:
     [
         (swarm(state="inactive"), 2, False, "not in a swarm (state inactive); make one"),
         (swarm(manager=False), 2, False, "this engine is a swarm worker"),
-        (swarm(), 2, False, "--nodes 2 is more than this swarm's 1 node(s) with GPUs (of 2)"),
+        (swarm(), 2, False, "--nodes 2 is more than this swarm's 1 ready node(s) with GPUs (of 2)"),
         (swarm(), 0, True, "--nodes 0: pass how many nodes"),
     ],
     ids=["no-swarm", "worker", "too-few-gpu-nodes", "zero"],
@@ -201,16 +201,30 @@ def test_stack_refusals(facts, nodes, allow_cpu, words) -> None:
 
 
 def test_gpu_nodes_come_from_generic_resources() -> None:
-    info = {"Swarm": {"LocalNodeState": "active", "ControlAvailable": True, "Nodes": 3}}
+    info = {"Swarm": {"LocalNodeState": "active", "ControlAvailable": True, "Nodes": 6}}
     named = [{"NamedResourceSpec": {"Kind": "NVIDIA-GPU", "Value": "GPU-1"}}] * 2
-    discrete = [{"DiscreteResourceSpec": {"Kind": "gpu", "Value": 4}}]
+    discrete = [{"DiscreteResourceSpec": {"Kind": "NVIDIA-GPU", "Value": 4}}]
+    other_kind = [{"DiscreteResourceSpec": {"Kind": "gpu", "Value": 4}}]
+    ready = {"Status": {"State": "ready"}, "Spec": {"Availability": "active"}}
+
+    def node(generic, **state):
+        return {**ready, **state, "Description": {"Resources": {"GenericResources": generic}}}
+
     nodes = [
-        {"Description": {"Resources": {"GenericResources": named}}},
-        {"Description": {"Resources": {"GenericResources": discrete}}},
-        {"Description": {"Resources": {}}},
+        node(named),
+        node(discrete),
+        {**ready, "Description": {"Resources": {}}},
+        node(other_kind),  # the service reserves NVIDIA-GPU: a 'gpu' cannot hold its task
+        node(named, Status={"State": "down"}),
+        node(named, Spec={"Availability": "drain"}),
     ]
-    assert stack.read_swarm(info, nodes) == stack.Swarm("active", True, 3, 2)
+    assert stack.read_swarm(info, nodes) == stack.Swarm("active", True, 6, 2)
     assert stack.gpu_count(named) == 2 and stack.gpu_count(discrete) == 4
+    assert stack.gpu_count(other_kind) == 0
+    assert stack.can_run_tasks(ready)
+    assert not stack.can_run_tasks(
+        {"Status": {"State": "ready"}, "Spec": {"Availability": "pause"}}
+    )
 
 
 COMPOSE = {
