@@ -211,13 +211,27 @@ def project_of(root: Path, environ: Mapping[str, str]) -> tuple[dict[str, str | 
 # --- thin queries (read only) --------------------------------------------------------------
 
 
-def query(command: list[str]) -> str:
-    """Run a read-only docker query; a failure is one line."""
+DOCKER_TIMEOUT_S = 120
+
+
+def run_docker(
+    command: Sequence[str], stdin: str | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a docker command (its output captured); one line, not a traceback, when it cannot
+    run or does not end within DOCKER_TIMEOUT_S."""
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            list(command), input=stdin, cwd=cwd, capture_output=True, text=True,
+            timeout=DOCKER_TIMEOUT_S,
+        )  # fmt: skip
     except (OSError, subprocess.TimeoutExpired) as error:
         what = " ".join(command[:3])
         raise UserError(f"{what} did not answer ({error}); is Docker running?") from None
+
+
+def query(command: list[str]) -> str:
+    """Run a read-only docker query; a failure is one line."""
+    result = run_docker(command)
     if result.returncode != 0:
         line = " ".join(result.stderr.split())[:200]
         raise UserError(f"{' '.join(command[:3])} failed: {line}; run invoke doctor")

@@ -8,7 +8,7 @@ The containers and the network are removed afterwards, whatever happened.
 from __future__ import annotations
 
 import shlex
-import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from torchkiln import incontainer
+from torchkiln.checkout import run_docker as docker
 from torchkiln.errors import UserError
 from torchkiln.hostfacts import run_probe
 from torchkiln.inimage import multinode as inimage
 
-DOCKER_TIMEOUT_S = 120
 GRACE_S = 60  # beyond the rendezvous timeout: torch imports, the checks, the bandwidth rounds
 LABEL = "io.torchkiln.multinode"
 
@@ -126,10 +126,6 @@ def cleanup_commands(job: Job) -> list[list[str]]:
     return [["docker", "rm", "-f", *names], ["docker", "network", "rm", job.network]]
 
 
-def docker(command: list[str], timeout: float = DOCKER_TIMEOUT_S) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-
-
 def wait_all(job: Job, started: Sequence[int]) -> None:
     """Wait until every started container has exited, or the job's time is up."""
     deadline = time.monotonic() + job.timeout + GRACE_S
@@ -163,8 +159,13 @@ def run(job: Job, rendezvous: Mapping[int, str] | None = None) -> tuple[bool, st
         verdict = inimage.verdict_text(text, names)
         return verdict.endswith("OK"), verdict
     finally:
-        for command in cleanup_commands(job):
-            docker(command)
+        for command in cleanup_commands(job):  # each, even when the one before failed
+            try:
+                docker(command)
+            except UserError as error:
+                print(
+                    f"warning: {error}; remove it by hand: {shlex.join(command)}", file=sys.stderr
+                )
 
 
 def gpu_count() -> int:

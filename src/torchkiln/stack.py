@@ -12,13 +12,13 @@ Rendezvous goes through Swarm's DNS: tasks.<service> lists the tasks' addresses.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torchkiln.checkout import run_docker as docker
 from torchkiln.errors import UserError
 from torchkiln.inimage import multinode as inimage
 
@@ -53,12 +53,6 @@ class StackSettings:
     allow_cpu: bool = False
     project_path: str = ""  # a path on every node; '' for a named volume
     timeout: int = int(inimage.DEFAULT_TIMEOUT_S)
-
-
-def docker(command: Sequence[str], stdin: str | None = None, timeout: float = DOCKER_TIMEOUT_S):
-    return subprocess.run(
-        list(command), input=stdin, capture_output=True, text=True, timeout=timeout
-    )
 
 
 def gpu_count(generic: Sequence[Mapping[str, Any]] | None) -> int:
@@ -99,18 +93,26 @@ def read_swarm(info: Mapping[str, Any], nodes: Sequence[Mapping[str, Any]]) -> S
     )
 
 
-def swarm_here() -> Swarm:
-    """Ask the engine about its swarm."""
-    info = docker(["docker", "info", "--format", "{{json .}}"])
-    if info.returncode != 0:
-        raise UserError(f"docker info failed: {' '.join(info.stderr.split())[:300]}")
-    facts = json.loads(info.stdout)
-    nodes: list[dict[str, Any]] = []
-    if (facts.get("Swarm") or {}).get("ControlAvailable"):
-        ids = docker(["docker", "node", "ls", "-q"]).stdout.split()
-        if ids:
-            nodes = json.loads(docker(["docker", "node", "inspect", *ids]).stdout or "[]")
-    return read_swarm(facts, nodes)
+def swarm_here(info: Mapping[str, Any] | None = None) -> Swarm:
+    """Ask the engine about its swarm; `info`: docker info's facts when they were read already
+    (doctor's, through the SDK). On a manager, its nodes too."""
+    try:
+        if info is None:
+            done = docker(["docker", "info", "--format", "{{json .}}"])
+            if done.returncode != 0:
+                raise UserError(f"docker info failed: {' '.join(done.stderr.split())[:300]}")
+            info = json.loads(done.stdout)
+        nodes: list[dict[str, Any]] = []
+        if (info.get("Swarm") or {}).get("ControlAvailable"):
+            ids = docker(["docker", "node", "ls", "-q"]).stdout.split()
+            if ids:
+                nodes = json.loads(docker(["docker", "node", "inspect", *ids]).stdout or "[]")
+        return read_swarm(info, nodes)
+    except (ValueError, AttributeError, TypeError) as error:
+        raise UserError(
+            f"docker info or docker node inspect answered what is not their JSON ({error}); "
+            "run invoke doctor"
+        ) from None
 
 
 def refusal(swarm: Swarm, nodes: int, allow_cpu: bool) -> str | None:
@@ -234,10 +236,7 @@ def deploy_command(name: str) -> list[str]:
 
 def compose_model(root: Path) -> dict[str, Any]:
     """The project's compose model, resolved by Compose from the same compose file."""
-    done = subprocess.run(
-        ["docker", "compose", "config", "--format", "json"],
-        cwd=root, capture_output=True, text=True, timeout=DOCKER_TIMEOUT_S,
-    )  # fmt: skip
+    done = docker(["docker", "compose", "config", "--format", "json"], cwd=root)
     if done.returncode != 0:
         raise UserError(f"docker compose config failed: {' '.join(done.stderr.split())[:300]}")
     return json.loads(done.stdout)
