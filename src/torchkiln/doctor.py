@@ -331,7 +331,7 @@ def check_host(root: Path) -> tuple[str, bool]:
     if not facts.error:
         from torchkiln import stack
 
-        rows.append(Row("swarm", *stack.swarm_row(stack.swarm_here())))
+        rows.append(Row("swarm", *stack.doctor_row(facts.swarm)))
     return checkrows.render(rows), checkrows.failed(rows)
 
 

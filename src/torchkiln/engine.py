@@ -30,6 +30,7 @@ class EngineFacts:
     buildx_version: str = ""
     cpus: int = 0
     memory_bytes: int = 0
+    swarm: dict = field(default_factory=dict)  # docker info's Swarm section
 
     @property
     def nvidia(self) -> bool:
@@ -67,6 +68,7 @@ def engine_info() -> EngineFacts:
     facts.memory_bytes = int(info.get("MemTotal") or 0)
     facts.runtimes = sorted(info.get("Runtimes") or {})
     facts.root_dir = str(info.get("DockerRootDir", ""))
+    facts.swarm = dict(info.get("Swarm") or {})
     facts.cdi_devices = [
         device.get("ID", "") if isinstance(device, dict) else str(device)
         for device in info.get("DiscoveredDevices") or []

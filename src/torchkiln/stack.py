@@ -385,6 +385,15 @@ def swarm_row(swarm: Swarm) -> tuple[str, str, str]:
     )
 
 
+def doctor_row(swarm: Mapping[str, Any]) -> tuple[str, str, str]:
+    """doctor's "swarm" row from docker info's Swarm section (read once, by the SDK): a swarm
+    that cannot be asked about is a warning, never a table left unprinted."""
+    try:
+        return swarm_row(swarm_here({"Swarm": swarm}))
+    except UserError as error:
+        return "warn", f"not checked: {error}", ""
+
+
 def run_action(
     root: Path, action: str, nodes: int, allow_cpu: bool, project_path: str, dry: bool = False
 ) -> str:

@@ -62,3 +62,26 @@ def test_the_swarm_question_is_one_line_when_docker_fails(tmp_path, monkeypatch,
     with pytest.raises(UserError, match=said) as raised:
         stack.swarm_here()
     assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("swarm", "status", "said", "asked"),
+    [
+        ({"LocalNodeState": "inactive"}, "ok", "not in a swarm (inactive)", []),
+        (
+            {"LocalNodeState": "active", "ControlAvailable": True, "Nodes": 1},
+            "warn",
+            "not checked: docker info or docker node inspect answered what is not their JSON",
+            ["node ls -q", "node inspect abc"],
+        ),
+    ],
+    ids=["no-swarm", "nodes-unreadable"],
+)
+def test_doctors_swarm_row_reads_the_engines_facts_and_never_fails(
+    tmp_path, monkeypatch, swarm, status, said, asked
+):
+    log = fake_docker(tmp_path, monkeypatch, "exit 1")
+    found, detail, _ = stack.doctor_row(swarm)
+    assert (found, detail.startswith(said)) == (status, True)
+    calls = log.read_text().splitlines() if log.exists() else []
+    assert calls == asked  # no second docker info: the SDK's answer is used
