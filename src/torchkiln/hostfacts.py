@@ -279,7 +279,8 @@ def image_facts(image: str, timeout: float = 30) -> ImageFacts:
     if code != 0:
         return ImageFacts(image, error="not here")
     built_here = "io.torchkiln." in labels
-    command = ["docker", "run", "--rm", "--network", "none", "--entrypoint", "/bin/sh", image]
+    command = ["docker", "run", "--rm", "--pull", "never", "--network", "none"]
+    command += ["--entrypoint", "/bin/sh", image]
     code, out = run_probe([*command, "-c", _IMAGE_FACTS_SCRIPT], timeout=timeout)
     if code != 0:
         return ImageFacts(image, error=f"docker run failed (exit {code})")

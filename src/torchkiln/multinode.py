@@ -101,14 +101,16 @@ def plan_job(image: str, nodes: int, args: Sequence[str], gpus: int) -> Job:
 
 
 def node_command(job: Job, node: int, rendezvous: str = "") -> list[str]:
-    """`docker run -d` of node K, on the job's network as nodeK, running the node launcher."""
+    """`docker run -d` of node K, on the job's network as nodeK, running the node launcher;
+    the image as built here (no registry is asked for one that is missing)."""
     gpu = ["--gpus", f"device={node}"] if job.backend == "nccl" else []
     check = ["python", "-m", "torchkiln.inimage.multinode", "--nodes", str(job.nodes)]
     check += ["--node", str(node), "--rdzv", rendezvous or f"node0:{job.port}"]
     check += ["--timeout", str(int(job.timeout)), "--run-id", job.run_id]
     check += ["--allow-cpu"] if job.backend == "gloo" else []
     return [
-        "docker", "run", "-d", "--name", job.container(node), "--label", f"{LABEL}={job.run_id}",
+        "docker", "run", "-d", "--pull", "never", "--name", job.container(node),
+        "--label", f"{LABEL}={job.run_id}",
         "--network", job.network, "--hostname", f"node{node}", "--network-alias", f"node{node}",
         "--shm-size", job.shm_size, *gpu, job.image, *check,
     ]  # fmt: skip

@@ -49,6 +49,7 @@ def test_node_commands_share_one_network_and_rendezvous_on_node0() -> None:
     job = multinode.plan_job("img:1", 3, ["--allow-cpu", "--port", "29400"], 0)
     command = multinode.node_command(job, 2)
     assert command[:3] == ["docker", "run", "-d"]
+    assert command[command.index("--pull") + 1] == "never"  # no registry for a missing image
     assert command[command.index("--network") + 1] == job.network
     assert command[command.index("--network-alias") + 1] == "node2"
     assert command[command.index("img:1") + 1 :] == [
