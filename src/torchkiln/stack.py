@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from torchkiln.checkout import run_docker as docker
+from torchkiln.compose import STATE_DIR
 from torchkiln.errors import UserError
 from torchkiln.inimage import multinode as inimage
 
@@ -27,7 +28,7 @@ GPU_KIND = "NVIDIA-GPU"  # the generic resource the service reserves, one per ta
 CHECK_SERVICE = "check"
 NETWORK = "torchkiln"
 PROJECT_VOLUME = "project"
-SETTINGS_FILE = ".torchkiln/stack.json"  # what `up` deployed, for check and down
+SETTINGS_FILE = f"{STATE_DIR}/stack.json"  # what `up` deployed, for check and down
 
 
 @dataclass(frozen=True)
@@ -320,7 +321,17 @@ def saved_settings(root: Path) -> StackSettings:
     path = root / SETTINGS_FILE
     if not path.is_file():
         raise UserError("no stack of this project is up; run invoke stack up --nodes N first")
-    return StackSettings(**json.loads(path.read_text()))
+    try:
+        saved = StackSettings(**json.loads(path.read_text(encoding="utf-8")))
+        kinds = {"name": str, "nodes": int, "allow_cpu": bool, "project_path": str, "timeout": int}
+        if not all(type(getattr(saved, name)) is kind for name, kind in kinds.items()):
+            raise TypeError("a setting of another type")
+    except (OSError, ValueError, TypeError) as error:
+        raise UserError(
+            f"{SETTINGS_FILE} cannot be read ({error}): damaged, or written by another torchkiln "
+            "version; run invoke stack down; invoke stack up --nodes N"
+        ) from None
+    return saved
 
 
 def check(root: Path) -> tuple[bool, str]:

@@ -281,3 +281,34 @@ def test_swarm_row_is_never_an_error() -> None:
         "in a swarm of 3 node(s), 2 with GPUs as generic resources; this engine is a manager"
     )
     assert (status, fix) == ("ok", "")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{not json",
+        "[2]",
+        '{"name": "p", "nodes": 2, "replicas": 2}',  # another version's field
+        '{"name": "p"}',  # a field missing
+        '{"name": "p", "nodes": "2"}',  # a field of another type
+        "\udcff",
+    ],
+    ids=["not-json", "a-list", "unknown-field", "missing-field", "wrong-type", "not-utf8"],
+)
+def test_a_damaged_stack_record_is_one_line_naming_the_way_out(tmp_path, text) -> None:
+    path = tmp_path / stack.SETTINGS_FILE
+    path.parent.mkdir()
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))
+    with pytest.raises(UserError, match="run invoke stack down; invoke stack up") as raised:
+        stack.saved_settings(tmp_path)
+    assert "\n" not in str(raised.value)
+
+
+def test_the_stack_record_lives_in_the_projects_state_folder(tmp_path) -> None:
+    from torchkiln import compose
+
+    assert stack.SETTINGS_FILE.startswith(compose.STATE_DIR + "/")
+    saved = stack.StackSettings("p", 2, True, "/shared/p", 60)
+    (tmp_path / compose.STATE_DIR).mkdir()
+    (tmp_path / stack.SETTINGS_FILE).write_text(json.dumps(saved.__dict__))
+    assert stack.saved_settings(tmp_path) == saved
