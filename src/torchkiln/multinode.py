@@ -21,7 +21,6 @@ from torchkiln.errors import UserError
 from torchkiln.hostfacts import run_probe
 from torchkiln.inimage import multinode as inimage
 
-GRACE_S = 60  # beyond the rendezvous timeout: torch imports, the checks, the bandwidth rounds
 LABEL = "io.torchkiln.multinode"
 
 
@@ -130,7 +129,7 @@ def cleanup_commands(job: Job) -> list[list[str]]:
 
 def wait_all(job: Job, started: Sequence[int]) -> None:
     """Wait until every started container has exited, or the job's time is up."""
-    deadline = time.monotonic() + job.timeout + GRACE_S
+    deadline = time.monotonic() + inimage.job_deadline(job.timeout)
     names = [job.container(node) for node in started]
     while time.monotonic() < deadline:
         states = docker(["docker", "inspect", "--format", "{{.State.Running}}", *names])

@@ -349,7 +349,7 @@ def check(root: Path) -> tuple[bool, str]:
     service = f"{settings.name}_{CHECK_SERVICE}"
     try:
         deploy(stack_document(compose, settings, checking=True), settings.name)
-        states = wait_for_check(service, settings.nodes, settings.timeout * 3 + 120)
+        states = wait_for_check(service, settings.nodes, inimage.job_deadline(settings.timeout))
         logs = docker(["docker", "service", "logs", "--raw", "--no-trunc", service])
         verdict = check_verdict(logs.stdout + logs.stderr, states, settings.nodes)
     finally:

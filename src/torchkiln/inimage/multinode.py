@@ -19,9 +19,11 @@ imported by the ranks).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +38,22 @@ from torchkiln.inimage.workers import free_port
 DEFAULT_PORT = 29500
 DEFAULT_TIMEOUT_S = 60.0
 POLL_S = 0.5
+WORK_S = 60  # beyond the rendezvous waits: torch imports, the checks, the bandwidth rounds
+START_S = 60  # a host's margin over a node's limit: the container or task starting, the kill
+
+
+def node_limit(timeout: float) -> float:
+    """Seconds one node may take from its start before it stops its torchrun: the waits for
+    the service's addresses and for node 0's port (--timeout each), torchrun's rendezvous
+    (--timeout) and the ranks' work (--timeout and WORK_S)."""
+    return 4 * timeout + WORK_S
+
+
+def job_deadline(timeout: float) -> float:
+    """How long a host (smoke --nodes, stack check, --local) waits for the nodes: a node's own
+    limit and START_S more, so that every node has ended, and said why, before its host gives
+    up on it."""
+    return node_limit(timeout) + START_S
 
 
 class MultinodeInputError(ValueError):
@@ -147,8 +165,26 @@ def torchrun_command(nodes: int, place: Place, timeout: float, run_id: str) -> l
     ]  # fmt: skip
 
 
-def run_node(nodes: int, place: Place, backend: str, timeout: float, run_id: str) -> int:
-    """Run this node's part: wait for the rendezvous (or check its port), then torchrun."""
+def run_group(command: Sequence[str], env: dict[str, str], limit: float) -> int | None:
+    """Run a command in a process group of its own and wait at most `limit` seconds; then
+    (None), or when interrupted, kill the whole group: torchrun and the ranks it started."""
+    proc = subprocess.Popen(list(command), env=env, start_new_session=True)
+    try:
+        return proc.wait(timeout=max(limit, 0.1))
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # what is left of the group, if anything
+        proc.wait()
+
+
+def run_node(
+    nodes: int, place: Place, backend: str, timeout: float, run_id: str, end: float = 0.0
+) -> int:
+    """Run this node's part: wait for the rendezvous (or check its port), then torchrun, all
+    of it until `end` (time.monotonic(); node_limit from now when 0)."""
+    end = end or time.monotonic() + node_limit(timeout)
     deadline = time.monotonic() + timeout
     if place.is_host:
         problem = port_problem(place.port)
@@ -172,14 +208,17 @@ def run_node(nodes: int, place: Place, backend: str, timeout: float, run_id: str
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root(), env.get("PYTHONPATH")]))
         env.update(multirank.settings_environment(backend, place.node, timeout))
         command = torchrun_command(nodes, place, timeout, run_id)
-        try:
-            done = subprocess.run(command, env=env, timeout=3 * timeout + 60)
-        except subprocess.TimeoutExpired:
-            print(f"{multirank.ERROR}node {place.node}: the job ran past {3 * timeout:.0f} s")
-            return 1
-    if done.returncode != 0:
-        print(f"{multirank.ERROR}node {place.node}: torchrun exited {done.returncode}", flush=True)
-    return done.returncode
+        code = run_group(command, env, end - time.monotonic())
+    if code is None:
+        print(
+            f"{multirank.ERROR}node {place.node}: the job ran past {node_limit(timeout):.0f} s "
+            f"(--timeout {timeout:.0f}); torchrun and its ranks were stopped",
+            flush=True,
+        )
+        return 1
+    if code != 0:
+        print(f"{multirank.ERROR}node {place.node}: torchrun exited {code}", flush=True)
+    return code
 
 
 def package_root() -> str:
@@ -210,7 +249,7 @@ def run_local(nodes: int, port: int, backend: str, timeout: float) -> int:
     codes = []
     for proc, log in procs:
         try:
-            codes.append(proc.wait(timeout=4 * timeout + 120))
+            codes.append(proc.wait(timeout=job_deadline(timeout)))
         except subprocess.TimeoutExpired:
             proc.kill()
             codes.append(proc.wait())
@@ -312,6 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise MultinodeInputError("pass exactly one of --rdzv, --rdzv-service and --local")
         if args.local:
             return run_local(args.nodes, args.port, backend, args.timeout)
+        end = time.monotonic() + node_limit(args.timeout)
         if args.rdzv_service:
             deadline = time.monotonic() + args.timeout
             place = service_place(args.rdzv_service, args.nodes, args.port, deadline)
@@ -326,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TimeoutError as exc:
         print(f"{multirank.ERROR}{exc}", flush=True)
         return 3
-    return run_node(args.nodes, place, backend, args.timeout, args.run_id)
+    return run_node(args.nodes, place, backend, args.timeout, args.run_id, end)
 
 
 if __name__ == "__main__":
