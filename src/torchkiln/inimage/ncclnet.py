@@ -109,7 +109,7 @@ class Verbs:
 def ask_verbs(name: str = "libibverbs.so.1") -> Verbs:
     """Load the verbs library and list its devices, as NCCL's IB transport does first."""
     try:
-        library = ctypes.CDLL(name)
+        library = ctypes.CDLL(name, use_errno=True)  # else get_errno() is always 0
     except OSError as exc:
         return Verbs(False, [], str(exc))
     library.ibv_get_device_list.restype = ctypes.POINTER(ctypes.c_void_p)
