@@ -160,10 +160,16 @@ def with_recorded_inputs(root: Path, given: BuildOptions) -> tuple[BuildOptions,
         inputs = json.loads(record.read_text(encoding="utf-8"))["inputs"]
     except (OSError, ValueError, KeyError, TypeError):
         return given, ""
+    if not isinstance(inputs, dict):  # a damaged record is no record
+        return given, ""
     taken: dict[str, object] = {}
     for name in BuildOptions.INPUTS:
         mine, theirs = getattr(given, name), inputs.get(name)
-        if (mine is None or mine == []) and theirs not in (None, []):
+        # What the record holds as a flag would: a text, or texts (--source, --extension).
+        readable = isinstance(theirs, str) or (
+            isinstance(theirs, list) and all(isinstance(item, str) for item in theirs)
+        )
+        if (mine is None or mine == []) and readable and theirs not in ("", []):
             taken[name] = theirs
     if not taken:
         return given, ""

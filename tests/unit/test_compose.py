@@ -347,3 +347,21 @@ def test_a_failure_points_at_error_lines_only_when_there_are_some() -> None:
     assert "the ERROR lines above name the step" in with_error
     without = buildsummary.failure_line("build", Streamed(1, "something else went wrong\n"))
     assert "ERROR lines" not in without and "its last lines above say why" in without
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"inputs": ["cca", "9.0"]},
+        {"inputs": "cca=9.0"},
+        {"inputs": None},
+        {"inputs": {"torch": 2.14, "extensions": [3], "cca": {"x": 1}}},
+        ["inputs"],
+    ],
+    ids=["a-list", "a-text", "null", "values-of-other-types", "not-an-object"],
+)
+def test_a_damaged_build_record_is_no_record(tmp_path: Path, record) -> None:
+    (tmp_path / ".torchkiln").mkdir()
+    (tmp_path / ".torchkiln" / "build-train.json").write_text(json.dumps(record))
+    given = inputs.BuildOptions(cca="8.6")
+    assert inputs.with_recorded_inputs(tmp_path, given) == (given, "")
