@@ -72,11 +72,6 @@ def plan(
     return buildplan.make(inputs.gather(root, options, environ=environ, dotenv=dotenv, cwd=cwd))
 
 
-def build_secrets(values: Mapping[str, str]) -> dict[str, str]:
-    """The environment Compose and buildx read the env-sourced build secrets from."""
-    return compose.build_secrets(values)
-
-
 def check_builder(c, builder: str, *, export_cache: bool) -> None:
     """Refuse, in seconds, a builder that does not exist or cannot export the cache asked for."""
     if not builder and not export_cache:
@@ -207,7 +202,7 @@ def build_service(c, built: BuildPlan) -> None:
         print(f"$ {shlex.join(built.build)}", flush=True)
         started = time.monotonic()
         log = built.root / built.log_path
-        result = runner.stream(built.build, built.root, build_secrets(built.values), log)
+        result = runner.stream(built.build, built.root, compose.build_secrets(built.values), log)
         if result.failed:
             line = buildsummary.failure_line(
                 f"docker compose build {built.service}",

@@ -288,7 +288,7 @@ def export_wheels(
         )
 
     # The token secret is read from the environment (Compose reads .env itself; buildx does not).
-    token = build.build_secrets(built.values)
+    token = compose.build_secrets(built.values)
     if dry:
         where = dest if dest.is_dir() else dest.parent
         with c.cd(str(root)):

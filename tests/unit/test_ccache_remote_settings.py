@@ -8,7 +8,6 @@ import threading
 import pytest
 
 from torchkiln import (
-    build,
     buildplan,
     buildsummary,
     compose,
@@ -38,7 +37,7 @@ def test_the_url_is_a_secret_of_the_build_never_an_arg() -> None:
     values = settings.resolve({"CCACHE_REMOTE": "redis://:pw@h:1"})
     assert "CCACHE_REMOTE" not in buildplan.build_arg_values("train", values)
     # In the form ccache reads: it takes redis://:PW@ for "no password", redis://PW@ for PW.
-    assert build.build_secrets(values)["CCACHE_REMOTE"] == "redis://pw@h:1"
+    assert compose.build_secrets(values)["CCACHE_REMOTE"] == "redis://pw@h:1"
     command = compose.wheels_command("train", {}, {}, "", "/tmp/out")
     assert command[command.index("id=ccache_remote,env=CCACHE_REMOTE") - 1] == "--secret"
 
