@@ -23,7 +23,7 @@ logging.getLogger("nox").addFilter(lambda record: record.getMessage() != "uv bin
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from torchkiln import incontainer, multinode  # noqa: E402
+from torchkiln import incontainer  # noqa: E402
 from torchkiln import lint as checks  # noqa: E402
 from torchkiln.errors import UserError  # noqa: E402
 
@@ -95,6 +95,8 @@ def _in_image(session: nox.Session, module: str) -> None:
 @nox.session(python=False, default=False)
 def smoke(session: nox.Session) -> None:
     """Check the service's image on the GPU (-- --service S --allow-cpu --json … | --nodes N)."""
+    from torchkiln import multinode  # here: every other session (lint too) goes without it
+
     try:
         text = multinode.smoke_nodes(ROOT, session.posargs)
     except UserError as error:
