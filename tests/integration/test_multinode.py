@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 from projects import EXEC_TIMEOUT
@@ -96,8 +97,13 @@ def test_a_rendezvous_port_in_use_is_one_line(wheels_project) -> None:
         "sys.exit(subprocess.call([sys.executable, '-m', 'torchkiln.inimage.multinode', "
         "'--nodes', '2', '--local', '--allow-cpu', '--port', '29500']))"
     )
-    command = ["docker", "run", "--rm", project.image("train"), "python", "-c", script]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=EXEC_TIMEOUT)
+    name = f"torchkiln-test-port-{uuid.uuid4().hex[:8]}"
+    command = ["docker", "run", "--rm", "--name", name, "--label", f"{multinode.LABEL}={name}"]
+    command += [project.image("train"), "python", "-c", script]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=EXEC_TIMEOUT)
+    finally:  # a run that timed out leaves its container running: it goes too
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=120)
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.strip().splitlines() == [
         "multinode: port 29500 is in use on this machine (Address already in use); pass --port "

@@ -35,24 +35,40 @@ def own_swarm(wheels_project) -> Iterator[tuple[object, str]]:
     refused = project.invoke("stack", "up", "--nodes", "2", "--allow-cpu")
     assert refused.returncode != 0
     assert "this Docker engine is not in a swarm (state inactive)" in refused.stderr
-    made = docker("swarm", "init", "--advertise-addr", "127.0.0.1")
-    assert made.returncode == 0, made.stderr
+    bridge_before = docker("network", "inspect", "docker_gwbridge").returncode == 0
+    ours = True  # an init that times out may have made the swarm all the same
     try:
-        yield project, name
+        made = docker("swarm", "init", "--advertise-addr", "127.0.0.1")
+        ours = made.returncode == 0  # a refused init made none: nothing of ours to leave
+        assert ours, made.stderr
+        try:
+            yield project, name
+        finally:
+            remove_stack(name)
     finally:
-        docker("stack", "rm", name)
-        for _ in range(60):
-            if docker("network", "inspect", f"{name}_torchkiln").returncode != 0:
-                break
-            subprocess.run(["sleep", "1"], timeout=5)
-        # The tasks' containers go after the network: the volume is free once they are gone.
-        for _ in range(60):
-            if docker("volume", "rm", f"{name}_project").returncode == 0:
-                break
-            if docker("volume", "inspect", f"{name}_project").returncode != 0:
-                break
-            subprocess.run(["sleep", "1"], timeout=5)
-        docker("swarm", "leave", "--force")
+        # Always, whatever failed or hung above: the shared engine is left as it was found.
+        if ours:
+            try:
+                docker("swarm", "leave", "--force")
+            finally:
+                if not bridge_before:  # the bridge swarm init made; one in use stays
+                    docker("network", "rm", "docker_gwbridge")
+
+
+def remove_stack(name: str) -> None:
+    """Remove the test's stack, its network and then its volume (once its tasks are gone)."""
+    docker("stack", "rm", name)
+    for _ in range(60):
+        if docker("network", "inspect", f"{name}_torchkiln").returncode != 0:
+            break
+        subprocess.run(["sleep", "1"], timeout=5)
+    # The tasks' containers go after the network: the volume is free once they are gone.
+    for _ in range(60):
+        if docker("volume", "rm", f"{name}_project").returncode == 0:
+            break
+        if docker("volume", "inspect", f"{name}_project").returncode != 0:
+            break
+        subprocess.run(["sleep", "1"], timeout=5)
 
 
 def test_stack_up_check_down_on_a_single_node_swarm(own_swarm) -> None:
