@@ -8,6 +8,7 @@ distributions on the index (one download each, no code of theirs runs).
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import tarfile
@@ -117,8 +118,25 @@ def problem(
     return line, "; or ".join(routes)
 
 
+def sdist_data(link: str, cafile: str) -> bytes:
+    """A source distribution's bytes (at most SDIST_LIMIT_BYTES), downloaded once a run: the
+    estimate reads the same ones (extsources)."""
+    return _sdist_data(link, cafile)
+
+
+@functools.lru_cache(maxsize=8)
+def _sdist_data(link: str, cafile: str) -> bytes:
+    return indexcheck.fetch(link, cafile, limit=SDIST_LIMIT_BYTES)[1]
+
+
 def sdist_files(index_url: str, project: str, cafile: str) -> dict[str, str]:
-    """The source distributions of a project on an index: version -> download URL."""
+    """The source distributions of a project on an index: version -> download URL (the index
+    asked once a run)."""
+    return dict(_sdist_files(index_url, project, cafile))
+
+
+@functools.lru_cache(maxsize=32)
+def _sdist_files(index_url: str, project: str, cafile: str) -> dict[str, str]:
     import json
     import urllib.parse
 
@@ -166,8 +184,7 @@ def gather(
             link = files.get(version)
             if not link:
                 continue
-            _, data = indexcheck.fetch(link, cafile, limit=SDIST_LIMIT_BYTES)
-            standard = asked_standard(build_texts_of_archive(link, data))
+            standard = asked_standard(build_texts_of_archive(link, sdist_data(link, cafile)))
         except (OSError, ValueError, tarfile.TarError, zipfile.BadZipFile):
             continue
         if standard is not None and standard < needed:
