@@ -203,9 +203,8 @@ def build_service(c, built: BuildPlan) -> None:
         read = extsources.gather(
             mine["EXTENSIONS"].split(),
             folders,
-            mine,
+            mine["PIP_INDEX_URL"] or hostfacts.default_index_url(),
             built.ca_bundle or hostfacts.fresh_image_ca_bundle(),
-            hostfacts.default_index_url(),
             built.contexts.get(inputs.WHEELHOUSE_CONTEXT, ""),
         )
         vision = Path(built.contexts.get(inputs.SOURCE_CONTEXTS["vision"], "-"))

@@ -129,6 +129,14 @@ def _sdist_data(link: str, cafile: str) -> bytes:
     return indexcheck.fetch(link, cafile, limit=SDIST_LIMIT_BYTES)[1]
 
 
+def sdist_name(project: str, version: str = "") -> re.Pattern[str]:
+    """The file name of a project's source distribution (any spelling of its name: - _ .), of
+    one version, or of any (the version its first group)."""
+    stem = re.sub(r"[-_.]+", "[-_.]", re.escape(project.lower()).replace("\\", ""))
+    wanted = re.escape(version) if version else "(.+?)"
+    return re.compile(rf"^{stem}-{wanted}\.(tar\.gz|zip)$", re.IGNORECASE)
+
+
 def sdist_files(index_url: str, project: str, cafile: str) -> dict[str, str]:
     """The source distributions of a project on an index: version -> download URL (the index
     asked once a run)."""
@@ -149,8 +157,7 @@ def _sdist_files(index_url: str, project: str, cafile: str) -> dict[str, str]:
         base = f"{index_url.rstrip('/')}/{project}/"
         links = [urllib.parse.urljoin(base, link) for link in re.findall(r'href="([^"]+)"', page)]
     found: dict[str, str] = {}
-    stem = re.sub(r"[-_.]+", "[-_.]", re.escape(project.lower()).replace("\\", ""))
-    pattern = re.compile(rf"^{stem}-(.+?)\.(tar\.gz|zip)$", re.IGNORECASE)
+    pattern = sdist_name(project)
     for link in links:
         name = urllib.parse.unquote(link.split("#", 1)[0].rsplit("/", 1)[-1])
         match = pattern.match(name)

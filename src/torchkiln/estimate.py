@@ -50,17 +50,20 @@ CORE_HOURS_ARCH_SPECIFIC = (4.0, 8.0)
 CORE_HOURS_CPU = (4.0, 8.0)
 
 
-# What a build does besides compiling (torchkiln issue 28): the image's own steps (apt, the user,
-# pip's installs) and the wheels it moves: downloaded, installed into the train image and
-# exported as its layers, in proportion to their installed size. Measured on a 2-core machine:
+# What a build does besides compiling (torchkiln issue 28): the image's own steps (apt's installs
+# of the runtime and train stages, the user, pip's installs) and the wheels it moves: downloaded,
+# installed into the train image and exported as its layers. Measured on 2 cores:
 # - issue 28: BUILD_MODE=wheels with a CUDA torch and mamba-ssm took 9 min 51 s, 377 s of it
-#   the extension: 214 s for everything else, a train image of 6.51 GB;
-# - scripts/measure_estimate.py: BUILD_MODE=wheels with the CPU torch from a local wheelhouse
-#   (no download), an image of about 1.5 GB.
-IMAGE_STEPS_SECONDS = 120
+#   the extension: 214 s for everything else, with a train image of 6.51 GB;
+# - scripts/measure_estimate.py, a first build (no step from the build cache) of BUILD_MODE=wheels
+#   with the CPU torch 2.13.0 from a local wheelhouse, on a machine shared with other builds:
+#   230 s and 194 s (2026-12-06); the longest steps the runtime's and train's apt installs
+#   (44, 34, 23 s) and pip's install of the wheels (54 s).
+# The fixed steps dominate; the wheels' size adds little once pip's cache holds them.
+IMAGE_STEPS_SECONDS = 180
 
 
-SECONDS_PER_IMAGE_GB = 16
+SECONDS_PER_IMAGE_GB = 8
 
 
 # The installed size (GB) of the wheels a build puts into the train image: torch with NVIDIA's

@@ -21,6 +21,9 @@ from torchkiln.inimage import nvcc
 #   mean, and bounds a build of few sources on many cores;
 # - docs/gpu-results.md run 7: torchsort 0.1.10 (1 source) for 9.0 and for 8.6 with 16 jobs:
 #   104 s and 103 s.
+# Not met: run 9's EXTENSION_ARCHS=as-is build of causal-conv1d (its nine archs) took 730 s, and
+# this rule says 382 s: its one heavy source took 187-211 s of cicc per arch with 15 threads busy,
+# against 108 s for one arch alone (the 16 cores' own contention).
 SOURCE_ARCH_SECONDS = 80.0
 
 

@@ -53,25 +53,19 @@ def of_folder(project: str, folder: Path) -> ExtensionSources:
 def in_wheelhouse(wheelhouse: Path, spec: str) -> Path | None:
     """The source distribution of a name==version spec in a wheelhouse, None when absent."""
     project, version = spec.split("==", 1)
-    stem = re.sub(r"[-_.]+", "[-_.]", re.escape(project.lower()).replace("\\", ""))
-    pattern = re.compile(rf"^{stem}-{re.escape(version)}\.(tar\.gz|zip)$", re.IGNORECASE)
+    pattern = cxxcheck.sdist_name(project, version)
     found = [path for path in wheelhouse.iterdir() if pattern.match(path.name)]
     return found[0] if found else None
 
 
 def gather(
-    specs: Sequence[str],
-    folders: Mapping[str, str],
-    values: Mapping[str, str],
-    cafile: str,
-    default_index: str,
-    wheelhouse: str = "",
+    specs: Sequence[str], folders: Mapping[str, str], index: str, cafile: str, wheelhouse: str = ""
 ) -> list[ExtensionSources]:
-    """What each extension's sources say, where they can be read before the build."""
+    """What each extension's sources say, where they can be read before the build: the local
+    folders, the specs' source distributions in the wheelhouse or on the Python index."""
     from torchkiln import extensions
 
     found = [of_folder(extensions.folder_project(path), Path(path)) for path in folders.values()]
-    index = values.get("PIP_INDEX_URL") or default_index
     for spec in specs:
         project, version = spec.split("==", 1)
         try:
