@@ -16,12 +16,9 @@ out=$(cd "$2" && pwd) cca=${3:-9.0}
 repo=$(pwd)
 [[ -s $sdist ]] || { echo "ERROR: $sdist is missing; carry the sdist in" >&2; exit 1; }
 export PYTHONPATH=$repo/src
-# build-wheel.sh calls `pip` and `python`; a bare host may only have python3.
-shims=$(mktemp -d)
-printf '#!/bin/sh\nexec python3 -m pip "$@"\n' >"$shims/pip"
-printf '#!/bin/sh\nexec python3 "$@"\n' >"$shims/python"
-chmod +x "$shims/pip" "$shims/python"
-export PATH=$shims:$PATH PIP_NO_INDEX=1 CCACHE_DISABLE=1 FORCE_CUDA=1
+# shellcheck source=scripts/gpu_host.sh
+source "$repo/scripts/gpu_host.sh"
+export CCACHE_DISABLE=1 FORCE_CUDA=1
 # Their setup.py would otherwise look for a prebuilt wheel on the network.
 export MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE FLASH_ATTENTION_FORCE_BUILD=TRUE
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}

@@ -27,13 +27,9 @@ repo=$(pwd)
 sdist=$carry/causal_conv1d-1.7.0.tar.gz
 [[ -s $sdist ]] || { echo "ERROR: $sdist is missing; see the head of $0" >&2; exit 1; }
 export PYTHONPATH=$repo/src
-# build-wheel.sh calls `pip` and `python`; a bare host may only have python3. No network: pip
-# takes what is missing from the carried wheels.
-shims=$(mktemp -d)
-printf '#!/bin/sh\nexec python3 -m pip "$@"\n' >"$shims/pip"
-printf '#!/bin/sh\nexec python3 "$@"\n' >"$shims/python"
-chmod +x "$shims/pip" "$shims/python"
-export PATH=$shims:$PATH PIP_NO_INDEX=1 PIP_FIND_LINKS=$carry/wheels
+# shellcheck source=scripts/gpu_host.sh
+source "$repo/scripts/gpu_host.sh"
+export PIP_FIND_LINKS=$carry/wheels
 export FORCE_CUDA=1 CAUSAL_CONV1D_FORCE_BUILD=TRUE CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 # The timings compare compiles: ccache (if this host has it) must not serve the second build.
 export CCACHE_DISABLE=1
