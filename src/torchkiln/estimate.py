@@ -50,20 +50,20 @@ CORE_HOURS_ARCH_SPECIFIC = (4.0, 8.0)
 CORE_HOURS_CPU = (4.0, 8.0)
 
 
-# What a build does besides compiling (torchkiln issue 28): the image's own steps (apt's installs
-# of the runtime and train stages, the user, pip's installs) and the wheels it moves: downloaded,
-# installed into the train image and exported as its layers. Measured on 2 cores:
-# - issue 28: BUILD_MODE=wheels with a CUDA torch and mamba-ssm took 9 min 51 s, 377 s of it
-#   the extension: 214 s for everything else, with a train image of 6.51 GB;
+# What a build does besides compiling (torchkiln issue 28): a few fixed steps (apt's installs of
+# the runtime and train stages, the user) and the wheels, installed into the train image and
+# exported as its layers in proportion to their installed size. Measured on 2 cores:
 # - scripts/measure_estimate.py, a first build (no step from the build cache) of BUILD_MODE=wheels
-#   with the CPU torch 2.13.0 from a local wheelhouse, on a machine shared with other builds:
-#   230 s and 194 s (2026-12-06); the longest steps the runtime's and train's apt installs
-#   (44, 34, 23 s) and pip's install of the wheels (54 s).
-# The fixed steps dominate; the wheels' size adds little once pip's cache holds them.
-IMAGE_STEPS_SECONDS = 180
+#   with the CPU torch 2.13.0 (about 1 GB installed) from a local wheelhouse: 75 s, 27 s of it
+#   pip's install of the wheels, 12 + 8 + 6 s the apt steps (2026-12-06);
+# - issue 28: BUILD_MODE=wheels with a CUDA torch (about 6 GB with NVIDIA's wheels) and
+#   mamba-ssm took 9 min 51 s, 377 s of it the extension: 214 s for the rest.
+# So about 45 s of fixed steps and 28 s a GB. The same CPU build took 194-236 s while four other
+# builds shared the machine's 2 cores: an estimate is for a machine that builds one thing.
+IMAGE_STEPS_SECONDS = 45
 
 
-SECONDS_PER_IMAGE_GB = 8
+SECONDS_PER_IMAGE_GB = 28
 
 
 # The installed size (GB) of the wheels a build puts into the train image: torch with NVIDIA's

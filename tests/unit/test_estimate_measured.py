@@ -111,13 +111,12 @@ def test_an_extension_whose_sources_were_not_read_gets_a_range_and_says_so() -> 
     assert low < 10 * 60 and high > 40 * 60
 
 
-# BUILD_MODE=wheels with the CPU torch 2.13.0 from a local wheelhouse (the integration tests'
-# fixture), a first build on this shared 2-core machine: scripts/measure_estimate.py --modes
-# wheels, twice on 2026-12-06.
-@pytest.mark.parametrize("measured", [230, 194])
-def test_the_cpu_wheels_fixture_build_within_the_goal(measured) -> None:
+def test_the_cpu_wheels_fixture_build_within_the_goal() -> None:
+    # BUILD_MODE=wheels with the CPU torch 2.13.0 from a local wheelhouse (the integration tests'
+    # fixture), a first build on a 2-core machine: scripts/measure_estimate.py --modes wheels,
+    # 75 s (2026-12-06; 194-236 s in runs beside four other builds on the same 2 cores).
     values = settings.resolve({"BUILD_MODE": "wheels", "CUDA_FROM": "none", "MAX_JOBS": "2"})
-    assert_within_goal(estimate.estimate(values, 2, 24 * GB), measured)
+    assert_within_goal(estimate.estimate(values, 2, 24 * GB), 75)
 
 
 def sdist(files: dict[str, str]) -> bytes:
