@@ -28,12 +28,8 @@ for sdist in "$@"; do
   [[ -s $sdist ]] || { echo "ERROR: $sdist is missing or empty; carry it in (pip download --no-deps --no-binary :all: NAME==VERSION)" >&2; exit 2; }
 done
 export PYTHONPATH=$repo/src${PYTHONPATH:+:$PYTHONPATH}
-# build-wheel.sh calls `pip` and `python`; on such a host `pip` may be another Python's.
-shims=$(mktemp -d)
-printf '#!/bin/sh\nexec python3 -m pip "$@"\n' >"$shims/pip"
-printf '#!/bin/sh\nexec python3 "$@"\n' >"$shims/python"
-chmod +x "$shims/pip" "$shims/python"
-export PATH=$shims:$PATH PIP_NO_INDEX=1 ${WHEELS:+PIP_FIND_LINKS=$WHEELS}
+. "$repo/scripts/gpu_host.sh"
+[[ -z ${WHEELS:-} ]] || export PIP_FIND_LINKS=$WHEELS
 # As build-extensions.sh: compile, for the CUDA variant only (PyG's extensions), never download.
 export FORCE_CUDA=1 FORCE_ONLY_CUDA=1 FLASH_ATTENTION_FORCE_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE
 export CAUSAL_CONV1D_FORCE_BUILD=TRUE CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} EXTENSION_ARCHS=$policy

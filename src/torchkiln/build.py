@@ -27,6 +27,7 @@ from torchkiln import (
     envfile,
     estimate,
     extensions,
+    extsources,
     hostfacts,
     indexcheck,
     inputs,
@@ -192,8 +193,30 @@ def build_service(c, built: BuildPlan) -> None:
         return
     if built.service in settings.SOURCE:  # ngc compiles nothing
         history = estimate.read_timings(built.root)
-        folders = sum(1 for name in built.contexts if name in extensions.EXTENSION_CONTEXTS)
-        print(estimate.estimate(mine, facts.cpus, facts.memory_bytes, history, folders), flush=True)
+        folders = {
+            name: path
+            for name, path in built.contexts.items()
+            if name in extensions.EXTENSION_CONTEXTS
+        }
+        # Each extension's CUDA sources and archs, where its source can be read before the build.
+        read = extsources.gather(
+            mine["EXTENSIONS"].split(),
+            folders,
+            mine["PIP_INDEX_URL"] or hostfacts.default_index_url(),
+            built.ca_bundle or hostfacts.fresh_image_ca_bundle(),
+            built.contexts.get(inputs.WHEELHOUSE_CONTEXT, ""),
+        )
+        vision = Path(built.contexts.get(inputs.SOURCE_CONTEXTS["vision"], "-"))
+        said = estimate.estimate(
+            mine,
+            facts.cpus,
+            facts.memory_bytes,
+            history,
+            len(folders),
+            extension_sources=read,
+            vision=extsources.of_folder("torchvision", vision) if vision.is_dir() else None,
+        )
+        print(said, flush=True)
         # A remote cache that does not answer slows nothing down much and fails nothing: warn.
         problem = hostfacts.cache_server_problem(mine["CCACHE_REMOTE"])
         if problem:

@@ -8,6 +8,7 @@ distributions on the index (one download each, no code of theirs runs).
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import tarfile
@@ -172,8 +173,33 @@ def problem(
     return line, "; or ".join(routes)
 
 
+def sdist_data(link: str, cafile: str) -> bytes:
+    """A source distribution's bytes (at most SDIST_LIMIT_BYTES), downloaded once a run: the
+    estimate reads the same ones (extsources)."""
+    return _sdist_data(link, cafile)
+
+
+@functools.lru_cache(maxsize=8)
+def _sdist_data(link: str, cafile: str) -> bytes:
+    return indexcheck.fetch(link, cafile, limit=SDIST_LIMIT_BYTES)[1]
+
+
+def sdist_name(project: str, version: str = "") -> re.Pattern[str]:
+    """The file name of a project's source distribution (any spelling of its name: - _ .), of
+    one version, or of any (the version its first group)."""
+    stem = re.sub(r"[-_.]+", "[-_.]", re.escape(project.lower()).replace("\\", ""))
+    wanted = re.escape(version) if version else "(.+?)"
+    return re.compile(rf"^{stem}-{wanted}\.(tar\.gz|zip)$", re.IGNORECASE)
+
+
 def sdist_files(index_url: str, project: str, cafile: str) -> dict[str, str]:
-    """The source distributions of a project on an index: version -> download URL."""
+    """The source distributions of a project on an index: version -> download URL (the index
+    asked once a run)."""
+    return dict(_sdist_files(index_url, project, cafile))
+
+
+@functools.lru_cache(maxsize=32)
+def _sdist_files(index_url: str, project: str, cafile: str) -> dict[str, str]:
     import urllib.parse
 
     kind, body = indexcheck.fetch(f"{index_url.rstrip('/')}/{project}/", cafile)
@@ -185,8 +211,7 @@ def sdist_files(index_url: str, project: str, cafile: str) -> dict[str, str]:
         base = f"{index_url.rstrip('/')}/{project}/"
         links = [urllib.parse.urljoin(base, link) for link in re.findall(r'href="([^"]+)"', page)]
     found: dict[str, str] = {}
-    stem = re.sub(r"[-_.]+", "[-_.]", re.escape(project.lower()).replace("\\", ""))
-    pattern = re.compile(rf"^{stem}-(.+?)\.(tar\.gz|zip)$", re.IGNORECASE)
+    pattern = sdist_name(project)
     for link in links:
         name = urllib.parse.unquote(link.split("#", 1)[0].rsplit("/", 1)[-1])
         match = pattern.match(name)
@@ -223,8 +248,7 @@ def gather(
             link = files.get(version)
             if not link:
                 continue
-            _, data = indexcheck.fetch(link, cafile, limit=SDIST_LIMIT_BYTES)
-            standard, sure = pinned_standard(build_texts_of_archive(link, data))
+            standard, sure = pinned_standard(build_texts_of_archive(link, sdist_data(link, cafile)))
         except (OSError, ValueError, tarfile.TarError, zipfile.BadZipFile):
             continue
         if standard is not None and standard < needed:

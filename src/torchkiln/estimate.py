@@ -14,6 +14,12 @@ from pathlib import Path
 
 from torchkiln import buildlog, compose, envfile, gpu, runner
 from torchkiln.errors import UserError
+from torchkiln.extcompile import (
+    ExtensionSources,
+    archs_compiled,
+    extension_seconds,
+    extensions_seconds,
+)
 
 # --- The estimate, and what this machine's builds teach it ---------------------------------------
 #
@@ -44,21 +50,38 @@ CORE_HOURS_ARCH_SPECIFIC = (4.0, 8.0)
 CORE_HOURS_CPU = (4.0, 8.0)
 
 
-# Official wheels: minutes of downloading; CUDA_FROM=pypi adds about 3 GB of NVIDIA's wheels
-# (pip's cache mount keeps them for the next build).
-DOWNLOAD_MINUTES = (3.0, 10.0)
+# What a build does besides compiling (torchkiln issue 28): a few fixed steps (apt's installs of
+# the runtime and train stages, the user) and the wheels, installed into the train image and
+# exported as its layers in proportion to their installed size. Measured on 2 cores:
+# - scripts/measure_estimate.py, a first build (no step from the build cache) of BUILD_MODE=wheels
+#   with the CPU torch 2.13.0 (about 1 GB installed) from a local wheelhouse: 75 s, 27 s of it
+#   pip's install of the wheels, 12 + 8 + 6 s the apt steps (2026-12-06);
+# - issue 28: BUILD_MODE=wheels with a CUDA torch (about 6 GB with NVIDIA's wheels) and
+#   mamba-ssm took 9 min 51 s, 377 s of it the extension: 214 s for the rest.
+# So about 45 s of fixed steps and 28 s a GB. The same CPU build took 194-236 s while four other
+# builds shared the machine's 2 cores: an estimate is for a machine that builds one thing.
+IMAGE_STEPS_SECONDS = 45
 
 
-PYPI_CUDA_MINUTES = (5.0, 15.0)
+SECONDS_PER_IMAGE_GB = 28
 
 
-# torchvision's CUDA kernels and a mid-sized CUDA extension (torch-scatter, causal-conv1d: the
-# latter made most of a 38 min build on a small machine, torchkiln issue 20), one arch, in
-# core-hours.
+# The installed size (GB) of the wheels a build puts into the train image: torch with NVIDIA's
+# CUDA libraries (cuDNN, cuBLAS, NCCL … as wheels beside it) or the CPU torch.
+WHEELS_GB = {"cuda": 6.0, "cpu": 1.0}
+
+
+# CUDA_FROM=pypi also installs NVIDIA's toolkit wheels (about 3 GB) into the build stages.
+PYPI_TOOLKIT_GB = 3.0
+
+
+# torchvision's CUDA kernels, one arch, in core-hours (torch-wheel compiles it).
 VISION_CORE_HOURS = (0.5, 1.5)
 
 
-EXTENSION_CORE_HOURS = (0.5, 1.5)
+# The range said around the central figure: narrower than the goal (within +-30 % of the
+# measured time), so that its ends stay within it once rounded to minutes.
+SPREAD = (0.85, 1.2)
 
 
 # What does not parallelise: CMake's configure, the slowest objects, linking libtorch_cuda.
@@ -154,54 +177,75 @@ def learned_torch_hours(
     return None
 
 
+def image_seconds(values: Mapping[str, str], compiles: bool) -> float:
+    """What a build does besides compiling: the image's steps and the wheels it installs and
+    exports (NVIDIA's toolkit wheels too where CUDA_FROM=pypi and something compiles)."""
+    cuda = values.get("CUDA_FROM", "image") != "none" and bool(values.get("CCA"))
+    gb = WHEELS_GB["cuda" if cuda else "cpu"]
+    if values.get("CUDA_FROM") == "pypi" and compiles:
+        gb += PYPI_TOOLKIT_GB
+    return IMAGE_STEPS_SECONDS + gb * SECONDS_PER_IMAGE_GB
+
+
 def estimate(
     values: Mapping[str, str],
     cpus: int,
     memory_bytes: int,
     history: Sequence[Mapping[str, object]] = (),
     local_extensions: int = 0,
+    extension_sources: Sequence[ExtensionSources] = (),
+    vision: ExtensionSources | None = None,
 ) -> str:
     """Say, before a build starts, how long it will take (a range) and how much disk it needs,
-    from published build times and from what this machine's earlier builds recorded."""
+    from published and measured build times and from what this machine's earlier builds
+    recorded. `extension_sources`: what was read of the extensions before the build;
+    `local_extensions`: local folders beyond those, not read; `vision`: a torchvision folder
+    of one's own, read (torch-wheel compiles it)."""
     mode = values["BUILD_MODE"]
     jobs = parallel_jobs(values, cpus, memory_bytes)
     cuda = values["CUDA_FROM"] != "none" and bool(values["CCA"])
-    # How much more device code than for one arch: torchvision and extensions scale the same.
-    scale = [sum(arch_units(values["CCA"], cuda)) / sum(arch_units("8.6", True))] if cuda else [1]
-    extensions = len(values["EXTENSIONS"].split()) + local_extensions
-    minutes = [*DOWNLOAD_MINUTES]
-    if values["CUDA_FROM"] == "pypi":
-        minutes = [low + more for low, more in zip(minutes, PYPI_CUDA_MINUTES, strict=True)]
-    core = [0.0, 0.0]
-    if mode == "torch-wheel":
-        core = [c + v * scale[0] for c, v in zip(core, VISION_CORE_HOURS, strict=True)]
-    core = [c + x * scale[0] * extensions for c, x in zip(core, EXTENSION_CORE_HOURS, strict=True)]
+    # How much more device code than for one arch: torchvision scales the same.
+    scale = sum(arch_units(values["CCA"], cuda)) / sum(arch_units("8.6", True)) if cuda else 1
+    ext_low, ext_high, ext_said = extensions_seconds(
+        values, extension_sources, jobs, max(0, local_extensions - len(extension_sources))
+    )
+    compiles = mode != "wheels" or bool(ext_said)
+    seconds = [
+        image_seconds(values, compiles) + ext_low,
+        image_seconds(values, compiles) + ext_high,
+    ]
+    if mode == "torch-wheel" and vision is not None and vision.cuda_sources is not None:
+        # A torchvision folder of one's own: its CUDA sources x archs, as for an extension.
+        compile_s = extension_seconds(vision.cuda_sources, archs_compiled(values), jobs)
+        seconds = [t + compile_s for t in seconds]
+    elif mode == "torch-wheel":
+        seconds = [
+            t + v * scale * 3600 / jobs for t, v in zip(seconds, VISION_CORE_HOURS, strict=True)
+        ]
     learned: list[str] = []
     last_extensions = _last(history, "extensions-build")
-    if extensions and last_extensions:
+    if ext_said and last_extensions:
         took = runner.format_duration(float(last_extensions["seconds"]))  # type: ignore[arg-type]
         learned.append(f"this machine's last extension compile took {took}")
     jobs_text = f"{jobs} parallel job{'s' if jobs != 1 else ''}"
     memory = f"{memory_bytes / 1024**3:.0f} GB memory"
     why = "MAX_JOBS" if values.get("MAX_JOBS") else f"one job per {GB_PER_JOB} GB"
+    extensions_text = f" ({'; '.join(ext_said)})" if ext_said else ""
     if mode != "source":
-        low = minutes[0] / 60 + core[0] / jobs
-        high = minutes[1] / 60 + core[1] / jobs
+        low, high = seconds[0] * SPREAD[0] / 3600, seconds[1] * SPREAD[1] / 3600
         disk = disk_gb(values)
         last = _last(history, "build", mode)
         if last:
             took = runner.format_duration(float(last["seconds"]))  # type: ignore[arg-type]
             learned.insert(0, f"this machine's last BUILD_MODE={mode} build took {took}")
-        compiles = f", compiling with {jobs_text} ({cpus} cores, {memory})" if core[1] else ""
-        text = f"estimate: BUILD_MODE={mode}{compiles} takes {_range(low, high)}"
-        if extensions:
-            text += " (flash-attn-sized extensions take hours more)"
+        compiling = f", compiling with {jobs_text} ({cpus} cores, {memory})" if compiles else ""
+        text = f"estimate: BUILD_MODE={mode}{compiling} takes {_range(low, high)}{extensions_text}"
         text += "".join(f"; {said}" for said in learned)
         return f"{text}; it needs about {disk} GB of disk (an estimate, not a promise)"
     items = gpu.parse_cca(values["CCA"]) if cuda else []
     low_core, high_core = arch_units(values["CCA"], cuda)
-    low = SERIAL_HOURS[0] + minutes[0] / 60 + (low_core + core[0]) / jobs
-    high = SERIAL_HOURS[1] + minutes[1] / 60 + (high_core + core[1]) / jobs
+    low = SERIAL_HOURS[0] + seconds[0] / 3600 + low_core / jobs
+    high = SERIAL_HOURS[1] + seconds[1] / 3600 + high_core / jobs
     disk = disk_gb(values)
     what = (
         f"{len(items)} arch{'s' if len(items) != 1 else ''} ({values['CCA']})"
@@ -211,7 +255,7 @@ def estimate(
     text = (
         f"estimate: a PyTorch source build for {what} with {jobs_text} ({cpus} cores, "
         f"{memory}: {why}) takes {_range(low, high)} the first time (published figures: "
-        f"{_core_hours_text(cuda)})"
+        f"{_core_hours_text(cuda)}){extensions_text}"
     )
     torch_hours = learned_torch_hours(history, values["CCA"], cuda, jobs)
     if torch_hours:

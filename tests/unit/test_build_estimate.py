@@ -33,9 +33,11 @@ def test_one_arch_is_25_to_40_core_hours_over_the_jobs_plus_a_serial_part() -> N
     # 64 GB at 6 GB a job: 10 jobs, not 16.
     assert "with 10 parallel jobs (16 cores, 64 GB memory: one job per 6 GB)" in text
     low, high = hours_range(text)
-    # The serial part (configure, the slowest objects, linking) and the downloads come on top.
-    assert low == pytest.approx(0.3 + 3 / 60 + 25 / 10, abs=0.02)
-    assert high == pytest.approx(0.6 + 10 / 60 + 40 / 10, abs=0.02)
+    # The serial part (configure, the slowest objects, linking) and the image's own steps come on
+    # top.
+    image = estimate.image_seconds(settings.resolve({"CCA": "8.6"}), compiles=True) / 3600
+    assert low == pytest.approx(0.3 + image + 25 / 10, abs=0.02)
+    assert high == pytest.approx(0.6 + image + 40 / 10, abs=0.02)
     assert "25-40 core-hours for the first arch" in text and "40 GB of disk" in text
 
 
@@ -78,8 +80,9 @@ def test_this_machine_s_record_scales_to_the_archs_and_jobs_of_the_next_build() 
 
 
 def test_wheels_modes_give_a_range_and_what_this_machine_took() -> None:
-    wheels = estimate.estimate(settings.resolve({"BUILD_MODE": "wheels"}), 2, 8 * GB)
-    assert wheels.startswith("estimate: BUILD_MODE=wheels takes 3 min to 10 min")
+    wheels = estimate.estimate(settings.resolve({"BUILD_MODE": "wheels", "CCA": "8.6"}), 2, 8 * GB)
+    # Nothing compiles: the image's steps and the CUDA torch's wheels (about 6 GB installed).
+    assert wheels.startswith("estimate: BUILD_MODE=wheels takes 3 min to 4 min;"), wheels
     pypi = settings.resolve(
         {"BUILD_MODE": "wheels", "CUDA_FROM": "pypi", "EXTENSIONS": "causal-conv1d==1.5.0"}
     )
@@ -88,8 +91,7 @@ def test_wheels_modes_give_a_range_and_what_this_machine_took() -> None:
         {"stage": "extensions-build", "seconds": 1700},
     ]
     text = estimate.estimate(pypi, 2, 8 * GB, history)
-    low, high = hours_range(text)
-    assert low > 0.5 and high > 1.5, "an extension compile is not ten minutes"
+    assert "causal-conv1d: CUDA sources not read, 3-60 taken" in text
     assert "this machine's last BUILD_MODE=wheels build took 38 min" in text
     assert "this machine's last extension compile took 28 min" in text
 
