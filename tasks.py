@@ -262,6 +262,45 @@ def clean(c: Context, cache: bool = False, dist: bool = False, all_checkouts: bo
             print(line)
 
 
+@task(
+    positional=["action", "url"],
+    help={
+        "action": "up (a scheduler and a build server here), join URL (a build server for the "
+        "farm at URL), status, or down (this machine's part)",
+        "url": "join: the farm's scheduler, http://HOST:10600",
+        "key_file": "join: a copy of the first machine's .torchkiln/farm/jwt-key",
+        "token_file": "join: a copy of the first machine's .torchkiln/farm/client-token",
+        "port": "join: the port this server listens on (default 10501)",
+        "address": "join: the address clients reach this server at (default: its own)",
+    },
+)
+def farm(
+    c: Context, action: str, url: str = "", key_file: str = "", token_file: str = "",
+    port: int = 10501, address: str = "",
+) -> None:  # fmt: skip
+    """The build farm (sccache-dist, docs/farm.md): invoke farm up|join URL|status|down."""
+    import os
+
+    from torchkiln import build, checkout, settings
+    from torchkiln import farm as farms
+
+    with user_errors():
+        checkout.guard(ROOT, action=f"invoke farm {action}")
+        values = settings.resolve(environ=os.environ, dotenv=build.read_dotenv(ROOT))
+        if action == "up":
+            print("\n".join(farms.up(ROOT, values)))
+        elif action == "join" and url:
+            here = farms.farm_dir(ROOT)
+            keys = key_file or str(here / farms.KEY_FILE), token_file or str(here / "client-token")
+            print(farms.join(ROOT, url, *keys, port, address))
+        elif action == "status":
+            print("\n".join(farms.status(ROOT, values)))
+        elif action == "down":
+            print(farms.down(ROOT))
+        else:
+            raise Exit(f"error: invoke farm {action!r}: use up, join URL, status or down", code=2)
+
+
 # invoke's own echo (`invoke --dry …`) is bold on a terminal; files and pipes get plain text.
 from invoke import Collection  # noqa: E402
 

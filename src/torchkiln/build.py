@@ -16,14 +16,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from torchkiln import buildchecks, compose, doctor, envfile, extensions, gpu, runner, settings
+from torchkiln import (
+    buildchecks,
+    compose,
+    doctor,
+    envfile,
+    extensions,
+    farm,
+    gpu,
+    runner,
+    sccache,
+    settings,
+)
 from torchkiln.errors import UserError
 
 IMAGE_SETTING = {"train": "TRAIN_IMAGE_NAME", "full": "FULL_IMAGE_NAME", "ngc": "NGC_IMAGE_NAME"}
-_CCACHE_LINE = re.compile(
-    r"torchkiln-ccache: (?:\S+ )?hits=(\d+) misses=(\d+)"
-    r"(?: remote_hits=(\d+) remote_errors=(\d+))?(?: uncached=(\d+))?"
-)
 _JOBS_LINE = re.compile(r"^(?:#\d+ [\d.]+ )?torchkiln-jobs: (.+)$", re.MULTILINE)
 
 
@@ -320,37 +327,13 @@ def read_dotenv(root: Path) -> dict[str, str | None]:
     return values
 
 
-def ccache_rate(log: str) -> str:
-    """Summarise the ccache statistics lines the build steps printed."""
-    hits = misses = remote = errors = uncached = steps = 0
-    for match in _CCACHE_LINE.finditer(log):
-        steps += 1
-        hits += int(match[1])
-        misses += int(match[2])
-        remote += int(match[3] or 0)
-        errors += int(match[4] or 0)
-        uncached += int(match[5] or 0)
-    # Each compile step that ran prints its line; a step BuildKit took from its cache prints none.
-    if not steps:
-        return "no compile step ran (BuildKit took them from its cache)"
-    ran = f"{steps} compile step{'s' if steps != 1 else ''} ran"
-    if hits + misses == 0:
-        if uncached:
-            return f"{ran}: {uncached} compiles, none of them cacheable by ccache"
-        return f"{ran}; no compiler call of theirs went through ccache"
-    rate = f"{100 * hits / (hits + misses):.0f}% ({hits} hits, {misses} misses)"
-    if uncached:
-        rate += f"; {uncached} compiles ccache could not cache"
-    if remote or errors:
-        rate += f"; {hits - remote} hits local, {remote} from the team's remote cache"
-    if errors:
-        rate += f"; WARNING the remote cache failed {errors} times (compiled locally instead)"
-    return rate
-
-
-def build_secrets(values: Mapping[str, str]) -> dict[str, str]:
-    """The environment Compose and buildx read the env-sourced build secrets from."""
-    return compose.build_secrets(values)
+def build_secrets(values: Mapping[str, str], root: Path | None = None) -> dict[str, str]:
+    """The environment Compose and buildx read the env-sourced build secrets from (the farm's
+    token: BUILD_FARM_TOKEN, else the one `invoke farm` wrote under the checkout `root`)."""
+    token = values.get("BUILD_FARM_TOKEN", "")
+    if root is not None:  # build farm (sccache.py)
+        token = sccache.farm_token(values, root, compose.STATE_DIR)
+    return compose.build_secrets(values, token)
 
 
 # --- The estimate, and what this machine's builds teach it ---------------------------------------
@@ -544,7 +527,7 @@ def _core_hours_text(cuda: bool) -> str:
 
 
 _STEP_STAT = re.compile(
-    r"^#(\d+) [\d.]+ torchkiln-(ccache|jobs): .*?(?:\bhits=(\d+) misses=(\d+)|MAX_JOBS=(\d+))",
+    r"^#(\d+) [\d.]+ torchkiln-(sccache|jobs): .*?(?:\bhits=(\d+) misses=(\d+)|MAX_JOBS=(\d+))",
     re.MULTILINE,
 )
 
@@ -558,7 +541,7 @@ def timing_entries(
     per_step: dict[str, dict[str, int]] = {}
     for number, kind, hits, misses, jobs in _STEP_STAT.findall(log):
         stat = per_step.setdefault(number, {"hits": 0, "misses": 0, "jobs": 0})
-        if kind == "ccache":
+        if kind == "sccache":
             stat["hits"] += int(hits)
             stat["misses"] += int(misses)
         else:
@@ -645,7 +628,7 @@ def summary(
             for stage, spent in stage_seconds(log)[:6]
             if spent >= 10
         ),
-        f"ccache:      {ccache_rate(log)}",
+        f"sccache:     {sccache.summary(log)}",
         *buildchecks.summary_lines(log),
         *extensions.summary_lines(log),
         *(f"jobs:        {line}" for line in dict.fromkeys(_JOBS_LINE.findall(log))),
@@ -748,15 +731,22 @@ def build_service(c, built: BuildPlan) -> None:
         history = read_timings(built.root)
         folders = sum(1 for name in built.contexts if name in compose.EXTENSION_CONTEXTS)
         print(estimate(mine, facts.cpus, facts.memory_bytes, history, folders), flush=True)
+        for line in farm.check(mine, built.root, facts.cpus, facts.memory_bytes):  # build farm
+            print(line, flush=True)
         # A remote cache that does not answer slows nothing down much and fails nothing: warn.
-        problem = hostfacts.cache_server_problem(mine["CCACHE_REMOTE"])
+        name, url = sccache.cache_setting(mine)  # compile cache (sccache.py)
+        for note in filter(None, [sccache.migration_note(mine)]):
+            print(note)
+        problem = hostfacts.cache_server_problem(url)
         if problem:
-            print(f"warning: CCACHE_REMOTE: {problem}; building with the local cache only")
+            print(f"warning: {name}: {problem}; building with the local cache only")
     with runner.checkout_lock(built.root, "build"):
         print(f"$ {shlex.join(built.build)}", flush=True)
         started = time.monotonic()
         log = built.root / built.log_path
-        result = runner.stream(built.build, built.root, build_secrets(built.values), log)
+        result = runner.stream(
+            built.build, built.root, build_secrets(built.values, built.root), log
+        )
         if result.failed:
             line = failure_line(
                 f"docker compose build {built.service}",

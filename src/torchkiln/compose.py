@@ -17,7 +17,7 @@ import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from torchkiln import envfile, gpu, settings, urls
+from torchkiln import envfile, gpu, sccache, settings, urls
 from torchkiln.errors import UserError
 
 # Predefined BuildKit args passed through by every service (not settings: they are the host's).
@@ -51,8 +51,6 @@ SOURCE_MARKERS = {
 WHEELHOUSE_CONTEXT = "wheelhouse"
 # The build secret holding PIP_INDEX_TOKEN (compose/compose.yaml, docker/scripts/net.sh).
 INDEX_TOKEN_SECRET = "pip_index_token"
-# The build secret holding CCACHE_REMOTE (a URL that may hold a password): compile steps only.
-CCACHE_REMOTE_SECRET = "ccache_remote"
 WHEELS_TARGET = "wheels"
 # Labels of what a checkout makes: the Compose project (docker/Dockerfile's LABEL) and the
 # checkout's own identity (the build override's), which `invoke clean` trusts over the project
@@ -266,18 +264,15 @@ def index_url(value: str) -> urls.URL:
     return urls.parse("PIP_INDEX_URL", value, form="https://HOST/simple")
 
 
-def build_secrets(values: Mapping[str, str]) -> dict[str, str]:
+def build_secrets(values: Mapping[str, str], farm_token: str = "") -> dict[str, str]:
     """The environment Compose and buildx read the env-sourced build secrets from: the index
     token (PIP_INDEX_TOKEN, else the password split off PIP_INDEX_URL; net.sh puts it back into
-    the URL for pip alone) and CCACHE_REMOTE in the form ccache reads (its `$` would be
-    expanded, its `:PASSWORD@` read as no password)."""
+    the URL for pip alone), and sccache's COMPILE_CACHE, BUILD_FARM and BUILD_FARM_TOKEN
+    (sccache.secrets)."""
     token = values.get("PIP_INDEX_TOKEN", "")
     if not token and values.get("PIP_INDEX_URL"):
         token = index_url(values["PIP_INDEX_URL"]).password or ""
-    remote = values.get("CCACHE_REMOTE", "")
-    if remote:
-        remote = urls.ccache_storage(urls.parse_ccache_remote(remote))
-    return {"PIP_INDEX_TOKEN": token, "CCACHE_REMOTE": remote}
+    return {"PIP_INDEX_TOKEN": token, **sccache.secrets(values, farm_token)}
 
 
 def _escaped(value: object) -> object:
@@ -473,7 +468,8 @@ def wheels_command(
         command += ["--secret", f"id=ca_bundle,{csv_field(f'src={ca_bundle}')}"]
     # As Compose's `pip_index_token` secret: the variable's value, or empty when it is unset.
     command += ["--secret", f"id={INDEX_TOKEN_SECRET},env={INDEX_TOKEN_SECRET.upper()}"]
-    command += ["--secret", f"id={CCACHE_REMOTE_SECRET},env={CCACHE_REMOTE_SECRET.upper()}"]
+    for secret in sccache.SECRET_IDS:  # sccache's cache and farm (sccache.py)
+        command += ["--secret", f"id={secret},env={secret.upper()}"]
     if no_cache:
         command.append("--no-cache")
     command.append(".")

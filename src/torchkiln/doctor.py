@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from torchkiln import gpu, settings
+from torchkiln import gpu, sccache, settings
 from torchkiln.engine import EngineFacts
 from torchkiln.errors import UserError
 from torchkiln.hostfacts import CABundle, ImageFacts, TLSVerdict
@@ -270,24 +270,25 @@ def check_cuda_source(env: EnvState) -> Row:
     return Row("cuda", "ok", f"CUDA {cuda} from NVIDIA's wheels on the Python index (pypi)")
 
 
-def check_ccache_remote(url: str, problem: str) -> Row | None:
-    """Judge the team's compile cache (None when CCACHE_REMOTE is unset): a server that does not
-    answer only warns, since the build then compiles with the local cache."""
-    from torchkiln import urls
+def check_ccache_remote(url: str, problem: str, name: str = "COMPILE_CACHE") -> Row | None:
+    """Judge the team's compile cache (None when COMPILE_CACHE, or the older CCACHE_REMOTE, is
+    unset): a server that does not answer only warns, since sccache then compiles with the
+    local cache."""
+    from torchkiln import sccache
 
     if not url:
         return None
-    mode = "read-only" if urls.parse_ccache_remote(url).read_only else "read-write"
+    mode = "read-only" if sccache.parse_compile_cache(url, name).read_only else "read-write"
     if problem:
         return Row(
             "compile cache",
             "warn",
-            f"CCACHE_REMOTE ({mode}): {problem}; builds go on with the local cache only",
-            "start the server (docker compose --profile cache up -d ccache), or check the "
-            "address: build steps reach it through the host's address (e.g. the docker0 "
+            f"{name} ({mode}): {problem}; builds go on with the local cache only",
+            "start the server (docker compose --profile cache up -d compile-cache), or check "
+            "the address: build steps reach it through the host's address (e.g. the docker0 "
             "bridge's), never 127.0.0.1",
         )
-    return Row("compile cache", "ok", f"CCACHE_REMOTE answers ({mode})")
+    return Row("compile cache", "ok", f"{name} answers ({mode})")
 
 
 def check_index_password(dotenv: Mapping[str, str | None] | None) -> Row | None:
@@ -433,8 +434,8 @@ def check_host(root: Path) -> tuple[str, bool]:
             python = python_rows("train", mine, ca.unreachable)
     cache = None
     if state.values is not None:
-        url = state.values["CCACHE_REMOTE"]
-        cache = check_ccache_remote(url, hostfacts.cache_server_problem(url))
+        name, url = sccache.cache_setting(state.values)  # compile cache (sccache.py)
+        cache = check_ccache_remote(url, hostfacts.cache_server_problem(url), name)
     rows = diagnose(facts, hostfacts.gpu_driver_version(), state, images, cache, tls, python)
     index = check_index_password(dotenv) if state.values is not None else None
     rows += [index] if index else []

@@ -20,7 +20,18 @@ import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from torchkiln import __version__, build, buildchecks, compose, doctor, extensions, runner, settings
+from torchkiln import (
+    __version__,
+    build,
+    buildchecks,
+    compose,
+    doctor,
+    extensions,
+    farm,
+    runner,
+    sccache,
+    settings,
+)
 from torchkiln.errors import UserError
 from torchkiln.inimage import extreport
 
@@ -260,6 +271,8 @@ def export_wheels(
     doctor.require_ready(compose.service_values(service, built.values), False, service)
     if not dry:
         build.check_builder(c, built.builder, export_cache=False)
+        for line in farm.check(built.values, root):  # build farm (farm.py)
+            print(line, flush=True)
 
     def command(staging: str) -> list[str]:
         return compose.wheels_command(
@@ -274,7 +287,7 @@ def export_wheels(
         )
 
     # The token secret is read from the environment (Compose reads .env itself; buildx does not).
-    token = build.build_secrets(built.values)
+    token = build.build_secrets(built.values, built.root)
     if dry:
         where = dest if dest.is_dir() else dest.parent
         with c.cd(str(root)):
@@ -304,7 +317,7 @@ def export_wheels(
     for line in buildchecks.summary_lines(result.output):
         print(line)
     # What the compile steps of this export did (nothing when BuildKit took them from its cache).
-    print(f"ccache: {build.ccache_rate(result.output)}")
+    print(f"sccache: {sccache.summary(result.output)}")
     for line in extensions.summary_lines(result.output):
         print(line)
     print(f"{len(wheels)} wheels and {INFO_NAME} in {dest}:")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from invoke import Config, MockContext, Result
 
-from torchkiln import build, compose, doctor, settings, wheels
+from torchkiln import build, compose, doctor, sccache, settings, wheels
 from torchkiln.errors import UserError
 
 DOTENV = {"UID": "1000", "GID": "1000", "CCA": "8.6", "COMPOSE_PROJECT_NAME": "demo"}
@@ -137,10 +137,15 @@ def test_wheels_reuses_the_inputs_of_the_last_build(tmp_path: Path) -> None:
     assert build.with_recorded_inputs(tmp_path, build.BuildOptions(service="full"))[1] == ""
 
 
-def test_ccache_rate_sums_every_step() -> None:
-    log = "torchkiln-ccache: hits=3 misses=1\nxx\ntorchkiln-ccache: hits=1 misses=3\n"
-    assert build.ccache_rate(log) == "50% (4 hits, 4 misses)"
-    assert build.ccache_rate("").startswith("no compile step ran")
+def test_the_compile_summary_sums_every_step() -> None:
+    log = (
+        "torchkiln-sccache: a hits=3 misses=1 remote_hits=0 "
+        "remote_errors=0 uncached=0 local=0 dist=0 dist_errors=0 servers=- reasons=-\nxx\n"
+        "torchkiln-sccache: b hits=1 misses=3 remote_hits=0 "
+        "remote_errors=0 uncached=0 local=0 dist=0 dist_errors=0 servers=- reasons=-\n"
+    )
+    assert sccache.summary(log) == "50% (4 hits, 4 misses)"
+    assert sccache.summary("").startswith("no compile step ran")
 
 
 def test_executed_steps_ignore_cached_ones() -> None:
