@@ -245,7 +245,7 @@ def logs(c: Context, service: str = "train", follow: bool = False) -> None:
 
 @task(
     help={
-        "cache": "the BuildKit cache of torchkiln builds (layers; ccache, pip, apt mounts): "
+        "cache": "the BuildKit cache of torchkiln builds (layers; sccache, pip, apt mounts): "
         "shared by every checkout on the engine, so it says what it holds and removes it only "
         "with --all-checkouts",
         "all_checkouts": "with --cache: remove that cache, every checkout's",
@@ -262,43 +262,62 @@ def clean(c: Context, cache: bool = False, dist: bool = False, all_checkouts: bo
             print(line)
 
 
-@task(
-    positional=["action", "url"],
-    help={
-        "action": "up (a scheduler and a build server here), join URL (a build server for the "
-        "farm at URL), status, or down (this machine's part)",
-        "url": "join: the farm's scheduler, http://HOST:10600",
-        "key_file": "join: a copy of the first machine's .torchkiln/farm/jwt-key",
-        "token_file": "join: a copy of the first machine's .torchkiln/farm/client-token",
-        "port": "join: the port this server listens on (default 10501)",
-        "address": "join: the address clients reach this server at (default: its own)",
-    },
-)
-def farm(
-    c: Context, action: str, url: str = "", key_file: str = "", token_file: str = "",
-    port: int = 10501, address: str = "",
-) -> None:  # fmt: skip
-    """The build farm (sccache-dist, docs/farm.md): invoke farm up|join URL|status|down."""
+def _farm_values() -> dict[str, str]:
     import os
 
-    from torchkiln import build, checkout, settings
-    from torchkiln import farm as farms
+    from torchkiln import build, settings
+
+    return settings.resolve(environ=os.environ, dotenv=build.read_dotenv(ROOT))
+
+
+@task
+def farm_up(c: Context) -> None:
+    """Start the build farm here: a scheduler and a build server (docs/farm.md)."""
+    from torchkiln import checkout, farm
 
     with user_errors():
-        checkout.guard(ROOT, action=f"invoke farm {action}")
-        values = settings.resolve(environ=os.environ, dotenv=build.read_dotenv(ROOT))
-        if action == "up":
-            print("\n".join(farms.up(ROOT, values)))
-        elif action == "join" and url:
-            here = farms.farm_dir(ROOT)
-            keys = key_file or str(here / farms.KEY_FILE), token_file or str(here / "client-token")
-            print(farms.join(ROOT, url, *keys, port, address))
-        elif action == "status":
-            print("\n".join(farms.status(ROOT, values)))
-        elif action == "down":
-            print(farms.down(ROOT))
-        else:
-            raise Exit(f"error: invoke farm {action!r}: use up, join URL, status or down", code=2)
+        checkout.guard(ROOT, action="invoke farm.up")
+        print("\n".join(farm.up(ROOT, _farm_values())))
+
+
+@task(
+    help={
+        "url": "the farm's scheduler, http://HOST:10600",
+        "key_file": "a copy of the first machine's .torchkiln/farm/jwt-key",
+        "token_file": "a copy of the first machine's .torchkiln/farm/client-token",
+        "port": "the port this server listens on (default 10501)",
+        "address": "the address clients reach this server at (default: its own)",
+    },
+)
+def farm_join(
+    c: Context, url, key_file: str = "", token_file: str = "", port: int = 10501, address: str = ""
+) -> None:
+    """Start a build server here that works for the farm at URL (docs/farm.md)."""
+    from torchkiln import checkout, farm
+
+    with user_errors():
+        checkout.guard(ROOT, action="invoke farm.join")
+        here = farm.farm_dir(ROOT)
+        keys = key_file or str(here / farm.KEY_FILE), token_file or str(here / "client-token")
+        print(farm.join(ROOT, url, *keys, port, address))
+
+
+@task
+def farm_status(c: Context) -> None:
+    """Show the farm's servers, cores, jobs in progress and this machine's completed counts."""
+    from torchkiln import farm
+
+    with user_errors():
+        print("\n".join(farm.status(ROOT, _farm_values())))
+
+
+@task
+def farm_down(c: Context) -> None:
+    """Stop this machine's part of the build farm (the tokens stay)."""
+    from torchkiln import farm
+
+    with user_errors():
+        print(farm.down(ROOT))
 
 
 # invoke's own echo (`invoke --dry …`) is bold on a terminal; files and pipes get plain text.
@@ -307,4 +326,9 @@ from invoke import Collection  # noqa: E402
 from torchkiln.taskkit import echo_format  # noqa: E402
 
 ns = Collection.from_module(sys.modules[__name__])
+# The build farm: invoke farm.up, farm.join URL, farm.status, farm.down.
+farm_tasks = Collection("farm")
+for _name in ("up", "join", "status", "down"):
+    farm_tasks.add_task(ns.tasks.pop(f"farm-{_name}"), name=_name)
+ns.add_collection(farm_tasks)
 ns.configure({"run": {"echo_format": echo_format()}})

@@ -68,6 +68,12 @@ EOF
   # PATH: the compilers above and the wrapper already do, and sccache must not run the wrapper.
   export TORCH_NO_COMPILER_WRAPPER=1
   eval "$("$python" -m torchkiln.inimage.nvcc env "$tree")"
+  # With a build farm, a call's parallelism comes from the farm's cores: no --split-compile, an
+  # option sccache 0.16 does not know for nvcc (a compile it may not distribute or cache).
+  if [[ -n ${SCCACHE_CONF:-} && -n ${TORCHKILN_NVCC_SPLIT:-} ]]; then
+    unset TORCHKILN_NVCC_SPLIT
+    echo "torchkiln: nvcc without --split-compile: the build farm spreads the compiles instead"
+  fi
 }
 extension_env "$1"
 unset -f extension_env

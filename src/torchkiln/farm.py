@@ -1,4 +1,4 @@
-"""`invoke farm up|join|status|down`: the build farm (sccache-dist) as Compose services, its
+"""`invoke farm.up|farm.join|status|down`: the build farm (sccache-dist) as Compose services, its
 tokens, and the preflight that refuses a farm that is down or a token it refuses, in one line,
 before any compile.
 
@@ -88,7 +88,7 @@ def copy_tokens(root: Path, key_file: str, token_file: str) -> None:
         except OSError as error:
             raise UserError(
                 f"farm join: cannot read {path} ({error.strerror}); copy .torchkiln/farm/{name} "
-                f"from the machine that ran invoke farm up"
+                f"from the machine that ran invoke farm.up"
             ) from None
         if not text:
             raise UserError(f"farm join: {path} is empty; copy .torchkiln/farm/{name} again")
@@ -127,10 +127,10 @@ def preflight(farm: str, token: str) -> Status:
     """Check, in seconds, that the farm answers and takes the token; one line otherwise."""
     if not token:
         raise UserError(
-            f"BUILD_FARM={farm} is set but there is no client token; run invoke farm join {farm} "
+            f"BUILD_FARM={farm} is set but there is no client token; run invoke farm.join {farm} "
             f"(or set BUILD_FARM_TOKEN), or empty BUILD_FARM to build on this machine only"
         )
-    fix = "start it (invoke farm up) or empty BUILD_FARM to build on this machine only"
+    fix = "start it (invoke farm.up) or empty BUILD_FARM to build on this machine only"
     try:
         code, body = _request(f"{farm}/api/v1/scheduler/status", token)
         status = parse_status(body) if code == 200 else None
@@ -145,7 +145,7 @@ def preflight(farm: str, token: str) -> Status:
     if refused:
         raise UserError(
             f"the build farm BUILD_FARM={farm} {refused}; copy .torchkiln/farm/client-token "
-            f"from the machine that ran invoke farm up (invoke farm join {farm} --token-file …)"
+            f"from the machine that ran invoke farm.up (invoke farm.join {farm} --token-file …)"
         )
     if status.servers == 0:
         raise UserError(f"the build farm BUILD_FARM={farm} has no build server; {fix}")
@@ -297,7 +297,7 @@ def up(root: Path, values: Mapping[str, str]) -> list[str]:
     said.append(record_farm(root, farm))
     said.append(
         f"farm up: scheduler on port {SCHEDULER_PORT}, a build server on {SERVER_PORT}; other "
-        f"machines join with: invoke farm join http://<this machine's address>:{SCHEDULER_PORT} "
+        f"machines join with: invoke farm.join http://<this machine's address>:{SCHEDULER_PORT} "
         f"--key-file jwt-key --token-file client-token (copies of .torchkiln/farm/)"
     )
     return said
@@ -317,7 +317,7 @@ def status(root: Path, values: Mapping[str, str]) -> list[str]:
     """The farm's servers, cores and jobs in progress, and what this machine's servers did."""
     farm = values.get("BUILD_FARM", "").strip().rstrip("/")
     if not farm:
-        raise UserError("BUILD_FARM is not set; run invoke farm up, or invoke farm join URL")
+        raise UserError("BUILD_FARM is not set; run invoke farm.up, or invoke farm.join URL")
     token = sccache.farm_token(values, root, compose.STATE_DIR)
     found = preflight(farm, token)
     lines = [estimate_line(found, farm).replace("build farm:  ", "farm: ", 1)]

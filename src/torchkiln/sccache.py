@@ -2,7 +2,7 @@
 build's secrets, the migration from CCACHE_REMOTE, and the summary of the lines the compile
 steps print (docker/scripts/net.sh's compile_cache_stats, torchkiln.inimage.compilecache).
 
-Pure functions, except `farm_token`, which reads the token `invoke farm` wrote.
+Pure functions, except `farm_token`, which reads the token `invoke farm.*` wrote.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ CACHE_SECRET = "compile_cache"
 FARM_SECRET = "build_farm"
 FARM_TOKEN_SECRET = "build_farm_token"
 SECRET_IDS = (CACHE_SECRET, FARM_SECRET, FARM_TOKEN_SECRET)
-# Where `invoke farm up|join` keeps the farm's tokens, under the checkout's state folder.
+# Where `invoke farm.up|farm.join` keeps the farm's tokens, under the checkout's state folder.
 FARM_DIR = "farm"
 CLIENT_TOKEN_FILE = "client-token"
 
@@ -63,7 +63,7 @@ def migration_note(values: Mapping[str, str]) -> str | None:
 
 
 def farm_token(values: Mapping[str, str], root: Path, state_dir: str) -> str:
-    """BUILD_FARM_TOKEN, else the client token `invoke farm up|join` wrote for this checkout."""
+    """BUILD_FARM_TOKEN, else the client token invoke farm.up or farm.join wrote here."""
     if values.get("BUILD_FARM_TOKEN", "").strip():
         return values["BUILD_FARM_TOKEN"].strip()
     try:
@@ -92,7 +92,7 @@ def check_farm(name: str, value: str) -> None:
     if url.password or url.user:
         raise UserError(
             f"{name} '{url.text(masked=True)}' holds a user or password; the farm's client "
-            f"token goes in BUILD_FARM_TOKEN (or invoke farm join writes it)"
+            f"token goes in BUILD_FARM_TOKEN (or invoke farm.join writes it)"
         )
     if url.path.strip("/"):
         raise UserError(f"{name} '{value}' has a path; write it as http://HOST:10600")

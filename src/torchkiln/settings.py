@@ -328,8 +328,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "BUILD_FARM",
         "",
-        "the build farm's scheduler, http://HOST:10600 (invoke farm up|join): every compile of "
-        "every build step is offered to it; a BuildKit secret, never a build arg",
+        "the build farm's scheduler, http://HOST:10600 (invoke farm.up, farm.join): every "
+        "compile of every build step is offered to it; a BuildKit secret, never a build arg",
         "build",
         (),
         _optional(sccache.check_farm),
@@ -338,15 +338,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "BUILD_FARM_TOKEN",
         "",
-        "the build farm's client token, a BuildKit secret (empty: the one invoke farm up|join "
+        "the build farm's client token, a BuildKit secret (empty: the one invoke farm.up|farm.join "
         "wrote under .torchkiln/farm/)",
         "build",
     ),
     Setting(
         "FARM_IMAGE",
         "debian:bookworm-slim",
-        "base image of the build farm's scheduler and servers (invoke farm up|join): any Debian "
-        "or Ubuntu image",
+        "base image of the build farm's scheduler and servers (invoke farm.up, farm.join): any "
+        "Debian or Ubuntu image",
         "build",
         (),
         _IMAGE,
@@ -388,7 +388,7 @@ SETTINGS: tuple[Setting, ...] = (
         "FARM_ADVERTISE",
         "",
         "the address clients reach a joined build server at (empty: the container's own, for a "
-        "server on the farm's machine); invoke farm join --address sets it",
+        "server on the farm's machine); invoke farm.join --address sets it",
         "build",
         (),
         _optional(_pattern(r"[0-9a-fA-F.:]+|[A-Za-z0-9.-]+", "an address such as 10.0.0.7")),

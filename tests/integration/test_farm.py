@@ -13,61 +13,19 @@ import re
 import subprocess
 import threading
 import time
-import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from engines import free_port
+from farmunits import add_units, container_address
+from farmunits import farm_counts as counts
 from projects import Project, assert_ok, make_project, remove_project
 
 from torchkiln.inimage import fatbin
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
-
-CPP_UNITS, CUDA_UNITS = 24, 4
-LINE = re.compile(r"torchkiln-sccache: pytorch .*? local=(\d+) dist=(\d+) dist_errors=(\d+) "
-                  r"servers=(\S+)")  # fmt: skip
-
-
-def add_units(project: Project) -> list[str]:
-    """Small translation units no cache has seen, in the stand-in's CMake projects; the
-    --source flags that build it."""
-    stand_in = project.root / "tests" / "fixtures" / "pytorch" / "csrc"
-    tag = uuid.uuid4().hex[:12]
-    for folder, suffix, count in (("cpu/units", "cpp", CPP_UNITS), ("units", "cu", CUDA_UNITS)):
-        (stand_in / folder).mkdir(exist_ok=True)
-        for index in range(count):
-            body = f"int unit_{suffix}_{index}_{tag}(int x) {{ return x * {index + 2}; }}\n"
-            if suffix == "cu":
-                body = (
-                    f"__global__ void unit_{index}_{tag}(float* x) {{ x[threadIdx.x] *= "
-                    f"{index + 2}.0f; }}\n"
-                )
-            (stand_in / folder / f"unit_{index}.{suffix}").write_text(body)
-    return ["--source", f"pytorch={stand_in.parent}"]
-
-
-def counts(output: str) -> tuple[int, int, int, dict[str, int]]:
-    found = LINE.search(output)
-    assert found, output[-3000:]
-    servers = {}
-    if found[4] != "-":
-        for item in found[4].split(","):
-            address, _, count = item.rpartition(":")
-            servers[address] = int(count)
-    return int(found[1]), int(found[2]), int(found[3]), servers
-
-
-def container_address(project: Project, service: str) -> str:
-    ids = project.run("docker", "compose", "--profile", "farm", "ps", "-q", service).stdout.split()
-    assert ids, f"{service} is not running"
-    shown = project.run(
-        "docker", "inspect", "--format", "{{.NetworkSettings.IPAddress}}", ids[0]
-    ).stdout.strip()
-    assert shown, f"{service} has no address on the bridge"
-    return shown
 
 
 @pytest.fixture(scope="module")
@@ -84,25 +42,25 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Project, st
     )
     project.env["FARM_IMAGE_NAME"] = f"torchkiln-test/{project.name}-farm:latest"
     try:
-        up = assert_ok(project.invoke("farm", "up"))
+        up = assert_ok(project.invoke("farm.up"))
         assert "wrote .torchkiln/farm/jwt-key (0600)" in up
         folder = project.root / ".torchkiln" / "farm"
         for name in ("jwt-key", "client-token"):
             assert (folder / name).stat().st_mode & 0o777 == 0o600
         # A second machine reaches the scheduler at its address; here, the container's.
         url = f"http://{container_address(project, 'farm-scheduler')}:10600"
-        joined = project.invoke("farm", "join", url, "--port", str(free_port()))
+        joined = project.invoke("farm.join", url, "--port", str(free_port()))
         assert_ok(joined)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            status = project.invoke("farm", "status")
+            status = project.invoke("farm.status")
             if "2 servers" in status.stdout:
                 break
             time.sleep(2)
         assert "2 servers" in status.stdout, status.stdout + status.stderr
         yield project, (folder / "client-token").read_text().strip()
     finally:
-        project.invoke("farm", "down")
+        project.invoke("farm.down")
         project.run("docker", "compose", "--profile", "farm", "down", "--volumes", timeout=120)
         project.run("docker", "image", "rm", "--force", project.env["FARM_IMAGE_NAME"])
         remove_project(project)
@@ -133,7 +91,7 @@ def test_both_servers_compile_the_stand_in_and_no_token_leaks(
         for command in (["history", "--no-trunc", image], ["inspect", image]):
             shown = project.run("docker", *command).stdout
             assert shown and token not in shown, command
-    status = assert_ok(project.invoke("farm", "status"))
+    status = assert_ok(project.invoke("farm.status"))
     assert re.search(r"server \S+ \(this machine\): [1-9]\d* compiles completed", status), status
 
 

@@ -78,7 +78,7 @@ def test_the_preflight_says_one_line_for_each_failure(scheduler: str) -> None:
     assert "\n" not in str(refused.value) and "wrong" not in str(refused.value)
     with pytest.raises(UserError, match="there is no client token"):
         farm.preflight(scheduler, "")
-    with pytest.raises(UserError, match=r"does not answer .*invoke farm up"):
+    with pytest.raises(UserError, match=r"does not answer .*invoke farm.up"):
         farm.preflight("http://127.0.0.1:9", "right")
     Scheduler.servers = 0
     try:

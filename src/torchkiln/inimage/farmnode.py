@@ -69,7 +69,7 @@ def _secret(name: str) -> str:
     except OSError:
         text = ""
     if not text:
-        raise SystemExit(f"torchkiln-farm: the secret {name} is missing; run invoke farm up")
+        raise SystemExit(f"torchkiln-farm: the secret {name} is missing; run invoke farm.up")
     return text
 
 
