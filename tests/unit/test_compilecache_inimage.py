@@ -111,6 +111,9 @@ def test_the_env_lines_hold_the_secrets_and_the_said_lines_do_not(tmp_path: Path
     empty, nothing = compilecache.env_lines({}, tmp_path / "none", private)
     assert "SCCACHE_MULTILEVEL_CHAIN=disk" in "\n".join(empty) and nothing == []
     assert "SCCACHE_CONF" not in "\n".join(empty)
+    (secrets / "build_farm_token").write_text("")
+    untokened, said = compilecache.env_lines({}, secrets, private)
+    assert "SCCACHE_CONF" not in "\n".join(untokened) and "has no token" in said[-1]
 
 
 @pytest.mark.parametrize(

@@ -177,8 +177,12 @@ def env_lines(
         except CacheURLError as error:
             said.append(f"torchkiln: {error}; building with the local cache only")
     farm = _read(FARM_SECRET, secrets)
-    if farm:
-        config = write_private(private, dist_config(farm, _read(FARM_TOKEN_SECRET, secrets)))
+    token = _read(FARM_TOKEN_SECRET, secrets)
+    if farm and not token:
+        # sccache fails a compile the scheduler refuses (401) instead of compiling it here.
+        said.append(f"torchkiln: the build farm {farm} has no token in this step; compiling here")
+    elif farm:
+        config = write_private(private, dist_config(farm, token))
         variables["SCCACHE_CONF"] = str(config)
         said.append(f"torchkiln: sccache sends compiles to the build farm {farm}")
     exports = [f"export {name}={shlex.quote(value)}" for name, value in variables.items()]
