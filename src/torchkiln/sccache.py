@@ -116,8 +116,11 @@ def summary(log: str) -> str:
     totals.update(dist=0, fallback=0)
     servers: dict[str, int] = {}
     reasons: dict[str, int] = {}
+    fell_back: set[str] = set()  # the steps some of whose compiles the farm did not take
     for match in _LINE.finditer(log):
         steps += 1
+        if int(match[9]):
+            fell_back.add(match[1])
         for key, group in zip(totals, match.groups()[1:9], strict=True):
             totals[key] += int(group)
         for key, count in _pairs(match[10]).items():
@@ -145,7 +148,8 @@ def summary(log: str) -> str:
         text += f"; farm: {totals['dist']} compiled remotely ({each or 'none'}), "
         text += f"{totals['local']} locally"
     if totals["fallback"]:
-        why = "; ".join(dict.fromkeys(f"{step}: {said}" for step, said in _FARM_LINE.findall(log)))
+        said = [f"{step}: {text}" for step, text in _FARM_LINE.findall(log) if step in fell_back]
+        why = "; ".join(dict.fromkeys(said))
         text += (
             f"; WARNING {totals['fallback']} compiles fell back to this machine: the farm did "
             f"not take them ({why or 'it stopped answering during the step'})"

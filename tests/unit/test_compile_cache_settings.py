@@ -92,6 +92,12 @@ def test_the_summary_tells_the_farm_and_its_fallbacks() -> None:
         "farm: 24 compiled remotely (172.17.0.3:10501 14, 172.17.0.4:10501 10), 11 locally" in said
     )
     assert "WARNING 5 compiles fell back to this machine" in said
+    assert said.endswith("did not take them (it stopped answering during the step)")
+    log += "torchkiln-sccache-farm: vision NotConnected: http://s:10600/ could not communicate\n"
+    log += "torchkiln-sccache-farm: audio NotConnected: http://s:10600/ retry\n"  # no fallback
+    assert sccache.summary(log).endswith(
+        "(vision: NotConnected: http://s:10600/ could not communicate)"
+    )
     assert "1 calls sccache could not cache (-save-temps 1)" in said
 
 
