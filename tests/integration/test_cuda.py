@@ -368,9 +368,10 @@ def test_a_warm_rebuild_after_touching_one_cu_recompiles_only_that_file(cuda_whe
     counts = re.search(r"torchkiln-sccache: vision hits=(\d+) misses=(\d+)", output)
     assert counts, output[-3000:]
     print(f"\nwarm rebuild after touching add_one.cu: sccache hits={counts[1]} misses={counts[2]}")
-    # sccache counts an nvcc call and its device compiles (cicc, ptxas per arch) apiece: the one
-    # edited .cu misses in each; the other sources hit.
-    assert 1 <= int(counts[2]) <= 4 and int(counts[1]) >= 2
+    # sccache counts an nvcc call and the steps it splits it into (host compile, cicc, ptxas …)
+    # apiece: the one edited .cu misses in each (6 for one arch in the extension's measurement);
+    # the other sources hit.
+    assert 1 <= int(counts[2]) <= 6 and int(counts[1]) >= 2
     assert re.search(r"sccache: +\d+% \(\d+ hits, \d misses\)", output)
 
 

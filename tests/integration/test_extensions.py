@@ -198,8 +198,9 @@ def test_a_one_line_change_in_one_cu_recompiles_that_file_alone(
     assert counts, output[-3000:]
     print(f"\nafter a one-line change in shift.cu: sccache hits={counts[1]} misses={counts[2]}")
     # ops.cpp and scale.cu from the cache, shift.cu compiled: sccache counts an nvcc call and
-    # its device compiles apiece, so the one edited .cu may miss more than once.
-    assert int(counts[1]) >= 2 and 1 <= int(counts[2]) <= 4, counts[0]
+    # the steps it splits it into (host compile, cicc, ptxas …) apiece, so the one edited .cu
+    # misses several times (scripts/measure_extension_cache.py saw 3 hits and 6 misses).
+    assert int(counts[1]) >= 2 and 1 <= int(counts[2]) <= 6, counts[0]
     assert re.search(r"^sccache: +\d+% \(\d+ hits, \d misses\)", output, re.MULTILINE)
 
 
