@@ -18,6 +18,7 @@ except BuildKit's cache. Usage: python3 scripts/measure_farm.py
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
 import time
@@ -94,6 +95,7 @@ def main() -> int:
         project.run("docker", "compose", "--profile", "farm", "down", "--volumes", timeout=120)
         project.run("docker", "image", "rm", "--force", project.env["FARM_IMAGE_NAME"])
         images.remove_project(project)
+        shutil.rmtree(work, ignore_errors=True)
     print(one)
     print(two)
     return 0
