@@ -29,6 +29,8 @@ BUILD_FILES = ("setup.py", "setup.cfg", "CMakeLists.txt")
 _STANDARD = re.compile(r"[-/]std[=:]\s*c\+\+(\d\d)\b")
 # A flag on a line that chooses: Python's `a if cond else b`.
 _CONDITION = re.compile(r"\bif\b.+\belse\b")
+# What a block's condition names when it can choose another standard for another torch or OS.
+_DECIDES = re.compile(r"(?i)torch|version|platform|win32|\bnt\b|msvc|darwin")
 # A source distribution larger than this is not read before the build (the build will say).
 SDIST_LIMIT_BYTES = 64 * 1024**2
 
@@ -67,25 +69,54 @@ def _named(texts: Iterable[str]) -> list[int]:
 
 
 def _chosen(lines: Sequence[str], at: int) -> bool:
-    """Tell whether line `at` sits in a condition: its own if/else, or a block opened by one."""
+    """Tell whether line `at` sits in a condition that can choose another standard: its own
+    if/else, or a block whose condition names torch, a version or a platform. A block that only
+    switches on something else (`if HIP_BUILD:` … `else:`, `if not SKIP_CUDA_BUILD:`) pins the
+    standard all the same, as mamba-ssm's setup.py does."""
     if _CONDITION.search(lines[at]):
         return True
-    indent = len(lines[at]) - len(lines[at].lstrip())
-    for line in reversed(lines[:at]):
-        stripped = line.strip()
+    indent = _indent(lines[at])
+    for index in range(at - 1, -1, -1):
+        stripped = lines[index].strip()
         if not stripped or stripped.startswith("#"):
             continue
-        if re.match(r"(?i)(if|elseif|else|endif)\s*\(", stripped) and stripped[-1] != ":":
-            # CMake's blocks
-            return not stripped.lower().startswith("endif")
-        depth = len(line) - len(line.lstrip())
+        cmake = re.match(r"(?i)(if|elseif|else|endif)\s*\(", stripped)
+        if cmake and stripped[-1] != ":":  # CMake's blocks: the nearest one decides
+            word = cmake.group(1).lower()
+            if word == "endif":
+                return False
+            if word != "else":
+                return bool(_DECIDES.search(stripped))
+            continue  # an else(): its if() above says what it switches on
+        depth = _indent(lines[index])
         if depth < indent:
             indent = depth
-            if re.match(r"(if|elif|else|match|case)\b", stripped) and "__main__" not in stripped:
+            head = re.match(r"(if|elif|else|match|case)\b", stripped)
+            if head and "__main__" not in stripped and _chain_decides(lines, index, depth):
                 return True
         if indent == 0:
             return False
     return False
+
+
+def _chain_decides(lines: Sequence[str], index: int, depth: int) -> bool:
+    """Whether an if/elif/else chain (from its header at `index` up to its `if`) switches on
+    torch, a version or a platform."""
+    for line in reversed(lines[: index + 1]):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#") or _indent(line) > depth:
+            continue
+        if _indent(line) < depth or not re.match(r"(if|elif|else|match|case)\b", stripped):
+            return False
+        if _DECIDES.search(stripped):
+            return True
+        if re.match(r"(if|match)\b", stripped):
+            return False
+    return False
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
 
 
 def build_texts_of_archive(name: str, data: bytes) -> list[str]:

@@ -116,6 +116,16 @@ if __name__ == "__main__":
     setup(ext_modules=[CUDAExtension("k", ["k.cu"],
           extra_compile_args={"cxx": ["-std=c++17"]})])
 """
+# mamba-ssm 2.3.2.post1's setup.py: both branches of a switch on something else pin C++17.
+BRANCHES_ALIKE = """
+if not SKIP_CUDA_BUILD:
+    if HIP_BUILD:
+        extra_compile_args = {"cxx": ["-O3", "-std=c++17"]}
+    else:
+        extra_compile_args = {
+            "cxx": ["-O3", "-std=c++17"],
+        }
+"""
 SIBLING_IF = """
 if (os.name == "nt"):
     extra = []
@@ -129,6 +139,7 @@ flags = ["-std=c++17"]
         ([SETUP_17], (17, True)),
         ([MAIN_GUARD], (17, True)),
         ([SIBLING_IF], (17, True)),
+        ([BRANCHES_ALIKE], (17, True)),
         ([BY_TORCH], (17, False)),
         (["a = '-std=c++20'", "b = '-std=c++14'"], (14, False)),
         ([BLOCK], (17, False)),
@@ -136,7 +147,18 @@ flags = ["-std=c++17"]
         ([CMAKE_IF], (17, False)),
         (["CUDAExtension('k', ['k.cu'])"], (None, False)),
     ],
-    ids=["one", "main-guard", "sibling-if", "by-torch", "two-files", "block", "win", "cmake", "no"],
+    ids=[
+        "one",
+        "main-guard",
+        "sibling-if",
+        "branches-alike",
+        "by-torch",
+        "two-files",
+        "block",
+        "win",
+        "cmake",
+        "no",
+    ],
 )
 def test_a_standard_is_pinned_only_when_named_alone_and_unconditionally(texts, expected):
     assert cxxcheck.pinned_standard(texts) == expected
