@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-STEP_HEADER = re.compile(r"^#(\d+) (\[(?:\S+ )?([a-z0-9_.-]+) \d+/\d+\] (\w+).*)$", re.MULTILINE)
+STEP_HEADER = re.compile(r"^#(\d+) (\[(?:\S+ )?([a-z0-9_.-]+) +\d+/\d+\] (\w+).*)$", re.MULTILINE)
 
 
 STEP_CACHED = re.compile(r"^#(\d+) CACHED$", re.MULTILINE)

@@ -64,7 +64,7 @@ def format_duration(seconds: float) -> str:
 # BuildKit's plain log: a step's header names its stage; each line of its output carries the
 # seconds since the step started; ninja (CMake's generator) prints "[done/total] what" per edge,
 # indented when it comes through `pip wheel -v`.
-_STEP_RUN = re.compile(r"^#(\d+) \[(?:\S+ )?([a-z0-9_.-]+) \d+/\d+\] RUN\b")
+_STEP_RUN = re.compile(r"^#(\d+) \[(?:\S+ )?([a-z0-9_.-]+) +\d+/\d+\] RUN\b")
 _NINJA = re.compile(r"^#(\d+) ([\d.]+) +\[(\d+)/(\d+)\] ")
 _STEP_END = re.compile(r"^#(\d+) (?:DONE [\d.]+s|ERROR\b|CANCELED\b)")
 # What a person calls each compile stage of docker/Dockerfile.

@@ -365,3 +365,14 @@ def test_a_damaged_build_record_is_no_record(tmp_path: Path, record) -> None:
     (tmp_path / ".torchkiln" / "build-train.json").write_text(json.dumps(record))
     given = inputs.BuildOptions(cca="8.6")
     assert inputs.with_recorded_inputs(tmp_path, given) == (given, "")
+
+
+def test_executed_steps_read_a_stage_of_ten_or_more_steps() -> None:
+    """BuildKit pads the step number of a stage with ten or more steps: `[train train  5/10]`."""
+    log = (
+        "#51 [train train  5/10] RUN --mount=type=bind,source=docker/requirements.txt x\n"
+        "#51 DONE 9.0s\n"
+        "#55 [train train  9/10] RUN python -m torchkiln.inimage.links\n#55 CACHED\n"
+        "#56 [train train 10/10] WORKDIR /opt/project\n#56 DONE 0.0s\n"
+    )
+    assert buildlog.executed_steps(log) == [("train", "RUN"), ("train", "WORKDIR")]
