@@ -29,7 +29,7 @@ from torchkiln.checkrows import Row
 NET_SH = Path(__file__).resolve().parents[2] / "docker" / "scripts" / "net.sh"
 PROBE_TIMEOUT_S = 20
 _SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
-_WHEEL = re.compile(r"([a-z]+)-([^-]+)-(cp\d+)-[^-]+-([^-]+)\.whl$")
+_WHEEL = re.compile(r"([a-z0-9_]+)-([^-]+)-([^-]+)-[^-]+-([^-]+)\.whl$")
 # What the build downloads from the torch index (docker/scripts/download-wheels.sh).
 PROJECTS = {"torch": "PYTORCH_VERSION", "torchvision": "TORCHVISION_VERSION"}
 PROJECTS["torchaudio"] = "TORCHAUDIO_VERSION"
@@ -92,7 +92,14 @@ def wheel_versions(
     found: dict[str, int] = {}
     for name, size in filenames.items():
         match = _WHEEL.search(urllib.parse.unquote(name))
-        if match and match[1] == project and match[3] == tag and match[4].endswith(machine):
+        # As pip takes them: this CPython's tag or a pure-Python one, this machine's or any.
+        pythons = set(match[3].split(".")) if match else set()
+        if (
+            match
+            and match[1] == project
+            and pythons & {tag, "py3", "py" + python.replace(".", "")}
+            and (match[4] == "any" or match[4].endswith(machine))
+        ):
             found.setdefault(match[2], size)
     return found
 

@@ -45,6 +45,17 @@ def test_wheels_are_read_for_this_python_and_machine():
     assert indexcheck.has_version(found, "2.14") == ""
 
 
+def test_a_pure_python_wheel_counts_as_pip_would_take_it():
+    files = {
+        "torchvision-0.28.0-py3-none-any.whl": 3,
+        "torchvision-0.27.0-py2.py3-none-any.whl": 4,
+        "torchvision-0.26.0-cp310-cp310-linux_x86_64.whl": 5,
+        "torchvision-0.25.0-py3-none-win_amd64.whl": 6,
+    }
+    found = indexcheck.wheel_versions("torchvision", files, "3.11", "x86_64")
+    assert found == {"0.28.0": 3, "0.27.0": 4}
+
+
 WANTED = {"torch": "2.14.1", "torchvision": "0.29.1"}
 HAS_ALL = indexcheck.Answer(versions={"torch": {"2.14.1": 6e8}, "torchvision": {"0.29.1": 0}})
 
