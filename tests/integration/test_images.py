@@ -200,6 +200,30 @@ def test_wheels_mode_installs_offline_from_the_wheelhouse(wheels_project) -> Non
     assert "FAIL" not in smoke
 
 
+BYTECODE_MISSING = r"""
+import importlib.util, pathlib, sys, torch, torchkiln
+missing = []
+for package in (torch, torchkiln):
+    for source in pathlib.Path(package.__file__).parent.rglob("*.py"):
+        if pathlib.Path(importlib.util.cache_from_source(source)).is_file():
+            continue
+        try:  # a module written for another Python (py312_intrinsics.py) has none to have
+            compile(source.read_bytes(), str(source), "exec")
+        except SyntaxError:
+            continue
+        missing.append(str(source))
+print(len(missing), *missing[:5])
+"""
+
+
+def test_the_image_ships_bytecode_so_a_first_run_compiles_no_module(wheels_project) -> None:
+    project, _ = wheels_project
+    # As a host that sets PYTHONDONTWRITEBYTECODE runs it: only what the image holds counts.
+    script = f"PYTHONDONTWRITEBYTECODE=1 python - <<'PY'\n{BYTECODE_MISSING}PY"
+    missing = assert_ok(project.exec("train", script)).strip()
+    assert missing == "0", f"modules without bytecode in the image: {missing}"
+
+
 def test_the_builds_own_hint_works_after_a_wheelhouse_build(wheels_project) -> None:
     """`invoke wheels --service train`, as the summary says, with no flags: the wheelhouse and
     torch of the build are reused from its record, so nothing reaches for an index."""
