@@ -39,6 +39,7 @@ started=$(date +%s)
 python3 - <<'PY'
 import compileall, site, sys
 folders = [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
+folders.append("src")  # torchkiln's own, as the image compiles it
 ok = all(compileall.compile_dir(f, quiet=1, workers=0) for f in folders)
 print("byte-compiled", ", ".join(folders), "" if ok else "(some files failed)")
 PY
