@@ -13,7 +13,6 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -357,22 +356,6 @@ def exception_text(exc: BaseException) -> str:
     return " <- ".join(parts)
 
 
-def build_triton_driver() -> threading.Thread:
-    """Start Triton's CUDA driver module in a thread: building it is a C compile against
-    Python.h (a second or two, in gcc, which holds no interpreter lock), run while this thread
-    imports Inductor. A failure here is left for the compile itself to meet and explain."""
-
-    def build() -> None:
-        with contextlib.suppress(Exception):
-            from triton.runtime.driver import driver
-
-            _ = driver.active.utils
-
-    thread = threading.Thread(target=build, name="triton-driver", daemon=True)
-    thread.start()
-    return thread
-
-
 def check_compile(torch: Any, device: str) -> str:
     """Compile sin(x)*2+1 with Inductor (C++ on the CPU, a Triton kernel on a GPU) in fresh
     caches and compare it with eager."""
@@ -384,13 +367,6 @@ def check_compile(torch: Any, device: str) -> str:
     x = torch.linspace(-3, 3, 4096, device=device)
     try:
         with fresh_compile_caches():
-            # Triton's driver builds beside Inductor's import; joined before the compile, so
-            # the compile never builds it a second time.
-            driver = build_triton_driver() if device != "cpu" else None
-            with contextlib.suppress(ImportError):
-                import torch._inductor.compile_fx  # imported now, for its time
-            if driver is not None:
-                driver.join(COMPILE_TIMEOUT_S)
             compiled = torch.compile(function, fullgraph=True)
             try:
                 from torch._inductor.utils import run_and_get_code
