@@ -37,8 +37,8 @@ SPLIT_COMPILE = ("-split-compile", "--split-compile")
 # Options nvcc itself reads from the environment, before and after the command line's.
 FLAG_VARIABLES = ("NVCC_PREPEND_FLAGS", "NVCC_APPEND_FLAGS")
 # nvcc's long dependency options (the ninja files of many torch.utils.cpp_extension releases use
-# them), which ccache 4.7 does not know: it takes the file after --dependency-output for a second
-# source and compiles uncached ("multiple source files"). Their short forms it knows.
+# them), which a compiler cache may misread (ccache 4.7 took the file after --dependency-output
+# for a second source and compiled uncached, "multiple source files"). Their short forms are safe.
 DEPENDENCY_ALIASES = {
     "--generate-dependencies-with-compile": "-MD",
     "--generate-nonsystem-dependencies-with-compile": "-MMD",
@@ -116,7 +116,7 @@ def _order(names: Iterable[str]) -> list[str]:
 class SplitCall:
     """A call taken apart: the arguments without target and thread options, the targets those
     options ask for ([] when none: nvcc's default), the options themselves spelled joined
-    (`-gencode=…`, which ccache reads as one option), the --threads asked for, and whether
+    (`-gencode=…`, read as one option by the compiler cache), the --threads asked for, and whether
     the call sets its own --split-compile (kept in `rest`)."""
 
     rest: list[str]
@@ -193,7 +193,7 @@ def rewrite(
     targets. None (as-is): the build's own targets stay, spelled as joined options. Either way
     the build's --threads gives way to `threads` (the share of the memory budget one nvcc call
     may use), and only where the call compiles for several targets; the long dependency options
-    become their short forms for ccache.
+    become their short forms for the compiler cache.
 
     With `split_compile` (an nvcc that has the option), what `threads` leaves over after one
     thread per arch goes to --split-compile, which runs the optimizer of cicc and ptxas on
