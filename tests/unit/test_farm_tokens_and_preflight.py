@@ -4,6 +4,7 @@ estimate divided by the farm's cores, the servers' completed counts, BUILD_FARM 
 from __future__ import annotations
 
 import base64
+import socket
 import struct
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -133,3 +134,17 @@ def test_invoke_farm_refuses_what_its_action_does_not_take(
     with pytest.raises(UserError) as raised:
         farm.run_action(tmp_path, action, {}, given)
     assert str(raised.value).startswith(says) and "\n" not in str(raised.value)
+
+
+def test_the_compile_preflight_names_the_old_setting_and_a_cache_that_does_not_answer(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    values = settings.resolve({"CCACHE_REMOTE": f"redis://127.0.0.1:{port}"})
+    lines = farm.compile_preflight(values, tmp_path)
+    assert lines[0].startswith("note: CCACHE_REMOTE is now COMPILE_CACHE")
+    assert lines[1].startswith(f"warning: CCACHE_REMOTE: redis://127.0.0.1:{port}")
+    assert lines[1].endswith("building with the local cache only") and len(lines) == 2
+    assert farm.compile_preflight(settings.resolve({}), tmp_path) == []
