@@ -10,6 +10,8 @@ costs a fallback that the summary names.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -110,27 +112,38 @@ def test_a_wrong_token_is_refused_in_one_line_before_any_compile(farm: tuple[Pro
 def test_a_farm_stopped_during_the_compile_falls_back_and_says_so(
     farm: tuple[Project, str], tmp_path: Path
 ) -> None:
+    """The wheels of the stand-in (no runtime image: the compile step is what this proves), the
+    farm stopped as soon as the compile step says it starts."""
     project, _ = farm
     sources = add_units(project)
-    log = project.root / ".torchkiln" / "build-train.log"
-    stopper_done = threading.Event()
-
-    def stop_when_compiling() -> None:
-        deadline = time.monotonic() + 1500
-        while time.monotonic() < deadline:
-            if log.exists() and "torchkiln-jobs: pytorch" in log.read_text(errors="replace"):
-                project.run("docker", "compose", "--profile", "farm", "stop", "farm-worker",
-                            "farm-server", "farm-scheduler")  # fmt: skip
-                break
-            time.sleep(0.5)
-        stopper_done.set()
-
-    stopper = threading.Thread(target=stop_when_compiling, daemon=True)
-    stopper.start()
-    try:
-        output = assert_ok(project.invoke("build", "--no-up", *sources))
-    finally:
-        stopper_done.wait(timeout=60)
+    command = [sys.executable, "-m", "invoke", "wheels", "--dest", str(tmp_path), *sources]
+    lines: list[str] = []
+    with subprocess.Popen(
+        command,
+        cwd=project.root,
+        env=project.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as process:
+        watchdog = threading.Timer(1500, process.kill)  # the whole export's timeout
+        watchdog.start()
+        try:
+            assert process.stdout is not None
+            stopped = False
+            for line in process.stdout:
+                lines.append(line)
+                if not stopped and "torchkiln-jobs: pytorch" in line:
+                    stopped = True
+                    project.run("docker", "compose", "--profile", "farm", "stop", "farm-worker",
+                                "farm-server", "farm-scheduler")  # fmt: skip
+            process.wait(timeout=1500)
+        finally:
+            watchdog.cancel()
+            if process.poll() is None:
+                process.kill()
+    output = "".join(lines)
+    assert process.returncode == 0 and stopped, output[-4000:]
     local, dist, errors, _ = counts(output)
     summary = next(line for line in output.splitlines() if line.startswith("sccache:"))
     print(f"\nstopped farm: {dist} remote, {local} local, {errors} fell back\n{summary}")
