@@ -42,10 +42,15 @@ def keys(address: str, port: int) -> int:
 
 
 def unique_sources(project: Project) -> list[str]:
-    """The fixtures with a kernel no cache has seen (a new constant the compiler sees)."""
+    """The fixtures with translation units no cache has seen (a new constant the compiler sees in
+    each of the stand-in's sources): sccache writes to the team's cache what it compiles, and
+    copies no local hit up to it (unlike ccache's reshare), so a source this engine compiled
+    before would be a local hit on A and a miss on B."""
     fixtures = project.root / "tests" / "fixtures"
-    kernel = fixtures / "pytorch" / "csrc" / "kernel.cu"
-    kernel.write_text(kernel.read_text() + f"\nstatic const long unique_{uuid.uuid4().hex} = 1;\n")
+    tag = uuid.uuid4().hex
+    for source in sorted((fixtures / "pytorch" / "csrc").rglob("*")):
+        if source.suffix in (".c", ".cpp", ".cu"):
+            source.write_text(source.read_text() + f"\nstatic const long unique_{tag} = 1;\n")
     return [
         "--source",
         f"pytorch={fixtures / 'pytorch'}",
@@ -95,8 +100,9 @@ def test_a_second_builder_takes_every_compile_from_the_first(
         )
         print(f"\n{counts}\n" + "\n".join(x for x in second.splitlines() if "sccache" in x))
         # CMake's try-compiles run in a new random folder at every configure: those calls are
-        # new by construction, on any builder. Every other compile of A (misses, and local hits,
-        # which A reshares) is a hit on B: from the remote, or from B's own first copy of it.
+        # new by construction, on any builder. Every other compile of A (its misses, written
+        # through to the remote, and its local hits on a first copy it compiled in this build)
+        # is a hit on B: from the remote, or from B's own first copy of it.
         assert b_errors == 0 and b_misses == TRY_COMPILES, counts
         assert b_hits == hits + misses - TRY_COMPILES and b_remote == b_hits - hits, counts
         cold, warm = compile_seconds(first), compile_seconds(second)
