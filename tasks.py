@@ -240,7 +240,7 @@ def logs(c: Context, service: str = "train", follow: bool = False) -> None:
 
 @task(
     help={
-        "cache": "the BuildKit cache of torchkiln builds (layers; ccache, pip, apt mounts): "
+        "cache": "the BuildKit cache of torchkiln builds (layers; sccache, pip, apt mounts): "
         "shared by every checkout on the engine, so it says what it holds and removes it only "
         "with --all-checkouts",
         "all_checkouts": "with --cache: remove that cache, every checkout's",
@@ -277,6 +277,42 @@ def stack(
     with user_errors():
         dry = bool(c.config.run.dry)
         print(swarm.run_action(ROOT, action, nodes, allow_cpu, project_path, dry))
+
+
+@task(
+    positional=["action"],
+    help={
+        "action": "up (a scheduler and a build server here, and the farm's tokens), join (a "
+        "build server here for the farm at URL), status (servers, cores, jobs, completed "
+        "compiles) or down (stop this machine's part)",
+        "url": "with join: the farm's scheduler, http://HOST:10600",
+        "key_file": "with join: a copy of the first machine's .torchkiln/farm/jwt-key",
+        "token_file": "with join: a copy of the first machine's .torchkiln/farm/client-token",
+        "port": "with join: the port this server listens on (default 10501)",
+        "address": "with join: the address clients reach this server at (default: its own)",
+    },
+)
+def farm(
+    c: Context,
+    action: str,
+    url: str = "",
+    key_file: str = "",
+    token_file: str = "",
+    port: int = 10501,
+    address: str = "",
+) -> None:
+    """The build farm (sccache-dist): farm up | farm join --url URL | farm status | farm down."""
+    import os
+
+    from torchkiln import checkout, inputs, settings
+    from torchkiln import farm as buildfarm
+
+    with user_errors():
+        if action in ("up", "join"):
+            checkout.guard(ROOT, action=f"invoke farm {action}")
+        values = settings.resolve(environ=os.environ, dotenv=inputs.read_dotenv(ROOT))
+        join = buildfarm.JoinOptions(url, key_file, token_file, port, address)
+        print(buildfarm.run_action(ROOT, action, values, join))
 
 
 # invoke's own echo (`invoke --dry …`) is bold on a terminal; files and pipes get plain text.

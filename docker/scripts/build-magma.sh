@@ -16,8 +16,7 @@ if [[ -z ${CUDA_ARCHITECTURES:-} || -z ${MAGMA_CUDA_ARCH_MIN:-} ]]; then
 fi
 # magma's CPU side needs BLAS/LAPACK (build-base has OpenBLAS, which carries LAPACK).
 MAX_JOBS=${MAX_JOBS:-$(nproc)}
-export CCACHE_DIR=/root/.cache/ccache
-use_remote_ccache
+use_sccache
 echo "torchkiln: magma CMAKE_CUDA_ARCHITECTURES='$CUDA_ARCHITECTURES' MAGMA_CUDA_ARCH_MIN=$MAGMA_CUDA_ARCH_MIN"
 
 if [[ ! -f $source_dir/CMake.src.cuda && -f $source_dir/Makefile ]]; then
@@ -35,7 +34,9 @@ cmake -S "$source_dir" -B "$build_dir" -G Ninja \
   -DUSE_FORTRAN=OFF \
   -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCHITECTURES" \
   -DMAGMA_CUDA_ARCH_MIN="$MAGMA_CUDA_ARCH_MIN" \
-  -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache
+  -DCMAKE_C_COMPILER_LAUNCHER=sccache \
+  -DCMAKE_CXX_COMPILER_LAUNCHER=sccache \
+  -DCMAKE_CUDA_COMPILER_LAUNCHER=sccache
 # The library PyTorch links, only: magma_sparse (never used by PyTorch) and the testers would
 # double the build time.
 cmake --build "$build_dir" --parallel "$MAX_JOBS" --target magma
@@ -45,4 +46,5 @@ find "$build_dir" -name libmagma.a -exec cp {} "$prefix/lib/" \;
 cp "$source_dir"/include/*.h "$prefix/include/"
 if compgen -G "$build_dir/include/*.h" >/dev/null; then cp "$build_dir"/include/*.h "$prefix/include/"; fi
 rm -rf "$build_dir"
+compile_cache_stats magma
 ls -l "$prefix/lib"

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Build the wheel of the source tree $1 into $2 with pip (no build isolation: the build uses what
 # is installed, plus the wheels in $3 such as torch for torchvision), for the archs in
-# TORCH_CUDA_ARCH_LIST; print the parallelism and ccache's statistics for invoke build's summary.
+# TORCH_CUDA_ARCH_LIST; print the parallelism and sccache's statistics for invoke build's summary.
 set -euo pipefail
 # shellcheck source=docker/scripts/net.sh
 source "$(dirname "$0")/net.sh"
@@ -52,13 +52,19 @@ stages=${PARALLEL_STAGES:-1}
 MAX_JOBS=$((budget / stages))
 ((MAX_JOBS >= 1)) || MAX_JOBS=1
 ((stages == 1)) || why="$why, shared by $stages stages built at once"
-export MAX_JOBS
-echo "torchkiln-jobs: ${TORCHKILN_BUILD_NAME:-$name} MAX_JOBS=$MAX_JOBS ($why)"
 echo "torchkiln: TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-none (CPU)} FORCE_CUDA=${FORCE_CUDA:-}"
 export USE_CUDNN USE_NCCL USE_FLASH_ATTENTION USE_MEM_EFF_ATTENTION DEBUG
-export CCACHE_DIR=/root/.cache/ccache CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-40G}
-use_remote_ccache
-source "$(dirname "$0")/extension-env.sh" "$source_dir" # ccache, nvcc wrapper (see there)
+use_sccache
+# A build farm's cores run compiles beside this machine's jobs (net.sh's farm_cores: what the
+# scheduler says; 0 without a farm): as many more jobs, shared by the stages built at once.
+cores_on_farm=$(farm_cores)
+if ((cores_on_farm > 0)); then
+  MAX_JOBS=$((MAX_JOBS + cores_on_farm / stages))
+  why="$why, + the build farm's $cores_on_farm cores"
+fi
+export MAX_JOBS
+echo "torchkiln-jobs: ${TORCHKILN_BUILD_NAME:-$name} MAX_JOBS=$MAX_JOBS ($why)"
+source "$(dirname "$0")/extension-env.sh" "$source_dir" # sccache, nvcc wrapper (see there)
 
 # BUILD_MAGMA=1 mounts magma's prefix at /opt/magma (empty otherwise): PyTorch's FindMAGMA
 # looks in MAGMA_HOME, other find_package calls in CMAKE_PREFIX_PATH.
@@ -122,38 +128,15 @@ if [[ $name != pytorch && ${USE_CUDA:-1} != 0 && -n ${TORCH_CUDA_ARCH_LIST:-} ]]
   python -m torchkiln.inimage.wheelcheck --cpp-extension
 fi
 
-# ccache is in every image's build base; outside one (a bare GPU host) the build runs without.
-has_ccache=$(command -v ccache || true)
 # `command pip`: no index is needed here, so the compile never sees the index token. -v: the
 # build backend's own output (CMake's summary, ninja's [N/M] progress) reaches the log.
 log=/tmp/torchkiln-build-$name.log
 command pip wheel -v --no-build-isolation --no-deps --wheel-dir "$wheel_dir" "$source_dir" 2>&1 |
   tee "$log"
-if [[ -n $has_ccache ]]; then
-  # This build's calls only (extension-env.sh's CCACHE_STATSLOG: other steps share the cache),
-  # as one machine-readable line for invoke build's summary. A compile ccache could not cache
-  # (an option it does not know, a failed preprocessing) counts as uncached; links and compiler
-  # probes (no input file, output to stdout) not at all.
-  # (ccache 4.8 crashes on an empty stats log: a step that compiled nothing)
-  touch "$CCACHE_STATSLOG"
-  [[ ! -s $CCACHE_STATSLOG ]] || ccache --show-log-stats
-  awk -v name="${TORCHKILN_BUILD_NAME:-$name}" '
-    function done_entry() {
-      if (entry) { if (hit) hits++; else if (miss) misses++; else if (refused) uncached++ }
-      entry = hit = miss = refused = 0
-    }
-    /^# / {done_entry(); entry = 1; next}
-    /^(direct|preprocessed)_cache_hit$/ {hit = 1}
-    /^cache_miss$/ {miss = 1}
-    /^(unsupported_[a-z_]+|multiple_source_files|preprocessor_error|could_not_use_[a-z_]+)$/ {refused = 1}
-    /^(compiler_produced_[a-z_]+|bad_compiler_arguments|compile_failed|internal_error)$/ {refused = 1}
-    /^remote_storage_hit$/ {remote++}
-    /^remote_storage_(error|timeout)$/ {errors++}
-    END {done_entry()
-         printf "torchkiln-ccache: %s hits=%d misses=%d remote_hits=%d remote_errors=%d",
-           name, hits, misses, remote, errors
-         printf " uncached=%d\n", uncached}' "$CCACHE_STATSLOG"
-fi
+# This step's compiles (its own sccache server), as one machine-readable line for invoke build's
+# summary; sccache is in every image's build base, and outside one (a bare GPU host) the build
+# runs without it.
+compile_cache_stats "${TORCHKILN_BUILD_NAME:-$name}"
 # A CUDA build is a CUDA build with the archs asked for, and has what the official wheel has: the
 # wheel is checked here, in seconds, before anything builds on it.
 if [[ $name == pytorch ]]; then

@@ -80,36 +80,52 @@ with_index_token() {
 }
 pip() { with_index_token command pip "$@"; }
 
-# The team's compile cache (CCACHE_REMOTE, the BuildKit secret ccache_remote) as ccache's remote
-# storage, next to the local cache mount (remote_only stays off: both are read and written). The
-# URL may hold a password: it is exported for this RUN only and never printed. A server that does
-# not answer costs ccache a short timeout per compile, and the build goes on.
-use_remote_ccache() {
-  local secret=/run/secrets/ccache_remote
-  [[ -s $secret ]] || return 0
+# sccache, the compile launcher of every build step (torchkiln.inimage.compilecache): the local
+# cache on the step's cache mount, the team's COMPILE_CACHE (the BuildKit secret compile_cache)
+# as a second level, and the build farm (secrets build_farm and build_farm_token). One sccache
+# server per step, started here with these settings and stopped by compile_cache_stats. The URL
+# and the token may hold secrets: exported for this RUN only, untraced, never printed. A store or
+# farm that does not answer costs a timeout, and sccache compiles locally.
+use_sccache() {
+  command -v sccache >/dev/null || return 0
+  local exports
   { local xtrace=$-; set +x; } 2>/dev/null
-  CCACHE_REMOTE_STORAGE=$(tr -d '\r\n' <"$secret")
-  # invoke build hands it over in ccache's form already; a plain `docker compose build` passes
-  # .env's value as written. ccache expands $VAR in it (and decodes %XX in the password), and
-  # reads redis://:PASSWORD@ as no password: put both the way ccache reads them.
-  CCACHE_REMOTE_STORAGE=${CCACHE_REMOTE_STORAGE//\$/%24}
-  if [[ $CCACHE_REMOTE_STORAGE =~ ^redis://:([^@]*)@(.*)$ ]]; then
-    if [[ ${BASH_REMATCH[1]} == *:* || ${BASH_REMATCH[1]} == *%3[Aa]* ]]; then
-      CCACHE_REMOTE_STORAGE="redis://default:${BASH_REMATCH[1]}@${BASH_REMATCH[2]}"
-    else
-      CCACHE_REMOTE_STORAGE="redis://${BASH_REMATCH[1]}@${BASH_REMATCH[2]}"
-    fi
+  if ! exports=$(python3 -m torchkiln.inimage.compilecache env); then
+    [[ $xtrace != *x* ]] || set -x
+    echo "ERROR: torchkiln.inimage.compilecache failed; see above" >&2
+    return 1
   fi
-  # remote_only stays off (ccache's default): no CCACHE_REMOTE_ONLY, whose mere presence sets it.
-  # Other machines install their compilers anew (another mtime): keys come from the compiler's
-  # content. reshare: a local hit is written to the remote too, so the first builder with the
-  # remote fills it with all it has.
-  export CCACHE_REMOTE_STORAGE CCACHE_COMPILERCHECK=content CCACHE_RESHARE=true
-  unset CCACHE_REMOTE_ONLY
+  eval "$exports"
   [[ $xtrace != *x* ]] || set -x
-  local mode=read-write
-  [[ $CCACHE_REMOTE_STORAGE != *"|read-only"* ]] || mode=read-only
-  echo "torchkiln: ccache remote storage on ($mode)"
+  mkdir -p "$SCCACHE_DIR"
+  sccache --stop-server >/dev/null 2>&1 || true
+  sccache --start-server >/dev/null
+  TORCHKILN_SCCACHE=$(command -v sccache)
+  export TORCHKILN_SCCACHE
+}
+
+# The build farm's cores (the scheduler's count; 0 without a farm or when it does not answer).
+farm_cores() {
+  if [[ -n ${SCCACHE_CONF:-} ]] && command -v sccache >/dev/null; then
+    sccache --dist-status 2>/dev/null | python3 -m torchkiln.inimage.compilecache cores
+  else
+    echo 0
+  fi
+}
+
+# The step's one summary line (sccache's own counters, as JSON; with a farm, what the farm said
+# at the end), then its server stops and the farm's client settings go.
+compile_cache_stats() {
+  command -v sccache >/dev/null || return 0
+  local status=()
+  if [[ -n ${SCCACHE_CONF:-} ]]; then
+    sccache --dist-status >/dev/shm/torchkiln-dist-status.json 2>/dev/null || true
+    status=(/dev/shm/torchkiln-dist-status.json)
+  fi
+  sccache --show-stats --stats-format=json |
+    python3 -m torchkiln.inimage.compilecache stats "$1" "${status[@]}"
+  sccache --stop-server >/dev/null 2>&1 || true
+  [[ -z ${SCCACHE_CONF:-} ]] || rm -f "$SCCACHE_CONF" /dev/shm/torchkiln-dist-status.json
 }
 
 # Point the distro's archive (any source whose path is /ubuntu or /debian) at APT_MIRROR;

@@ -28,6 +28,7 @@ from torchkiln import (
     estimate,
     extensions,
     extsources,
+    farm,
     hostfacts,
     indexcheck,
     inputs,
@@ -217,15 +218,16 @@ def build_service(c, built: BuildPlan) -> None:
             vision=extsources.of_folder("torchvision", vision) if vision.is_dir() else None,
         )
         print(said, flush=True)
-        # A remote cache that does not answer slows nothing down much and fails nothing: warn.
-        problem = hostfacts.cache_server_problem(mine["CCACHE_REMOTE"])
-        if problem:
-            print(f"warning: CCACHE_REMOTE: {problem}; building with the local cache only")
+        # The compile cache and the farm, in seconds, before any compile (farm.py).
+        for line in farm.compile_preflight(mine, built.root, facts.cpus, facts.memory_bytes):
+            print(line, flush=True)
     with runner.checkout_lock(built.root, "build"):
         print(f"$ {shlex.join(built.build)}", flush=True)
         started = time.monotonic()
         log = built.root / built.log_path
-        result = runner.stream(built.build, built.root, compose.build_secrets(built.values), log)
+        result = runner.stream(
+            built.build, built.root, compose.build_secrets(built.values, built.root), log
+        )
         if result.failed:
             line = buildsummary.failure_line(
                 f"docker compose build {built.service}",

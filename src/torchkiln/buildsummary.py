@@ -11,41 +11,73 @@ from collections.abc import Mapping
 from torchkiln import buildchecks, buildlog, extensions, runner, settings
 from torchkiln.buildplan import BuildPlan
 
-_CCACHE_LINE = re.compile(
-    r"torchkiln-ccache: (?:\S+ )?hits=(\d+) misses=(\d+)"
-    r"(?: remote_hits=(\d+) remote_errors=(\d+))?(?: uncached=(\d+))?"
+_JOBS_LINE = re.compile(r"^(?:#\d+ [\d.]+ )?torchkiln-jobs: (.+)$", re.MULTILINE)
+# The line each compile step prints from `sccache --show-stats --stats-format=json`
+# (torchkiln.inimage.compilecache), and the farm's state it names when compiles fell back.
+_FARM_LINE = re.compile(r"torchkiln-sccache-farm: (\S+) (?!connected )(.+)$", re.MULTILINE)
+_LINE = re.compile(
+    r"torchkiln-sccache: (\S+) hits=(\d+) misses=(\d+) remote_hits=(\d+) remote_errors=(\d+) "
+    r"uncached=(\d+) local=(\d+) dist=(\d+) dist_errors=(\d+) servers=(\S+) reasons=(\S+)"
 )
 
 
-_JOBS_LINE = re.compile(r"^(?:#\d+ [\d.]+ )?torchkiln-jobs: (.+)$", re.MULTILINE)
+def _pairs(text: str) -> dict[str, int]:
+    if text == "-":
+        return {}
+    found: dict[str, int] = {}
+    for item in text.split(","):
+        key, _, count = item.rpartition(":")
+        found[key] = found.get(key, 0) + int(count)
+    return found
 
 
-def ccache_rate(log: str) -> str:
-    """Summarise the ccache statistics lines the build steps printed."""
-    hits = misses = remote = errors = uncached = steps = 0
-    for match in _CCACHE_LINE.finditer(log):
+def sccache_rate(log: str) -> str:
+    """Summarise the compile steps' sccache lines: hit rate, local and remote hits, what could
+    not be cached and why, what ran on the farm (per server) and what fell back, and why."""
+    steps = 0
+    totals = dict.fromkeys(("hits", "misses", "remote", "errors", "uncached", "local"), 0)
+    totals.update(dist=0, fallback=0)
+    servers: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    fell_back: set[str] = set()  # the steps some of whose compiles the farm did not take
+    for match in _LINE.finditer(log):
         steps += 1
-        hits += int(match[1])
-        misses += int(match[2])
-        remote += int(match[3] or 0)
-        errors += int(match[4] or 0)
-        uncached += int(match[5] or 0)
-    # Each compile step that ran prints its line; a step BuildKit took from its cache prints none.
+        if int(match[9]):
+            fell_back.add(match[1])
+        for key, group in zip(totals, match.groups()[1:9], strict=True):
+            totals[key] += int(group)
+        for key, count in _pairs(match[10]).items():
+            servers[key] = servers.get(key, 0) + count
+        for key, count in _pairs(match[11]).items():
+            reasons[key] = reasons.get(key, 0) + count
     if not steps:
         return "no compile step ran (BuildKit took them from its cache)"
-    ran = f"{steps} compile step{'s' if steps != 1 else ''} ran"
-    if hits + misses == 0:
-        if uncached:
-            return f"{ran}: {uncached} compiles, none of them cacheable by ccache"
-        return f"{ran}; no compiler call of theirs went through ccache"
-    rate = f"{100 * hits / (hits + misses):.0f}% ({hits} hits, {misses} misses)"
-    if uncached:
-        rate += f"; {uncached} compiles ccache could not cache"
-    if remote or errors:
-        rate += f"; {hits - remote} hits local, {remote} from the team's remote cache"
-    if errors:
-        rate += f"; WARNING the remote cache failed {errors} times (compiled locally instead)"
-    return rate
+    hits, misses = totals["hits"], totals["misses"]
+    text = f"{steps} compile step{'s' if steps != 1 else ''} ran"
+    if hits + misses:
+        text = f"{100 * hits / (hits + misses):.0f}% ({hits} hits, {misses} misses)"
+        if totals["remote"] or totals["errors"]:
+            text += f"; {hits - totals['remote']} hits local, {totals['remote']} from the team's"
+            text += " remote cache"
+    elif not totals["uncached"]:
+        return f"{text}; no compiler call of theirs went through sccache"
+    if totals["uncached"]:
+        why = ", ".join(f"{key} {count}" for key, count in sorted(reasons.items()))
+        text += f"; {totals['uncached']} calls sccache could not cache ({why})"
+    if totals["errors"]:
+        text += f"; WARNING the remote cache failed {totals['errors']} times"
+    if servers or totals["fallback"]:
+        each = ", ".join(f"{key} {count}" for key, count in sorted(servers.items()))
+        text += f"; farm: {totals['dist']} compiled remotely ({each or 'none'}), "
+        text += f"{totals['local']} locally"
+    if totals["fallback"]:
+        said = [f"{step}: {text}" for step, text in _FARM_LINE.findall(log) if step in fell_back]
+        why = "; ".join(dict.fromkeys(said))
+        text += (
+            f"; WARNING {totals['fallback']} compiles fell back to this machine: the farm did "
+            f"not take them ({why or 'it stopped answering during the step'})"
+        )
+    return text
 
 
 def next_steps(
@@ -86,7 +118,7 @@ def summary(
             for stage, spent in buildlog.stage_seconds(log)[:6]
             if spent >= 10
         ),
-        f"ccache:      {ccache_rate(log)}",
+        f"sccache:     {sccache_rate(log)}",
         *buildchecks.summary_lines(log),
         *extensions.summary_lines(log),
         *(f"jobs:        {line}" for line in dict.fromkeys(_JOBS_LINE.findall(log))),

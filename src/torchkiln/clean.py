@@ -4,7 +4,7 @@ This checkout's containers (its Compose project, refused when another checkout's
 it), its images (those carrying its identity, tagged or left untagged by a rebuild), with --dist
 an earlier `invoke wheels` export (only the files its BUILD-INFO.json lists). BuildKit's cache is
 not a checkout's: it is keyed by content, so a step two checkouts build alike is one record, and
-the ccache, pip and apt cache mounts are shared by every checkout on the engine by design. So
+the sccache, pip and apt cache mounts are shared by every checkout on the engine by design. So
 --cache only says what that cache holds, and removes it with --all-checkouts alone. Each removal
 is listed with its size first, `invoke --dry clean` lists and removes nothing, and the end says
 what was freed and what remains. Decisions are pure; the task runs the commands.
@@ -24,7 +24,7 @@ from torchkiln import checkout, compose
 from torchkiln.errors import UserError
 
 # BuildKit records whose description names torchkiln: the steps that run its scripts, and the
-# cache mounts whose ids start with torchkiln- (ccache, pip, apt).
+# cache mounts whose ids start with torchkiln- (sccache, pip, apt).
 CACHE_FILTER = "description~=torchkiln"
 DF_COMMAND = ["docker", "system", "df", "--format", "{{json .}}"]
 DF_VERBOSE_COMMAND = ["docker", "system", "df", "--verbose", "--format", "{{json .}}"]
@@ -57,7 +57,7 @@ class CacheRecord:
     id: str
     description: str
     size: float
-    mount: bool  # a cache mount (ccache, pip, apt), not a layer
+    mount: bool  # a cache mount (sccache, pip, apt), not a layer
 
     @property
     def torchkiln(self) -> bool:
@@ -86,7 +86,7 @@ def cache_summary(records: Sequence[CacheRecord]) -> str:
     layers = sum(record.size for record in mine if not record.mount)
     mounts = sum(record.size for record in mine if record.mount)
     return (
-        f"{checkout.size_text(layers)} of layers and {checkout.size_text(mounts)} of ccache, pip "
+        f"{checkout.size_text(layers)} of layers and {checkout.size_text(mounts)} of sccache, pip "
         f"and apt cache mounts in {len(mine)} records of torchkiln builds, shared by every "
         f"torchkiln checkout on this engine (BuildKit keys its cache by content)"
     )

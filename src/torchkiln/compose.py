@@ -17,7 +17,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from torchkiln import envfile, urls
+from torchkiln import envfile, sccache, urls
 
 # Predefined BuildKit args passed through by every service (not settings: they are the host's).
 PROXY_ARGS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
@@ -32,8 +32,6 @@ DOCKERFILES = {
 }
 # The build secret holding PIP_INDEX_TOKEN (compose/compose.yaml, docker/scripts/net.sh).
 INDEX_TOKEN_SECRET = "pip_index_token"
-# The build secret holding CCACHE_REMOTE (a URL that may hold a password): compile steps only.
-CCACHE_REMOTE_SECRET = "ccache_remote"
 WHEELS_TARGET = "wheels"
 # Labels of what a checkout makes: the Compose project (docker/Dockerfile's LABEL) and the
 # checkout's own identity (the build override's), which `invoke clean` trusts over the project
@@ -77,18 +75,19 @@ def index_url(value: str) -> urls.URL:
     return urls.parse("PIP_INDEX_URL", value, form="https://HOST/simple")
 
 
-def build_secrets(values: Mapping[str, str]) -> dict[str, str]:
+def build_secrets(values: Mapping[str, str], root: Path | None = None) -> dict[str, str]:
     """The environment Compose and buildx read the env-sourced build secrets from: the index
     token (PIP_INDEX_TOKEN, else the password split off PIP_INDEX_URL; net.sh puts it back into
-    the URL for pip alone) and CCACHE_REMOTE in the form ccache reads (its `$` would be
-    expanded, its `:PASSWORD@` read as no password)."""
+    the URL for pip alone), and sccache's COMPILE_CACHE, BUILD_FARM and BUILD_FARM_TOKEN
+    (sccache.secrets; the farm's token is BUILD_FARM_TOKEN, else the one `invoke farm` wrote
+    under the checkout `root`)."""
     token = values.get("PIP_INDEX_TOKEN", "")
     if not token and values.get("PIP_INDEX_URL"):
         token = index_url(values["PIP_INDEX_URL"]).password or ""
-    remote = values.get("CCACHE_REMOTE", "")
-    if remote:
-        remote = urls.ccache_storage(urls.parse_ccache_remote(remote))
-    return {"PIP_INDEX_TOKEN": token, "CCACHE_REMOTE": remote}
+    farm_token = values.get("BUILD_FARM_TOKEN", "").strip()
+    if root is not None:
+        farm_token = sccache.farm_token(values, root, STATE_DIR)
+    return {"PIP_INDEX_TOKEN": token, **sccache.secrets(values, farm_token)}
 
 
 def _escaped(value: object) -> object:
@@ -254,7 +253,8 @@ def wheels_command(
         command += ["--secret", f"id=ca_bundle,{csv_field(f'src={ca_bundle}')}"]
     # As Compose's `pip_index_token` secret: the variable's value, or empty when it is unset.
     command += ["--secret", f"id={INDEX_TOKEN_SECRET},env={INDEX_TOKEN_SECRET.upper()}"]
-    command += ["--secret", f"id={CCACHE_REMOTE_SECRET},env={CCACHE_REMOTE_SECRET.upper()}"]
+    for secret in sccache.SECRET_IDS:  # sccache's cache and farm (sccache.py)
+        command += ["--secret", f"id={secret},env={secret.upper()}"]
     if no_cache:
         command.append("--no-cache")
     command.append(".")

@@ -8,7 +8,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from torchkiln import baseimages, checkrows, gpu, indexcheck, settingchecks, settings, tlscheck
+from torchkiln import (
+    baseimages,
+    checkrows,
+    gpu,
+    indexcheck,
+    sccache,
+    settingchecks,
+    settings,
+    tlscheck,
+)
 from torchkiln.checkrows import Row
 from torchkiln.engine import EngineFacts
 from torchkiln.errors import UserError
@@ -310,8 +319,8 @@ def check_host(root: Path) -> tuple[str, bool]:
     if not facts.error:
         images = baseimages.base_image_row("train", mine, facts)
         python = baseimages.python_rows("train", mine, ca.unreachable)
-    url = values["CCACHE_REMOTE"]
-    cache = settingchecks.check_ccache_remote(url, hostfacts.cache_server_problem(url))
+    name, url = sccache.cache_setting(values)  # COMPILE_CACHE, or an old CCACHE_REMOTE
+    cache = settingchecks.check_compile_cache(url, hostfacts.cache_server_problem(url), name)
     rows = diagnose(facts, hostfacts.gpu_driver_version(), judged, images, cache, tls, python)
     if any(row.check == "disk" and row.status != "ok" for row in rows):
         # Its fix names only what frees space here, measured now.

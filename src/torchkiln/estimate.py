@@ -114,7 +114,7 @@ TIMINGS_KEPT = 50
 def disk_gb(values: Mapping[str, str]) -> int:
     """The free disk (GB) a build of these settings needs at the engine's root: the one figure
     invoke build's estimate and doctor's disk row both say. A source build of torch and vision
-    with its ccache: DISK_GB_PER_ARCH; official wheels about 10 GB, 20 with NVIDIA's CUDA wheels
+    with its sccache: DISK_GB_PER_ARCH; official wheels about 10 GB, 20 with NVIDIA's CUDA wheels
     from the Python index or torchvision compiled (torch-wheel)."""
     mode = values.get("BUILD_MODE", "source")
     cuda = values.get("CUDA_FROM", "image") != "none" and bool(values.get("CCA"))
@@ -152,13 +152,13 @@ def arch_units(cca: str, cuda: bool) -> tuple[float, float]:
 def learned_torch_hours(
     history: Sequence[Mapping[str, object]], cca: str, cuda: bool, jobs: int
 ) -> tuple[float, str] | None:
-    """Scale this machine's last cold torch compile (mostly ccache misses) of the same kind to
+    """Scale this machine's last cold torch compile (mostly sccache misses) of the same kind to
     this build's archs and jobs: (hours, what it was), or None when there is none."""
     for entry in reversed(history):
         if entry.get("stage") != "torch-build" or bool(entry.get("cuda")) != cuda:
             continue
         hits, misses = int(entry.get("hits") or 0), int(entry.get("misses") or 0)
-        if hits > misses:  # a rebuild from ccache says nothing about a first compile
+        if hits > misses:  # a rebuild from sccache says nothing about a first compile
             continue
         try:
             then_units = sum(arch_units(str(entry.get("cca") or ""), cuda)) / 2
@@ -239,7 +239,9 @@ def estimate(
             took = runner.format_duration(float(last["seconds"]))  # type: ignore[arg-type]
             learned.insert(0, f"this machine's last BUILD_MODE={mode} build took {took}")
         compiling = f", compiling with {jobs_text} ({cpus} cores, {memory})" if compiles else ""
-        text = f"estimate: BUILD_MODE={mode}{compiling} takes {_range(low, high)}{extensions_text}"
+        text = (
+            f"estimate: BUILD_MODE={mode}{compiling} takes {range_text(low, high)}{extensions_text}"
+        )
         text += "".join(f"; {said}" for said in learned)
         return f"{text}; it needs about {disk} GB of disk (an estimate, not a promise)"
     items = gpu.parse_cca(values["CCA"]) if cuda else []
@@ -254,7 +256,7 @@ def estimate(
     )
     text = (
         f"estimate: a PyTorch source build for {what} with {jobs_text} ({cpus} cores, "
-        f"{memory}: {why}) takes {_range(low, high)} the first time (published figures: "
+        f"{memory}: {why}) takes {range_text(low, high)} the first time (published figures: "
         f"{_core_hours_text(cuda)}){extensions_text}"
     )
     torch_hours = learned_torch_hours(history, values["CCA"], cuda, jobs)
@@ -263,7 +265,7 @@ def estimate(
         learned.insert(0, f"{said}, so here about {runner.format_duration(hours * 3600)}")
     text += "".join(f"; {said}" for said in learned)
     return (
-        f"{text}; it needs about {disk} GB of disk, and a rebuild reuses ccache (an estimate, "
+        f"{text}; it needs about {disk} GB of disk, and a rebuild reuses sccache (an estimate, "
         f"not a promise)"
     )
 
@@ -277,7 +279,7 @@ def _last(
     return None
 
 
-def _range(low_hours: float, high_hours: float) -> str:
+def range_text(low_hours: float, high_hours: float) -> str:
     low, high = runner.format_duration(low_hours * 3600), runner.format_duration(high_hours * 3600)
     return f"about {low}" if low == high else f"{low} to {high}"
 
@@ -294,7 +296,7 @@ def _core_hours_text(cuda: bool) -> str:
 
 
 _STEP_STAT = re.compile(
-    r"^#(\d+) [\d.]+ torchkiln-(ccache|jobs): .*?(?:\bhits=(\d+) misses=(\d+)|MAX_JOBS=(\d+))",
+    r"^#(\d+) [\d.]+ torchkiln-(sccache|jobs): .*?(?:\bhits=(\d+) misses=(\d+)|MAX_JOBS=(\d+))",
     re.MULTILINE,
 )
 
@@ -303,12 +305,12 @@ def timing_entries(
     values: Mapping[str, str], log: str, seconds: float, date: str
 ) -> list[dict[str, object]]:
     """What a finished build teaches later estimates: each compile stage that ran (not from
-    cache) with its seconds, jobs and ccache counts, and the build's total for its mode."""
+    cache) with its seconds, jobs and sccache counts, and the build's total for its mode."""
     stages = {number: stage for number, _, stage, _ in buildlog.STEP_HEADER.findall(log)}
     per_step: dict[str, dict[str, int]] = {}
     for number, kind, hits, misses, jobs in _STEP_STAT.findall(log):
         stat = per_step.setdefault(number, {"hits": 0, "misses": 0, "jobs": 0})
-        if kind == "ccache":
+        if kind == "sccache":
             stat["hits"] += int(hits)
             stat["misses"] += int(misses)
         else:

@@ -66,18 +66,22 @@ def run_probe(command: list[str], timeout: float = 15) -> tuple[int, str]:
 
 
 def cache_server_problem(url: str, timeout: float = 3) -> str:
-    """Say why the compile cache server of a CCACHE_REMOTE URL does not answer ('' when it does,
-    or when there is none). Redis must answer PING; an HTTP server, any status."""
-    from torchkiln import urls
+    """Say why the compile cache server of a COMPILE_CACHE URL does not answer ('' when it does,
+    or when there is none, or it is a cloud bucket). Redis must answer PING; others, a
+    connection."""
+    from torchkiln import sccache
     from torchkiln.errors import UserError
 
     if not url:
         return ""
     try:  # the settings model's parser: a password with '/' or '#' is no port
-        parsed = urls.parse_ccache_remote(url)
+        parsed = sccache.parse_compile_cache(url)
     except UserError as error:
         return str(error)
-    default = {"redis": 6379, "http": 80, "https": 443}[parsed.scheme]
+    if parsed.scheme in ("s3", "gs"):
+        return ""
+    default = 11211 if parsed.scheme == "memcached" else 6379
+    default = {"http": 80, "https": 443}.get(parsed.scheme.removeprefix("webdav+"), default)
     host, port = parsed.host.strip("[]"), parsed.port or default
     where = f"{parsed.scheme}://{parsed.host}:{port}"
     try:

@@ -51,7 +51,7 @@ ROW_SETTINGS = {
     "base images": ("BUILD_IMAGE", "TRAIN_IMAGE", "COMPOSE_FILE", "BUILD_MODE", "CCA"),
     "tls": ("PIP_INDEX_URL", "TORCH_INDEX_URL", "CA_BUNDLE", "PIP_INDEX_TOKEN"),
     "python": ("PYTHON_VERSION", "BUILD_IMAGE", "TRAIN_IMAGE", "PIP_INDEX_URL", "CA_BUNDLE"),
-    "compile cache": ("CCACHE_REMOTE",),
+    "compile cache": ("COMPILE_CACHE", "CCACHE_REMOTE"),
     "index": (
         *("TORCH_INDEX_URL", "PIP_INDEX_URL", "PIP_INDEX_TOKEN", "CA_BUNDLE", "BUILD_MODE"),
         *("CUDA_FROM", "CUDA_VERSION", "PYTORCH_VERSION", "PYTHON_VERSION"),
@@ -155,24 +155,25 @@ def check_cuda_source(env: EnvState) -> Row:
     return Row("cuda", "ok", f"CUDA {cuda} from NVIDIA's wheels on the Python index (pypi)")
 
 
-def check_ccache_remote(url: str, problem: str) -> Row | None:
-    """Judge the team's compile cache (None when CCACHE_REMOTE is unset): a server that does not
-    answer only warns, since the build then compiles with the local cache."""
-    from torchkiln import urls
+def check_compile_cache(url: str, problem: str, name: str = "COMPILE_CACHE") -> Row | None:
+    """Judge the team's compile cache (None when COMPILE_CACHE, or the older CCACHE_REMOTE read
+    as it, is unset): a server that does not answer only warns, since sccache then compiles
+    with the local cache."""
+    from torchkiln import sccache
 
     if not url:
         return None
-    mode = "read-only" if urls.parse_ccache_remote(url).read_only else "read-write"
+    mode = "read-only" if sccache.parse_compile_cache(url, name).read_only else "read-write"
     if problem:
         return Row(
             "compile cache",
             "warn",
-            f"CCACHE_REMOTE ({mode}): {problem}; builds go on with the local cache only",
-            "start the server (docker compose --profile cache up -d ccache), or check the "
-            "address: build steps reach it through the host's address (e.g. the docker0 "
+            f"{name} ({mode}): {problem}; builds go on with the local cache only",
+            "start the server (docker compose --profile cache up -d compile-cache), or check "
+            "the address: build steps reach it through the host's address (e.g. the docker0 "
             "bridge's), never 127.0.0.1",
         )
-    return Row("compile cache", "ok", f"CCACHE_REMOTE answers ({mode})")
+    return Row("compile cache", "ok", f"{name} answers ({mode})")
 
 
 def check_env_private(exposed: bool) -> Row | None:

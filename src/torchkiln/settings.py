@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from torchkiln import urls
+from torchkiln import sccache, urls
 from torchkiln.errors import UserError
 from torchkiln.inimage import archs
 
@@ -148,6 +148,10 @@ def _url(form: str, *, password: str = "") -> Callable[[str, str], None]:
 
 def _ccache_remote(name: str, value: str) -> None:
     urls.parse_ccache_remote(value, name)
+
+
+def _compile_cache(name: str, value: str) -> None:
+    sccache.parse_compile_cache(value, name)
 
 
 _URL_FORM = urls.normalizer()
@@ -301,19 +305,98 @@ SETTINGS: tuple[Setting, ...] = (
         _optional(_pattern(r"[1-9]\d{0,3}", "a positive number such as 8")),
     ),
     Setting(
+        "COMPILE_CACHE",
+        "",
+        "a compile cache your team shares (sccache's second level after the local one): "
+        "redis://HOST:PORT, memcached://HOST:PORT, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or "
+        "webdav+https://HOST/PATH, |read-only for CI runners; a BuildKit secret (a password may "
+        "be in it), never a build arg",
+        "build",
+        (),
+        _optional(_compile_cache),
+        urls.normalizer(schemes=sccache.CACHE_SCHEMES, attributes=True),
+    ),
+    Setting(
         "CCACHE_REMOTE",
         "",
-        "a compile cache your team shares: redis://HOST:PORT or http://HOST/PATH, |read-only for "
-        "CI runners; a BuildKit secret (a password may be in it), never a build arg",
+        "the former name of COMPILE_CACHE (read as COMPILE_CACHE when that is unset)",
         "build",
         (),
         _optional(_ccache_remote),
         urls.normalizer(schemes=("redis", "http", "https"), attributes=True),
     ),
     Setting(
+        "BUILD_FARM",
+        "",
+        "the build farm's scheduler, http://HOST:10600 (invoke farm up, farm join): every "
+        "compile of every build step is offered to it; a BuildKit secret, never a build arg",
+        "build",
+        (),
+        _optional(sccache.check_farm),
+        _URL_FORM,
+    ),
+    Setting(
+        "BUILD_FARM_TOKEN",
+        "",
+        "the build farm's client token, a BuildKit secret (empty: the one invoke farm up|join "
+        "wrote under .torchkiln/farm/)",
+        "build",
+    ),
+    Setting(
+        "FARM_IMAGE",
+        "debian:bookworm-slim",
+        "base image of the build farm's scheduler and servers (invoke farm up, farm join): any "
+        "Debian or Ubuntu image",
+        "build",
+        (),
+        _IMAGE,
+    ),
+    Setting(
+        "FARM_IMAGE_NAME",
+        "torchkiln/farm:latest",
+        "name of the build farm's image",
+        "build",
+        (),
+        _IMAGE,
+    ),
+    Setting(
+        "FARM_ADDRESS",
+        "0.0.0.0",
+        "host address the farm's scheduler and servers listen on (other machines join and send "
+        "compiles there)",
+        "build",
+        (),
+        _pattern(r"[0-9a-fA-F.:]+", "an IP address such as 0.0.0.0"),
+    ),
+    Setting(
+        "FARM_SCHEDULER_PORT",
+        "10600",
+        "port of the build farm's scheduler",
+        "build",
+        (),
+        _pattern(r"[1-9]\d{0,4}", "a port such as 10600"),
+    ),
+    Setting(
+        "FARM_SERVER_PORT",
+        "10501",
+        "port of this machine's build server",
+        "build",
+        (),
+        _pattern(r"[1-9]\d{0,4}", "a port such as 10501"),
+    ),
+    Setting(
+        "FARM_ADVERTISE",
+        "",
+        "the address clients reach a joined build server at (empty: the container's own, for a "
+        "server on the farm's machine); invoke farm join --address sets it",
+        "build",
+        (),
+        _optional(_pattern(r"[0-9a-fA-F.:]+|[A-Za-z0-9.-]+", "an address such as 10.0.0.7")),
+    ),
+    Setting(
         "CCACHE_SERVER_IMAGE",
         "redis:7",
-        "image of the compile cache server (docker compose --profile cache up -d ccache)",
+        "image of the compile cache server (docker compose --profile cache up -d compile-cache)",
         "build",
         (),
         _IMAGE,

@@ -37,6 +37,9 @@ CCACHE_ATTRIBUTES = {
     "keep-alive": _BOOLEAN,
     "layout": r"flat|subdirs|bazel",
     "bearer-token": r"[^|\s]+",
+    # sccache's S3 store (COMPILE_CACHE=s3://…): its region and an S3-compatible endpoint.
+    "region": r"[a-z0-9-]+",
+    "endpoint": r"https?://[^|\s]+",
 }
 # Attribute values that are credentials themselves.
 SECRET_ATTRIBUTES = ("bearer-token",)

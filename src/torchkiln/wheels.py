@@ -30,6 +30,7 @@ from torchkiln import (
     compose,
     doctor,
     extensions,
+    farm,
     inputs,
     runner,
     settings,
@@ -274,6 +275,8 @@ def export_wheels(
     doctor.require_ready(mine, False, service, root=root, known=built.preflight)
     if not dry:
         build.check_builder(c, built.builder, export_cache=False)
+        for line in farm.compile_preflight(built.values, root):  # cache and farm (farm.py)
+            print(line, flush=True)
 
     def command(staging: str) -> list[str]:
         return compose.wheels_command(
@@ -288,7 +291,7 @@ def export_wheels(
         )
 
     # The token secret is read from the environment (Compose reads .env itself; buildx does not).
-    token = compose.build_secrets(built.values)
+    token = compose.build_secrets(built.values, built.root)
     if dry:
         where = dest if dest.is_dir() else dest.parent
         with c.cd(str(root)):
@@ -318,7 +321,7 @@ def export_wheels(
     for line in buildchecks.summary_lines(result.output):
         print(line)
     # What the compile steps of this export did (nothing when BuildKit took them from its cache).
-    print(f"ccache: {buildsummary.ccache_rate(result.output)}")
+    print(f"sccache: {buildsummary.sccache_rate(result.output)}")
     for line in extensions.summary_lines(result.output):
         print(line)
     print(f"{len(wheels)} wheels and {INFO_NAME} in {dest}:")

@@ -122,7 +122,9 @@ def test_a_dry_clean_of_the_cache_lists_each_record_and_removes_none(twins) -> N
     refused = second.invoke("clean", "--cache")
     said = [line for line in refused.stderr.splitlines() if line.strip()]
     assert refused.returncode == 1 and len(said) == 1, refused.stderr
-    assert re.search(r"holds [\d.]+ \w?B of layers and [\d.]+ \w?B of ccache, pip and apt", said[0])
+    assert re.search(
+        r"holds [\d.]+ \w?B of layers and [\d.]+ \w?B of sccache, pip and apt", said[0]
+    )
     assert running(second), "a refused clean removed something"
     dry = assert_ok(second.invoke("--dry", "clean", "--cache", "--all-checkouts"))
     record = r"^would remove cache record \w+ .*torchkiln.* \([\d.]+ \w?B\)$"

@@ -147,10 +147,11 @@ def test_the_real_build_defects_are_fixed_in_the_build_environment(cuda_source) 
     jobs = re.search(r"torchkiln-jobs: pytorch MAX_JOBS=(\d+) \((.+)\)", output)
     assert jobs and "one job per 6 GB" in jobs[2], output[-2000:]
     assert env["MAX_JOBS"] == jobs[1]
-    # 7. A compile cache big enough for PyTorch, entered once: the launcher, not PATH links.
-    assert env["CCACHE_MAXSIZE"] == "40G"
-    assert env["CMAKE_CUDA_COMPILER_LAUNCHER"] == "ccache"
-    assert "/usr/lib/ccache" not in env["PATH"]
+    # 7. A compile cache big enough for PyTorch on the cache mount, entered once: sccache as the
+    # launcher, not PATH links.
+    assert env["SCCACHE_CACHE_SIZE"] == "40G" and env["SCCACHE_DIR"] == "/root/.cache/sccache"
+    assert env["CMAKE_CUDA_COMPILER_LAUNCHER"] == "sccache"
+    assert "ccache" not in env["PATH"]
     # 10. The Triton the tree pins, beside torch, for torch.compile.
     assert [path.name.split("-")[1] for path in dest.glob("triton-*.whl")] == ["3.8.0"]
 
@@ -364,11 +365,14 @@ def test_a_warm_rebuild_after_touching_one_cu_recompiles_only_that_file(cuda_whe
     output = assert_ok(
         project.invoke("build", "--no-up", "--cca", "8.6", "--source", f"vision={edited}")
     )
-    counts = re.search(r"torchkiln-ccache: vision hits=(\d+) misses=(\d+)", output)
+    counts = re.search(r"torchkiln-sccache: vision hits=(\d+) misses=(\d+)", output)
     assert counts, output[-3000:]
-    print(f"\nwarm rebuild after touching add_one.cu: ccache hits={counts[1]} misses={counts[2]}")
-    assert int(counts[2]) == 1 and int(counts[1]) >= 2
-    assert re.search(r"ccache: +\d+% \(\d+ hits, 1 misses\)", output)
+    print(f"\nwarm rebuild after touching add_one.cu: sccache hits={counts[1]} misses={counts[2]}")
+    # sccache counts an nvcc call and the steps it splits it into (host compile, cicc, ptxas …)
+    # apiece: the one edited .cu misses in each (6 for one arch in the extension's measurement);
+    # the other sources hit.
+    assert 1 <= int(counts[2]) <= 6 and int(counts[1]) >= 2
+    assert re.search(r"sccache: +\d+% \(\d+ hits, \d misses\)", output)
 
 
 def test_pypi_cuda_needs_cuda_13(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@ fixture tests/fixtures/extension hard-codes two -gencode flags in its setup.py (
 does nine). Built with EXTENSION_ARCHS=as-is the summary names the project's archs; with cca the
 exported wheel holds exactly the CCA's SASS, read with the fatbin reader and with NVIDIA's
 cuobjdump (from its wheel on the index). A one-line change in one .cu rebuilds that file alone:
-ccache serves the others. Bad extension inputs are refused in seconds, before any build.
+sccache serves the others. Bad extension inputs are refused in seconds, before any build.
 """
 
 from __future__ import annotations
@@ -196,12 +196,14 @@ def test_a_one_line_change_in_one_cu_recompiles_that_file_alone(
     # A change the compiler sees (a comment would be a preprocessed-mode hit, rightly).
     change = f"static const long torchkiln_touched = {int(time.time() * 1000)}L;"
     output, _, _ = export(extension_project, fixture_copy(tmp_path, change))
-    counts = re.search(rf"torchkiln-ccache: {NAME} hits=(\d+) misses=(\d+)", output)
+    counts = re.search(rf"torchkiln-sccache: {NAME} hits=(\d+) misses=(\d+)", output)
     assert counts, output[-3000:]
-    print(f"\nafter a one-line change in shift.cu: ccache hits={counts[1]} misses={counts[2]}")
-    # ops.cpp and scale.cu from the cache, shift.cu compiled.
-    assert (int(counts[1]), int(counts[2])) == (2, 1)
-    assert re.search(r"^ccache: 67% \(2 hits, 1 misses\)", output, re.MULTILINE), output[-3000:]
+    print(f"\nafter a one-line change in shift.cu: sccache hits={counts[1]} misses={counts[2]}")
+    # ops.cpp and scale.cu from the cache, shift.cu compiled: sccache counts an nvcc call and
+    # the steps it splits it into (host compile, cicc, ptxas …) apiece, so the one edited .cu
+    # misses several times (scripts/measure_extension_cache.py saw 3 hits and 6 misses).
+    assert int(counts[1]) >= 2 and 1 <= int(counts[2]) <= 6, counts[0]
+    assert re.search(r"^sccache: +\d+% \(\d+ hits, \d misses\)", output, re.MULTILINE)
 
 
 @pytest.mark.parametrize(

@@ -73,7 +73,7 @@ def test_magma_is_built_for_the_cca_and_reaches_the_pytorch_build(magma_project)
         "GPU_TARGET": "Kepler Maxwell Pascal",
         "CMAKE_CUDA_ARCHITECTURES": "86-real;90a-real;120",
         "MAGMA_CUDA_ARCH_MIN": "860",
-        "CMAKE_CUDA_COMPILER_LAUNCHER": "ccache",
+        "CMAKE_CUDA_COMPILER_LAUNCHER": "sccache",
         "BUILD_SHARED_LIBS": "OFF",
         "USE_FORTRAN": "OFF",
         "MAGMA_ENABLE_CUDA": "ON",

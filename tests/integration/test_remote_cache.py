@@ -1,8 +1,8 @@
-"""A compile cache a team shares (CCACHE_REMOTE), for real: Redis from Debian's packages on the
-docker0 bridge's address (where build steps reach the host), builder A (this engine) filling it
-with the CUDA fixtures' compiles, builder B (a second dockerd with empty state, so an empty local
-ccache and no BuildKit layer) taking every compile from it; a server that is down, and a
-read-only client.
+"""A compile cache a team shares (COMPILE_CACHE, sccache's second level), for real: Redis from
+Debian's packages on the docker0 bridge's address (where build steps reach the host), builder A
+(this engine) filling it with the CUDA fixtures' compiles, builder B (a second dockerd with empty
+state, so an empty local sccache cache and no BuildKit layer) taking every compile from it; a
+server that is down, and a read-only client.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
 # the try-compiles of the PyTorch stand-in's three CMake projects (its CPU library with OpenMP,
 # its CUDA libraries, PyTorch's own CMake through find_package(Torch)).
 TRY_COMPILES = 6
-CCACHE_LINE = re.compile(
-    r"torchkiln-ccache: pytorch hits=(\d+) misses=(\d+) remote_hits=(\d+) remote_errors=(\d+)"
+SCCACHE_LINE = re.compile(
+    r"torchkiln-sccache: pytorch hits=(\d+) misses=(\d+) remote_hits=(\d+) remote_errors=(\d+)"
 )
 
 
@@ -42,10 +42,15 @@ def keys(address: str, port: int) -> int:
 
 
 def unique_sources(project: Project) -> list[str]:
-    """The fixtures with a kernel no cache has seen (a new constant the compiler sees)."""
+    """The fixtures with translation units no cache has seen (a new constant the compiler sees in
+    each of the stand-in's sources): sccache writes to the team's cache what it compiles, and
+    copies no local hit up to it (unlike ccache's reshare), so a source this engine compiled
+    before would be a local hit on A and a miss on B."""
     fixtures = project.root / "tests" / "fixtures"
-    kernel = fixtures / "pytorch" / "csrc" / "kernel.cu"
-    kernel.write_text(kernel.read_text() + f"\nstatic const long unique_{uuid.uuid4().hex} = 1;\n")
+    tag = uuid.uuid4().hex
+    for source in sorted((fixtures / "pytorch" / "csrc").rglob("*")):
+        if source.suffix in (".c", ".cpp", ".cu"):
+            source.write_text(source.read_text() + f"\nstatic const long unique_{tag} = 1;\n")
     return [
         "--source",
         f"pytorch={fixtures / 'pytorch'}",
@@ -55,7 +60,7 @@ def unique_sources(project: Project) -> list[str]:
 
 
 def compile_counts(output: str) -> tuple[int, int, int, int]:
-    found = CCACHE_LINE.search(output)
+    found = SCCACHE_LINE.search(output)
     assert found, output[-3000:]
     return tuple(int(value) for value in found.groups())  # type: ignore[return-value]
 
@@ -69,19 +74,19 @@ def test_a_second_builder_takes_every_compile_from_the_first(
 ) -> None:
     address, port = redis
     url = f"redis://{address}:{port}"
-    project = make_project(tmp_path, "remote", CUDA_FROM="pypi", CCACHE_REMOTE=url)
+    project = make_project(tmp_path, "remote", CUDA_FROM="pypi", COMPILE_CACHE=url)
     try:
         doctor = project.invoke("doctor")
-        assert re.search(r"compile cache +ok +CCACHE_REMOTE answers \(read-write\)", doctor.stdout)
+        assert re.search(r"compile cache +ok +COMPILE_CACHE answers \(read-write\)", doctor.stdout)
         sources = unique_sources(project)
         before = keys(address, port)
         first = assert_ok(project.invoke("wheels", "--dest", str(tmp_path / "a"), *sources))
         hits, misses, remote_hits, errors = compile_counts(first)
         assert misses > 0 and remote_hits == 0 and errors == 0
         assert keys(address, port) > before, "builder A wrote nothing to the remote cache"
-        assert "ccache remote storage on (read-write)" in first
+        assert "sccache remote storage on (redis, read-write)" in first
         assert url not in first, "the cache URL (a secret) was printed"
-        # Builder B: a fresh engine (empty local ccache, no layer), and one build arg changed.
+        # Builder B: a fresh engine (empty local cache, no layer), and one build arg changed.
         other = Project(
             project.root,
             project.name,
@@ -93,10 +98,11 @@ def test_a_second_builder_takes_every_compile_from_the_first(
             f"A hits {hits}, misses {misses}; B hits {b_hits} (remote {b_remote}), "
             f"misses {b_misses}"
         )
-        print(f"\n{counts}\n" + "\n".join(x for x in second.splitlines() if "ccache" in x))
+        print(f"\n{counts}\n" + "\n".join(x for x in second.splitlines() if "sccache" in x))
         # CMake's try-compiles run in a new random folder at every configure: those calls are
-        # new by construction, on any builder. Every other compile of A (misses, and local hits,
-        # which A reshares) is a hit on B: from the remote, or from B's own first copy of it.
+        # new by construction, on any builder. Every other compile of A (its misses, written
+        # through to the remote, and its local hits on a first copy it compiled in this build)
+        # is a hit on B: from the remote, or from B's own first copy of it.
         assert b_errors == 0 and b_misses == TRY_COMPILES, counts
         assert b_hits == hits + misses - TRY_COMPILES and b_remote == b_hits - hits, counts
         cold, warm = compile_seconds(first), compile_seconds(second)
@@ -106,7 +112,7 @@ def test_a_second_builder_takes_every_compile_from_the_first(
             f"A: {misses} misses; B: {b_remote} remote hits, {b_misses} misses"
         )
         for line in second.splitlines():
-            if line.startswith("ccache:"):
+            if line.startswith("sccache:"):
                 print(line)
                 assert f"{b_remote} from the team's remote cache" in line
     finally:
@@ -115,17 +121,17 @@ def test_a_second_builder_takes_every_compile_from_the_first(
 
 def test_a_server_that_is_down_warns_and_the_build_goes_on(tmp_path: Path) -> None:
     url = f"redis://{bridge_address()}:{free_port()}"
-    project = make_project(tmp_path, "nocache", CUDA_FROM="pypi", CCACHE_REMOTE=url)
+    project = make_project(tmp_path, "nocache", CUDA_FROM="pypi", COMPILE_CACHE=url)
     try:
         doctor = project.invoke("doctor")
         assert re.search(r"compile cache +WARN .*does not answer", doctor.stdout), doctor.stdout
         output = project.invoke("build", "--no-up", *unique_sources(project))
         said = output.stdout + output.stderr
         assert output.returncode == 0, said[-3000:]
-        assert f"warning: CCACHE_REMOTE: redis://{bridge_address()}" in said
+        assert f"warning: COMPILE_CACHE: redis://{bridge_address()}" in said
         _, misses, remote_hits, errors = compile_counts(said)
         assert misses > 0 and remote_hits == 0
-        summary = next(line for line in said.splitlines() if line.startswith("ccache:"))
+        summary = next(line for line in said.splitlines() if line.startswith("sccache:"))
         if errors:
             assert "WARNING the remote cache failed" in summary
     finally:
@@ -135,13 +141,13 @@ def test_a_server_that_is_down_warns_and_the_build_goes_on(tmp_path: Path) -> No
 def test_a_read_only_client_writes_nothing(redis, tmp_path: Path) -> None:
     address, port = redis
     url = f"redis://{address}:{port}|read-only"
-    project = make_project(tmp_path, "readonly", CUDA_FROM="pypi", CCACHE_REMOTE=url)
+    project = make_project(tmp_path, "readonly", CUDA_FROM="pypi", COMPILE_CACHE=url)
     try:
         before = keys(address, port)
         output = assert_ok(
             project.invoke("wheels", "--dest", str(tmp_path / "d"), *unique_sources(project))
         )
-        assert "ccache remote storage on (read-only)" in output
+        assert "sccache remote storage on (redis, read-only)" in output
         _, misses, _, errors = compile_counts(output)
         assert misses > 0 and errors == 0
         assert keys(address, port) == before
@@ -152,12 +158,12 @@ def test_a_read_only_client_writes_nothing(redis, tmp_path: Path) -> None:
 def test_the_cache_url_is_a_secret_not_a_build_arg(redis, tmp_path: Path) -> None:
     address, port = redis
     url = f"redis://:s3cr3t-{uuid.uuid4().hex[:6]}@{address}:{port}"
-    project = make_project(tmp_path, "secretcache", CUDA_FROM="none", CCACHE_REMOTE=url)
+    project = make_project(tmp_path, "secretcache", CUDA_FROM="none", COMPILE_CACHE=url)
     try:
         result = project.invoke("--dry", "build")
         printed = result.stdout + result.stderr
         assert url not in printed and "s3cr3t" not in printed
         override = json.loads((project.root / ".torchkiln" / "dry-build-train.yaml").read_text())
-        assert "CCACHE_REMOTE" not in override["services"]["train"]["build"]["args"]
+        assert "COMPILE_CACHE" not in override["services"]["train"]["build"]["args"]
     finally:
         remove_project(project)

@@ -1,7 +1,7 @@
 """Passwords with every character that ever broke something, for real: a Redis compile cache
 whose password holds `/ # $ space " ' @ : | %`, given raw in the environment, and a password in
 PIP_INDEX_URL (split off automatically into the index token secret). The compile really reaches
-the cache (Redis gains keys, ccache counts no remote error), pip really authenticates, and the
+the cache (Redis gains keys, sccache counts no remote error), pip really authenticates, and the
 password shows up nowhere: not in the output, `docker history --no-trunc`, `docker inspect`,
 `.torchkiln/`, or any message of doctor and `invoke env --force`; the files that hold it stay
 mode 0600.
@@ -24,10 +24,11 @@ from torchkiln import envfile
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
 
 MARK = uuid.uuid4().hex[:10]
-# Compose's $, ccache's $VAR, a URL's / # @ ? : and its attribute separator |, spaces, quotes.
+# Compose's $, ccache's $VAR (the old CCACHE_REMOTE form), a URL's / # @ ? : and its attribute
+# separator |, spaces, quotes.
 CACHE_PASSWORD = f"p/w#x$HOME y\"q'u@:|%-{MARK}"
 INDEX_PASSWORD = f"i/p#$PATH 'w'@:{MARK}x"
-CCACHE_LINE = re.compile(r"torchkiln-ccache: pytorch hits=(\d+) misses=(\d+) remote_hits=(\d+) "
+CCACHE_LINE = re.compile(r"torchkiln-sccache: pytorch hits=(\d+) misses=(\d+) remote_hits=(\d+) "
                          r"remote_errors=(\d+)")  # fmt: skip
 
 
@@ -78,12 +79,12 @@ def secured(redis, tmp_path_factory: pytest.TempPathFactory):
 
 def test_the_compile_reached_the_cache_with_the_password(secured, redis) -> None:
     _, output, before = secured
-    assert "torchkiln: ccache remote storage on (read-write)" in output
+    assert "torchkiln: sccache remote storage on (redis, read-write)" in output
     found = CCACHE_LINE.search(output)
     assert found, output[-3000:]
     misses, errors = int(found[2]), int(found[4])
     assert misses > 0 and errors == 0, found[0]
-    assert keys(*redis) > before, "ccache wrote nothing: it did not authenticate"
+    assert keys(*redis) > before, "sccache wrote nothing: it did not authenticate"
 
 
 def test_pip_authenticated_with_the_password_split_off_the_url(secured) -> None:

@@ -185,8 +185,9 @@ def test_compose_shares_no_host_namespace(repo: Path, tmp_path: Path, files: lis
         assert not service.get("privileged"), name
         # the trade-off the README explains: a bounded /dev/shm instead of ipc: host
         assert service["shm_size"] == str(16 * 1024**3), name
-        # ngc compiles nothing, so only the services that compile get the cache server's URL
-        compiles = {"ccache_remote"} if name in ("train", "full") else set()
+        # ngc compiles nothing, so only the services that compile get the cache's URL and farm
+        compiles = {"compile_cache", "build_farm", "build_farm_token"}
+        compiles = compiles if name in ("train", "full") else set()
         assert {secret["source"] for secret in service["build"]["secrets"]} == {
             "ca_bundle",
             "pip_index_token",
@@ -194,13 +195,38 @@ def test_compose_shares_no_host_namespace(repo: Path, tmp_path: Path, files: lis
         }
     for secret, variable in (
         ("pip_index_token", "PIP_INDEX_TOKEN"),
-        ("ccache_remote", "CCACHE_REMOTE"),
+        ("compile_cache", "COMPILE_CACHE"),
+        ("build_farm", "BUILD_FARM"),
+        ("build_farm_token", "BUILD_FARM_TOKEN"),
     ):
         # read from the process environment at build time, never from a file in the context
         assert config["secrets"][secret] == {
             "name": config["secrets"][secret]["name"],
             "environment": variable,
         }
+
+
+def test_the_farm_servers_have_only_what_bubblewrap_needs(repo: Path, tmp_path: Path) -> None:
+    """The build farm (profile farm): never privileged nor on the host network; the servers
+    get SYS_ADMIN and the three security options docs/farm.md explains, the scheduler none."""
+    env_file = tmp_path / "minimal.env"
+    env_file.write_text("UID=1234\nGID=1234\n", encoding="utf-8")
+    result = subprocess.run(
+        ["docker", "compose", "--env-file", str(env_file), "-f", "compose/compose.yaml",
+         "--profile", "farm", "config", "--format", "json"],
+        cwd=repo, env=clean_environ(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    services = json.loads(assert_ok(result))["services"]
+    wanted = ["seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"]
+    for name in ("farm-scheduler", "farm-server", "farm-worker"):
+        service = services[name]
+        assert not service.get("privileged") and service.get("network_mode") != "host", name
+        server = name != "farm-scheduler"
+        assert service.get("cap_add", []) == (["SYS_ADMIN"] if server else []), name
+        assert sorted(service.get("security_opt", [])) == (sorted(wanted) if server else []), name
+        for mount in service.get("volumes", []):
+            if mount["type"] == "bind":
+                assert mount["read_only"] and mount["target"].startswith("/run/secrets/"), name
 
 
 def test_invoke_env_keeps_the_token_out_of_env(tmp_path: Path) -> None:

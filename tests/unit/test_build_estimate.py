@@ -107,7 +107,8 @@ LOG = """\
 #5 DONE 0.1s
 #12 [train torch-build 1/1] RUN --mount=type=cache build-wheel.sh
 #12 0.512 torchkiln-jobs: pytorch MAX_JOBS=8 (16 cores, 64 GB memory: one job per 6 GB)
-#12 3590.1 torchkiln-ccache: pytorch hits=12 misses=7012 remote_hits=0 remote_errors=0
+#12 3590.1 torchkiln-sccache: pytorch hits=12 misses=7012 remote_hits=0 remote_errors=0 \
+uncached=0 local=7012 dist=0 dist_errors=0 servers=- reasons=-
 #12 DONE 3600.5s
 #13 [train vision-build 1/1] RUN build-wheel.sh
 #13 CACHED

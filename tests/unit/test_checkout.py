@@ -116,7 +116,7 @@ def test_down_works_with_a_env_whose_other_settings_are_wrong(tmp_path: Path) ->
 DF_VERBOSE = {
     "BuildCache": [
         {"ID": "a1*", "Description": 'cached mount /root/.cache/ccache from exec /bin/sh with id '
-         '"torchkiln-ccache"', "Size": "2.5GB", "CacheType": "exec.cachemount"},
+         '"torchkiln-sccache"', "Size": "2.5GB", "CacheType": "exec.cachemount"},
         {"ID": "b2", "Description": "mount / from exec /opt/torchkiln-scripts/build-wheel.sh",
          "Size": "3.1GB", "CacheType": "regular"},
         {"ID": "c3", "Description": "mount / from exec apt-get install gcc", "Size": "400MB",
@@ -129,7 +129,7 @@ def test_the_cache_is_described_as_shared_and_removed_only_when_asked() -> None:
     records = clean.cache_records(json.dumps(DF_VERBOSE))
     assert [record.torchkiln for record in records] == [True, True, False]
     refusal = clean.cache_refusal(records)
-    assert "3.10 GB of layers and 2.50 GB of ccache, pip and apt cache mounts" in refusal
+    assert "3.10 GB of layers and 2.50 GB of sccache, pip and apt cache mounts" in refusal
     assert "shared by every torchkiln checkout" in refusal and "--all-checkouts" in refusal
     assert "\n" not in refusal
 

@@ -149,10 +149,15 @@ def test_wheels_reuses_the_inputs_of_the_last_build(tmp_path: Path) -> None:
     assert inputs.with_recorded_inputs(tmp_path, inputs.BuildOptions(service="full"))[1] == ""
 
 
-def test_ccache_rate_sums_every_step() -> None:
-    log = "torchkiln-ccache: hits=3 misses=1\nxx\ntorchkiln-ccache: hits=1 misses=3\n"
-    assert buildsummary.ccache_rate(log) == "50% (4 hits, 4 misses)"
-    assert buildsummary.ccache_rate("").startswith("no compile step ran")
+def test_the_compile_summary_sums_every_step() -> None:
+    log = (
+        "torchkiln-sccache: a hits=3 misses=1 remote_hits=0 "
+        "remote_errors=0 uncached=0 local=0 dist=0 dist_errors=0 servers=- reasons=-\nxx\n"
+        "torchkiln-sccache: b hits=1 misses=3 remote_hits=0 "
+        "remote_errors=0 uncached=0 local=0 dist=0 dist_errors=0 servers=- reasons=-\n"
+    )
+    assert buildsummary.sccache_rate(log) == "50% (4 hits, 4 misses)"
+    assert buildsummary.sccache_rate("").startswith("no compile step ran")
 
 
 def test_executed_steps_ignore_cached_ones() -> None:

@@ -196,15 +196,17 @@ def test_a_failed_extension_is_named_by_project_and_host_folder() -> None:
     [
         ("", "no compile step ran (BuildKit took them from its cache)"),
         (
-            "torchkiln-ccache: ext hits=0 misses=0 remote_hits=0 remote_errors=0 uncached=0\n",
-            "1 compile step ran; no compiler call of theirs went through ccache",
+            "torchkiln-sccache: ext hits=0 misses=0 remote_hits=0 "
+            "remote_errors=0 uncached=0 local=0 dist=0 dist_errors=0 servers=- reasons=-\n",
+            "1 compile step ran; no compiler call of theirs went through sccache",
         ),
         (
-            "torchkiln-ccache: ext hits=2 misses=1 remote_hits=0 remote_errors=0 uncached=1\n",
-            "67% (2 hits, 1 misses); 1 compiles ccache could not cache",
+            "torchkiln-sccache: ext hits=2 misses=1 remote_hits=0 remote_errors=0 uncached=1 "
+            "local=1 dist=0 dist_errors=0 servers=- reasons=multiple_input_files:1\n",
+            "67% (2 hits, 1 misses); 1 calls sccache could not cache (multiple_input_files 1)",
         ),
     ],
     ids=["cached-steps", "bypassed", "counted"],
 )
-def test_the_ccache_line_counts_what_ran(log: str, says: str) -> None:
-    assert buildsummary.ccache_rate(log) == says
+def test_the_sccache_line_counts_what_ran(log: str, says: str) -> None:
+    assert buildsummary.sccache_rate(log) == says

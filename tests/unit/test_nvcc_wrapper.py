@@ -238,17 +238,17 @@ def stand_in_nvcc(tmp_path: Path, status: int = 0) -> Path:
     return program
 
 
-def test_the_wrapper_runs_the_rewritten_call_logs_it_and_hides_the_ccache_links(
+def test_the_wrapper_runs_the_rewritten_call_logs_it_and_hides_the_launcher_compilers(
     tmp_path: Path,
 ) -> None:
     log = tmp_path / "calls.jsonl"
     environ = {
-        "PATH": f"/tmp/ccache-bin{os.pathsep}/usr/bin",
+        "PATH": f"/tmp/launcher-bin{os.pathsep}/usr/bin",
         "TORCHKILN_REAL_NVCC": str(stand_in_nvcc(tmp_path)),
         "TORCHKILN_EXTENSION_ARCHS": "cca",
         "TORCH_CUDA_ARCH_LIST": "8.6",
         "TORCHKILN_NVCC_LOG": str(log),
-        "TORCHKILN_CCACHE_BIN": "/tmp/ccache-bin",
+        "TORCHKILN_LAUNCHER_BIN": "/tmp/launcher-bin",
     }
     assert wrapper.wrap(CAUSAL_CONV1D, environ) == 0
     ran = (tmp_path / "args").read_text().splitlines()

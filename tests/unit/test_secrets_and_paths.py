@@ -131,7 +131,12 @@ def test_a_password_in_the_index_url_travels_only_as_the_token_secret(tmp_path: 
     args = json.loads(override)["services"]["train"]["build"]["args"]
     assert args["PIP_INDEX_URL"] == "https://me@pypi.example/simple"
     # net.sh puts the token back as the password of the URL's user, for pip alone.
-    assert compose.build_secrets(built.values) == {"PIP_INDEX_TOKEN": "p/w#x", "CCACHE_REMOTE": ""}
+    assert compose.build_secrets(built.values) == {
+        "PIP_INDEX_TOKEN": "p/w#x",
+        "COMPILE_CACHE": "",
+        "BUILD_FARM": "",
+        "BUILD_FARM_TOKEN": "",
+    }
 
 
 def test_the_override_labels_the_checkout_and_escapes_every_dollar(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """nvcc for the builds that name no compiler launcher (torch.utils.cpp_extension, an extension's
-own setup.py or CMake): each call goes through ccache, compiles for exactly the CCA's targets
+own setup.py or CMake): each call goes through sccache, compiles for exactly the CCA's targets
 under EXTENSION_ARCHS=cca, and runs its per-arch work on nvcc's threads within the memory budget.
 
 docker/scripts/extension-env.sh puts a two-line `nvcc` that calls `wrap` where every build looks
@@ -37,8 +37,8 @@ SPLIT_COMPILE = ("-split-compile", "--split-compile")
 # Options nvcc itself reads from the environment, before and after the command line's.
 FLAG_VARIABLES = ("NVCC_PREPEND_FLAGS", "NVCC_APPEND_FLAGS")
 # nvcc's long dependency options (the ninja files of many torch.utils.cpp_extension releases use
-# them), which ccache 4.7 does not know: it takes the file after --dependency-output for a second
-# source and compiles uncached ("multiple source files"). Their short forms it knows.
+# them), which a compiler cache may misread (ccache 4.7 took the file after --dependency-output
+# for a second source and compiled uncached, "multiple source files"). Their short forms are safe.
 DEPENDENCY_ALIASES = {
     "--generate-dependencies-with-compile": "-MD",
     "--generate-nonsystem-dependencies-with-compile": "-MMD",
@@ -116,7 +116,7 @@ def _order(names: Iterable[str]) -> list[str]:
 class SplitCall:
     """A call taken apart: the arguments without target and thread options, the targets those
     options ask for ([] when none: nvcc's default), the options themselves spelled joined
-    (`-gencode=…`, which ccache reads as one option), the --threads asked for, and whether
+    (`-gencode=…`, read as one option by the compiler cache), the --threads asked for, and whether
     the call sets its own --split-compile (kept in `rest`)."""
 
     rest: list[str]
@@ -193,7 +193,7 @@ def rewrite(
     targets. None (as-is): the build's own targets stay, spelled as joined options. Either way
     the build's --threads gives way to `threads` (the share of the memory budget one nvcc call
     may use), and only where the call compiles for several targets; the long dependency options
-    become their short forms for ccache.
+    become their short forms for the compiler cache.
 
     With `split_compile` (an nvcc that has the option), what `threads` leaves over after one
     thread per arch goes to --split-compile, which runs the optimizer of cicc and ptxas on
@@ -303,7 +303,7 @@ def with_flag_variables(argv: Sequence[str], env: dict[str, str]) -> list[str]:
 
 
 def wrap(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
-    """Run one nvcc call as `rewrite` decides, through ccache; log it; say what a failure
+    """Run one nvcc call as `rewrite` decides, through sccache; log it; say what a failure
     under EXTENSION_ARCHS=cca may owe to the rewrite."""
     env = dict(os.environ if environ is None else environ)
     real = env.get("TORCHKILN_REAL_NVCC", "")
@@ -327,10 +327,10 @@ def wrap(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
         record.update(threads=call.threads, split=call.split)
         with open(log, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
-    launcher = env.get("TORCHKILN_CCACHE", "")
-    # nvcc's own host-compiler calls must not meet ccache's masquerade links a second time.
-    if env.get("TORCHKILN_CCACHE_BIN"):
-        env["PATH"] = _without(env.get("PATH", ""), env["TORCHKILN_CCACHE_BIN"])
+    launcher = env.get("TORCHKILN_LAUNCHER", "")
+    # nvcc's own host-compiler calls must not meet the launcher's compilers a second time.
+    if env.get("TORCHKILN_LAUNCHER_BIN"):
+        env["PATH"] = _without(env.get("PATH", ""), env["TORCHKILN_LAUNCHER_BIN"])
     command = [*([launcher] if launcher else []), real, *call.args]
     if env.get("TORCHKILN_NVCC_TRACE"):
         print(f"torchkiln-nvcc: {shlex.join(command)}", file=sys.stderr)
@@ -383,7 +383,7 @@ def env_lines(tree: str, environ: Mapping[str, str]) -> list[str]:
         shlex.join(
             [
                 "echo",
-                f"torchkiln: nvcc through ccache, EXTENSION_ARCHS={policy}; {said} "
+                f"torchkiln: nvcc through sccache, EXTENSION_ARCHS={policy}; {said} "
                 f"(MAX_JOBS={max_jobs}, {sources} CUDA sources)",
             ]
         )
