@@ -227,14 +227,16 @@ def holds_secret(text: str) -> bool:
 
 
 def secret_value(value: str) -> bool:
-    """Tell whether a value is a URL holding a password (or ccache's bearer token)."""
+    """Tell whether a value is a URL holding a password."""
     value = value.strip()
     if "://" not in value:
         return False
     try:
-        return urls.parse_ccache_remote(value, "URL").has_password
+        schemes = (value.partition("://")[0].lower(),)  # any scheme: only the password counts
+        return urls.parse("URL", value, schemes=schemes, attributes=True).has_password
     except UserError:
-        return "@" in value  # unparsable, but may hold user:password@: treat as secret
+        # Unparsable, but may hold user:password@ or a token (ccache's |bearer-token=…): secret.
+        return "@" in value or bool(re.search(r"token|secret|passw", value, re.IGNORECASE))
 
 
 def exposed_secret(file: Path) -> bool:

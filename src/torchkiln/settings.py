@@ -146,10 +146,6 @@ def _url(form: str, *, password: str = "") -> Callable[[str, str], None]:
     return check
 
 
-def _ccache_remote(name: str, value: str) -> None:
-    urls.parse_ccache_remote(value, name)
-
-
 def _compile_cache(name: str, value: str) -> None:
     sccache.parse_compile_cache(value, name)
 
@@ -322,7 +318,7 @@ SETTINGS: tuple[Setting, ...] = (
         "the former name of COMPILE_CACHE (read as COMPILE_CACHE when that is unset)",
         "build",
         (),
-        _optional(_ccache_remote),
+        _optional(_compile_cache),
         urls.normalizer(schemes=("redis", "http", "https"), attributes=True),
     ),
     Setting(

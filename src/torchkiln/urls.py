@@ -1,13 +1,13 @@
-"""The URLs a user gives (CCACHE_REMOTE, PIP_INDEX_URL, TORCH_INDEX_URL, APT_MIRROR): one parser
+"""The URLs a user gives (COMPILE_CACHE, PIP_INDEX_URL, TORCH_INDEX_URL, APT_MIRROR): one parser
 for the settings' checks, the host's probes and what the build gets, so that a password never
 breaks a step and never shows up in a message. Pure functions.
 
 A password may hold any character. Everything between `://` and the last `@` is
 `USER:PASSWORD` (split at the first `:`), written raw or percent-encoded (`%2F` is `/`; a literal
 `%` followed by two hex digits must be written `%25`). The normal form percent-encodes both, so
-that `$`, `#`, `/`, spaces and quotes reach `.env`, Compose, the shell and ccache unchanged:
-Compose reads `$` in `.env` as a variable, and ccache expands `$VAR` in its remote storage URL
-(and decodes percent-encoding in the user and password, which is the escape that survives both).
+that `$`, `#`, `/`, spaces and quotes reach `.env`, Compose, the shell and the compile cache
+unchanged: Compose reads `$` in `.env` as a variable, and percent-encoding in the user and
+password is the escape that survives both.
 """
 
 from __future__ import annotations
@@ -25,24 +25,15 @@ _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)", re.DOTALL)
 _HOST = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
-# ccache's remote storage attributes (`URL|name=value|…`, ccache manual "Remote storage"), with
-# the values each takes; a misspelt one would otherwise be ignored by ccache without a word.
+# The attributes the compile cache (sccache) takes after its URL (`URL|name=value|…`), with the
+# values each takes and the schemes it applies to; any other would be ignored without a word.
 _BOOLEAN = r"true|false"
-CCACHE_ATTRIBUTES = {
-    "read-only": rf"(?:{_BOOLEAN})?",
-    "connect-timeout": r"\d{1,7}",
-    "operation-timeout": r"\d{1,7}",
-    "shards": r"[^|\s]+",
-    "share-hits": _BOOLEAN,
-    "keep-alive": _BOOLEAN,
-    "layout": r"flat|subdirs|bazel",
-    "bearer-token": r"[^|\s]+",
+CACHE_ATTRIBUTES = {
+    "read-only": (rf"(?:{_BOOLEAN})?", ()),
     # sccache's S3 store (COMPILE_CACHE=s3://…): its region and an S3-compatible endpoint.
-    "region": r"[a-z0-9-]+",
-    "endpoint": r"https?://[^|\s]+",
+    "region": (r"[a-z0-9-]+", ("s3",)),
+    "endpoint": (r"https?://[^|\s]+", ("s3",)),
 }
-# Attribute values that are credentials themselves.
-SECRET_ATTRIBUTES = ("bearer-token",)
 
 
 @dataclass(frozen=True)
@@ -60,11 +51,11 @@ class URL:
     @property
     def has_password(self) -> bool:
         """Tell whether the URL holds a password (or a secret attribute)."""
-        return bool(self.password) or any(name in SECRET_ATTRIBUTES for name, _ in self.attributes)
+        return bool(self.password)
 
     @property
     def read_only(self) -> bool:
-        """ccache's read-only attribute (read-only, or read-only=true)."""
+        """The read-only attribute (read-only, or read-only=true)."""
         return any(name == "read-only" and value != "false" for name, value in self.attributes)
 
     def text(self, *, masked: bool = False) -> str:
@@ -75,14 +66,12 @@ class URL:
             if self.password is not None:
                 userinfo += ":" + (MASK if masked else _encode(self.password))
             userinfo += "@"
-        return self._with_userinfo(userinfo, masked)
+        return self._with_userinfo(userinfo)
 
-    def _with_userinfo(self, userinfo: str, masked: bool = False) -> str:
+    def _with_userinfo(self, userinfo: str) -> str:
         port = f":{self.port}" if self.port is not None else ""
         attributes = ""
         for name, value in self.attributes:
-            if value is not None:
-                value = MASK if masked and name in SECRET_ATTRIBUTES else value
             attributes += f"|{name}" if value is None else f"|{name}={value}"
         return f"{self.scheme}://{userinfo}{self.host}{port}{self.path}{attributes}"
 
@@ -119,7 +108,7 @@ def parse(
     attributes: bool = False,
 ) -> URL:
     """Parse a URL setting, or refuse it in one line that names the setting and masks the
-    password. `attributes` allows ccache's `|name=value` items after the host."""
+    password. `attributes` allows the compile cache's `|name=value` items after the host."""
 
     def refuse(problem: str) -> UserError:
         return UserError(f"{name} '{shown(value)}' {problem}; write it as {form}")
@@ -149,7 +138,7 @@ def parse(
         raise refuse(f"has '{path}' after the host, where a port (:6379) or a path (/…) goes")
     if re.search(r"\s", path):
         raise refuse("has a space in its path (write it as %20)")
-    items = _attributes(name, value, form, extra) if bar else ()
+    items = _attributes(name, value, form, extra, scheme) if bar else ()
     try:
         user, sep, password = (_decode(part) for part in userinfo.partition(":"))
     except UnicodeDecodeError:
@@ -157,32 +146,38 @@ def parse(
     if not at:
         return URL(scheme, None, None, host, port, path, items)
     if not sep and scheme == "redis":
-        # redis://PASSWORD@HOST: ccache (and Redis before 6) knows only a password here.
+        # redis://PASSWORD@HOST: Redis before 6 knows only a password here.
         return URL(scheme, None, user, host, port, path, items)
     return URL(scheme, user or None, password if sep else None, host, port, path, items)
 
 
-def _attributes(name: str, value: str, form: str, text: str) -> tuple[tuple[str, str | None], ...]:
+def _attributes(
+    name: str, value: str, form: str, text: str, scheme: str
+) -> tuple[tuple[str, str | None], ...]:
     items: list[tuple[str, str | None]] = []
     for item in text.split("|"):
         key, sep, setting = item.partition("=")
-        pattern = CCACHE_ATTRIBUTES.get(key)
-        if pattern is None:
-            close = difflib.get_close_matches(key, list(CCACHE_ATTRIBUTES), n=1, cutoff=0.6)
+        if key not in CACHE_ATTRIBUTES:
+            close = difflib.get_close_matches(key, list(CACHE_ATTRIBUTES), n=1, cutoff=0.6)
             hint = (
                 f"did you mean {close[0]}?"
                 if close
-                else f"ccache knows {', '.join(CCACHE_ATTRIBUTES)}"
+                else f"the compile cache takes {', '.join(CACHE_ATTRIBUTES)}"
             )
             raise UserError(
-                f"{name} '{shown(value)}' has the attribute '|{key}', which ccache does not know "
-                f"and would ignore; {hint} (form: {form})"
+                f"{name} '{shown(value)}' has the attribute '|{key}', which the compile cache "
+                f"(sccache) does not take and would ignore; {hint} (form: {form})"
+            )
+        pattern, only = CACHE_ATTRIBUTES[key]
+        if only and scheme not in only:
+            raise UserError(
+                f"{name} '{shown(value)}' has '|{key}', which applies to "
+                f"{' and '.join(s + '://' for s in only)} caches only; remove it (form: {form})"
             )
         if not re.fullmatch(pattern, setting) or (sep and not setting):
-            what = MASK if key in SECRET_ATTRIBUTES else setting
             raise UserError(
-                f"{name} '{shown(value)}' has '|{key}={what}', which is not a value ccache takes "
-                f"for {key} (form: {form})"
+                f"{name} '{shown(value)}' has '|{key}={setting}', which is not a value the "
+                f"compile cache takes for {key} (form: {form})"
             )
         if key == "read-only":  # one spelling: present means read-only
             if setting != "false":
@@ -190,29 +185,6 @@ def _attributes(name: str, value: str, form: str, text: str) -> tuple[tuple[str,
             continue
         items.append((key, setting if sep else None))
     return tuple(items)
-
-
-CCACHE_FORM = (
-    "redis://HOST:6379, redis://:PASSWORD@HOST:6379 or http://HOST:8080/PATH, optionally "
-    "ending in |read-only"
-)
-
-
-def parse_ccache_remote(value: str, name: str = "CCACHE_REMOTE") -> URL:
-    """Parse CCACHE_REMOTE (one remote storage URL with ccache's attributes)."""
-    schemes = ("redis", "http", "https")
-    return parse(name, value, schemes=schemes, form=CCACHE_FORM, attributes=True)
-
-
-def ccache_storage(url: URL) -> str:
-    """The value ccache's remote_storage gets: percent-encoded user and password (ccache decodes
-    them; `$` would be expanded as a variable), a password alone written as ccache reads it."""
-    if url.scheme == "redis" and url.user is None and url.password is not None:
-        # ccache reads redis://:PW@ as "no password", redis://PW@ as the password, and splits a
-        # decoded ':' into user and password: Redis 6's default user takes the password then.
-        user = "default:" if ":" in url.password else ""
-        return url._with_userinfo(f"{user}{_encode(url.password)}@")
-    return url.text()
 
 
 def normalizer(

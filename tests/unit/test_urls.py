@@ -1,5 +1,5 @@
-"""One URL parser for CCACHE_REMOTE and the index/mirror URLs: what it accepts, the normal form,
-what ccache gets, and that no message shows a password."""
+"""One URL parser for COMPILE_CACHE and the index/mirror URLs: what it accepts, the normal form,
+the compile cache's attributes, and that no message shows a password."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import urllib.parse
 
 import pytest
 
-from torchkiln import hostfacts, settings, urls
+from torchkiln import hostfacts, sccache, settings, urls
 from torchkiln.errors import UserError
 
-# Passwords with every character that broke something: Compose's $, ccache's $VAR, a URL's / # @
+# Passwords with every character that broke something: Compose's $, a shell's $VAR, a URL's / # @
 # ? : |, spaces, both quotes, a percent sign, non-ASCII.
 PASSWORDS = [
     "pa$word",
@@ -32,7 +32,7 @@ def test_any_password_survives_the_normal_form(password: str, written: str) -> N
     if written == "raw" and password == "100%":
         typed = "100%"  # a '%' not followed by two hex digits stays literal
     value = f"redis://:{typed}@cache.example:6379/2|read-only"
-    parsed = urls.parse_ccache_remote(value)
+    parsed = sccache.parse_compile_cache(value)
     assert (parsed.password, parsed.host, parsed.port, parsed.path) == (
         password,
         "cache.example",
@@ -41,29 +41,28 @@ def test_any_password_survives_the_normal_form(password: str, written: str) -> N
     )
     assert parsed.read_only
     normal = parsed.text()
-    assert urls.parse_ccache_remote(normal) == parsed  # idempotent
-    # Nothing Compose, python-dotenv, a shell or ccache would read specially is left.
+    assert sccache.parse_compile_cache(normal) == parsed  # idempotent
+    # Nothing Compose, python-dotenv or a shell would read specially is left.
     assert not set("$#'\" ") & set(normal.split("@")[0])
     masked = parsed.text(masked=True)
     assert masked == "redis://:****@cache.example:6379/2|read-only"
 
 
 @pytest.mark.parametrize(
-    ("value", "ccache"),
+    ("value", "attributes"),
     [
-        ("redis://:pw@h:1", "redis://pw@h:1"),  # ccache reads :PW@ as "no password"
-        ("redis://pw@h:1", "redis://pw@h:1"),
-        ("redis://:a:b@h:1", "redis://default:a%3Ab@h:1"),  # ccache splits a decoded ':'
-        ("redis://me:a:b@h:1", "redis://me:a%3Ab@h:1"),
-        ("redis://:pa$word@h:1", "redis://pa%24word@h:1"),  # ccache expands $word
-        ("redis://h:1|read-only", "redis://h:1|read-only"),
-        ("redis://h:1|read-only=true", "redis://h:1|read-only"),
-        ("redis://h:1|read-only=false", "redis://h:1"),
-        ("http://u:p%2Fw@h:8080/cache|layout=flat", "http://u:p%2Fw@h:8080/cache|layout=flat"),
+        ("redis://h:1|read-only", (("read-only", None),)),
+        ("redis://h:1|read-only=true", (("read-only", None),)),
+        ("redis://h:1|read-only=false", ()),
+        ("s3://bucket/pre|region=eu-west-1", (("region", "eu-west-1"),)),
+        (
+            "s3://b/p|endpoint=https://minio.example:9000",
+            (("endpoint", "https://minio.example:9000"),),
+        ),
     ],
 )
-def test_ccache_gets_the_form_it_reads(value: str, ccache: str) -> None:
-    assert urls.ccache_storage(urls.parse_ccache_remote(value)) == ccache
+def test_the_compile_caches_attributes_are_read(value: str, attributes: tuple) -> None:
+    assert sccache.parse_compile_cache(value).attributes == attributes
 
 
 @pytest.mark.parametrize(
@@ -75,8 +74,14 @@ def test_ccache_gets_the_form_it_reads(value: str, ccache: str) -> None:
         ("redis://:s3cret@host:63a", ["port '63a'"]),
         ("redis://h:1|readonly", ["'|readonly'", "did you mean read-only?"]),
         ("redis://h:1|read_only", ["did you mean read-only?"]),
-        ("redis://h:1|connect-timeout=soon", ["connect-timeout=soon"]),
-        ("redis://h:1|bearer-token=", ["bearer-token"]),
+        ("redis://h:1|read-only=soon", ["read-only=soon", "not a value"]),
+        # ccache's attributes, which sccache would ignore without a word
+        ("redis://h:1|connect-timeout=5", ["'|connect-timeout'", "would ignore"]),
+        ("redis://h:1|share-hits=false", ["'|share-hits'", "would ignore"]),
+        ("http://h:8080/c|layout=flat", ["'|layout'", "would ignore"]),
+        # an S3 store's attributes on another store
+        ("redis://h:1|region=eu-west-1", ["'|region'", "s3:// caches only"]),
+        ("webdav+https://h/c|endpoint=https://x", ["'|endpoint'", "s3:// caches only"]),
         ("redis://", ["names no host"]),
         ("redis://:s3cret@", ["names no host"]),
         ("cache:6379", ["is not a URL"]),
