@@ -84,22 +84,34 @@ pip() { with_index_token command pip "$@"; }
 # cache on the step's cache mount, the team's COMPILE_CACHE (the BuildKit secret compile_cache)
 # as a second level, and the build farm (secrets build_farm and build_farm_token). One sccache
 # server per step, started here with these settings and stopped by compile_cache_stats. The URL
-# and the token may hold secrets: exported for this RUN only, untraced, never printed. A store or
-# farm that does not answer costs a timeout, and sccache compiles locally.
-use_sccache() {
-  command -v sccache >/dev/null || return 0
+# and the token may hold secrets: exported for this RUN only, untraced, never printed. A farm
+# that does not answer costs a timeout, and sccache compiles locally; a team store that does not
+# answer keeps sccache's server from starting, so the step starts it again without the store
+# (the local cache only) and says so: a cache never fails a build.
+sccache_env() {
   local exports
   { local xtrace=$-; set +x; } 2>/dev/null
-  if ! exports=$(python3 -m torchkiln.inimage.compilecache env); then
+  if ! exports=$(python3 -m torchkiln.inimage.compilecache env "$@"); then
     [[ $xtrace != *x* ]] || set -x
     echo "ERROR: torchkiln.inimage.compilecache failed; see above" >&2
     return 1
   fi
   eval "$exports"
   [[ $xtrace != *x* ]] || set -x
+}
+use_sccache() {
+  command -v sccache >/dev/null || return 0
+  sccache_env || return 1
   mkdir -p "$SCCACHE_DIR"
   sccache --stop-server >/dev/null 2>&1 || true
-  sccache --start-server >/dev/null
+  if ! sccache --start-server >/dev/null; then
+    echo "warning: sccache did not start with the team's compile cache (COMPILE_CACHE does not answer?); building with the local cache only"
+    sccache --stop-server >/dev/null 2>&1 || true
+    # Every store variable the first settings set, then the local settings alone.
+    unset $(compgen -e | grep -E '^(SCCACHE_|AWS_ACCESS_KEY_ID$|AWS_SECRET_ACCESS_KEY$)') 2>/dev/null || true
+    sccache_env --local || return 1
+    sccache --start-server >/dev/null
+  fi
   TORCHKILN_SCCACHE=$(command -v sccache)
   export TORCHKILN_SCCACHE
 }

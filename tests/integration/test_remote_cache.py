@@ -42,15 +42,20 @@ def keys(address: str, port: int) -> int:
 
 
 def unique_sources(project: Project) -> list[str]:
-    """The fixtures with translation units no cache has seen (a new constant the compiler sees in
-    each of the stand-in's sources): sccache writes to the team's cache what it compiles, and
-    copies no local hit up to it (unlike ccache's reshare), so a source this engine compiled
-    before would be a local hit on A and a miss on B."""
+    """The fixtures with translation units no cache has seen: sccache writes to the team's cache
+    what it compiles, and copies no local hit up to it (unlike ccache's reshare), so a compile
+    this engine ran before (another test's build of the same fixture) would be a local hit on A
+    and a miss on B. A new constant changes each source; in a `.cu` a new kernel, because sccache
+    caches nvcc's device steps (cicc, ptxas) apart, and an unused constant leaves the PTX, and so
+    the ptxas step, as before."""
     fixtures = project.root / "tests" / "fixtures"
     tag = uuid.uuid4().hex
     for source in sorted((fixtures / "pytorch" / "csrc").rglob("*")):
-        if source.suffix in (".c", ".cpp", ".cu"):
+        if source.suffix in (".c", ".cpp"):
             source.write_text(source.read_text() + f"\nstatic const long unique_{tag} = 1;\n")
+        elif source.suffix == ".cu":
+            kernel = f"\n__global__ void unique_{tag}(int* out) {{ *out = 1; }}\n"
+            source.write_text(source.read_text() + kernel)
     return [
         "--source",
         f"pytorch={fixtures / 'pytorch'}",

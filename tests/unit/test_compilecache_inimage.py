@@ -111,6 +111,10 @@ def test_the_env_lines_hold_the_secrets_and_the_said_lines_do_not(tmp_path: Path
     empty, nothing = compilecache.env_lines({}, tmp_path / "none", private)
     assert "SCCACHE_MULTILEVEL_CHAIN=disk" in "\n".join(empty) and nothing == []
     assert "SCCACHE_CONF" not in "\n".join(empty)
+    # A store that kept the server from starting: the same step's settings without it.
+    local, said = compilecache.env_lines({}, secrets, private, remote=False)
+    assert "REDIS" not in "\n".join(local) and "SCCACHE_MULTILEVEL_CHAIN=disk" in "\n".join(local)
+    assert "SCCACHE_CONF" in "\n".join(local) and not any("remote storage" in x for x in said)
     (secrets / "build_farm_token").write_text("")
     untokened, said = compilecache.env_lines({}, secrets, private)
     assert "SCCACHE_CONF" not in "\n".join(untokened) and "has no token" in said[-1]

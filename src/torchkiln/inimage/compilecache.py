@@ -158,9 +158,13 @@ def _read(name: str, secrets: Path) -> str:
 
 
 def env_lines(
-    environ: Mapping[str, str], secrets: Path = SECRETS, private: Path = PRIVATE
+    environ: Mapping[str, str],
+    secrets: Path = SECRETS,
+    private: Path = PRIVATE,
+    remote: bool = True,
 ) -> tuple[list[str], list[str]]:
-    """(export lines for eval, lines to say): the local cache, COMPILE_CACHE, the farm."""
+    """(export lines for eval, lines to say): the local cache, COMPILE_CACHE (unless `remote`
+    is False: the team's store left out), the farm."""
     variables = {
         "SCCACHE_DIR": environ.get("SCCACHE_DIR") or "/root/.cache/sccache",
         "SCCACHE_CACHE_SIZE": environ.get("CCACHE_MAXSIZE") or "40G",
@@ -169,7 +173,7 @@ def env_lines(
         "SCCACHE_MULTILEVEL_CHAIN": "disk",
     }
     said = []
-    cache = _read(CACHE_SECRET, secrets)
+    cache = _read(CACHE_SECRET, secrets) if remote else ""
     if cache:
         try:
             variables.update(storage_env(cache))
@@ -255,12 +259,13 @@ def farm_line(name: str, status: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`env`: export lines for eval (stderr: what is on); `stats NAME [DIST-STATUS-FILE]`: the
+    """`env [--local]`: export lines for eval (stderr: what is on; --local: without the team's
+    store, for a server that could not start with it); `stats NAME [DIST-STATUS-FILE]`: the
     summary line of the JSON on stdin (and the farm's state at the end of the step); `cores`:
     the farm's cores from `sccache --dist-status` on stdin."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args == ["env"]:
-        exports, said = env_lines(os.environ)
+    if args in (["env"], ["env", "--local"]):
+        exports, said = env_lines(os.environ, remote=args != ["env", "--local"])
         print("\n".join(exports))
         for line in said:
             print(line, file=sys.stderr)
@@ -280,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         print(summary_line(args[1], shown))
         return 0
     print(
-        "usage: python -m torchkiln.inimage.compilecache env | stats NAME [FILE]", file=sys.stderr
+        "usage: python -m torchkiln.inimage.compilecache env [--local] | stats NAME [FILE] | cores",
+        file=sys.stderr,
     )
     return 2
 
