@@ -12,7 +12,8 @@ Usage (from the checkout's root):
       [--out DIR] [--name NAME]
 TREE defaults to tests/fixtures/ninja_off_extension. --modes names TORCHKILN_EXTENSION_MODULES
 values in build order; the first is the baseline (`off`: as before torchkiln knew ninja-off
-projects). Every other variable (MAX_JOBS, EXTENSION_ARCHS, FORCE_CUDA…) comes from the caller.
+projects). Every other variable (MAX_JOBS, EXTENSION_ARCHS, FORCE_CUDA…) comes from the caller;
+KILN_NINJA_OFF_KERNELS defaults to all: the fixture's full kernels, not the CI test's few.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def build(source: Path, mode: str, cca: str, out: Path, name: str) -> tuple[floa
     wheels.mkdir(parents=True)
     env = dict(os.environ, TORCHKILN_EXTENSION_MODULES=mode, CCACHE_DISABLE="1")
     env.setdefault("TORCH_CUDA_ARCH_LIST", cca)
+    # The fixture's full set of kernels (the CI test builds a lighter one); other trees ignore it.
+    env.setdefault("KILN_NINJA_OFF_KERNELS", "all")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
     env["TORCHKILN_BUILD_NAME"] = name
     env["TORCHKILN_MODULES_LOG"] = str(out / f"{mode}-modules.log")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from torchkiln import extensions
+from torchkiln import build, buildsummary, extensions, inputs
 from torchkiln.inimage import extreport
 
 FATBINS = Path(__file__).resolve().parents[1] / "fixtures" / "fatbin"
@@ -116,9 +116,8 @@ def test_own_targets_are_those_beyond_the_cca() -> None:
     assert extreport.own_targets(calls[:2], ["sm_86"]) == []
 
 
-def test_the_build_step_prints_the_report_line_the_summary_reads(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def build_step_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """The build log line the extension step prints for a wheel of sm_86 code."""
     wheel = wheel_with(tmp_path, {"kiln_ops/_C.so": FATBINS / "sm86.so"})
     log = tmp_path / "nvcc.jsonl"
     log.write_text(json.dumps({"asked": ["sm_75", "sm_80"], "given": ["sm_86"]}) + "\n")
@@ -128,7 +127,13 @@ def test_the_build_step_prints_the_report_line_the_summary_reads(
     status = extreport.main(["report", *given])
     assert status == 0
     out = capsys.readouterr().out
-    (line,) = extensions.summary_lines(f"#31 12.5 {out.splitlines()[0]}\n")
+    return f"#31 12.5 {out.splitlines()[0]}\n"
+
+
+def test_the_build_step_prints_the_report_line_the_summary_reads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (line,) = extensions.summary_lines(build_step_log(tmp_path, capsys))
     assert line.startswith("extension:   kiln-ops: sm_86 (CCA 8.6); ")
     assert line.endswith(
         "its setup.py asked for sm_75 sm_80, EXTENSION_ARCHS=cca compiled only the CCA"
@@ -168,3 +173,15 @@ def test_build_info_records_what_each_wheel_holds(tmp_path: Path) -> None:
     assert (entries["kiln_ops"]["sass"], entries["kiln_ops"]["ptx"]) == (["sm_90"], ["compute_90"])
     assert (entries["six"]["sass"], entries["six"]["ptx"]) == ([], [])
     assert info["extension_archs"] == "cca"
+
+
+def test_invoke_builds_summary_holds_the_extension_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`invoke build`'s summary, as `invoke wheels`' (the integration tests read the latter)."""
+    log = build_step_log(tmp_path, capsys)
+    dotenv = {"UID": "1000", "GID": "1000", "CCA": "8.6", "CUDA_FROM": "none"}
+    plan = build.plan(tmp_path, inputs.BuildOptions(), environ={}, dotenv=dotenv, cwd=tmp_path)
+    text = buildsummary.summary(plan, 60, 10**9, log, gpu_here=False)
+    (line,) = [line for line in text.splitlines() if line.startswith("extension:")]
+    assert line.startswith("extension:   kiln-ops: sm_86 (CCA 8.6); "), text
