@@ -105,11 +105,12 @@ def test_a_second_builder_takes_every_compile_from_the_first(
         )
         print(f"\n{counts}\n" + "\n".join(x for x in second.splitlines() if "sccache" in x))
         # CMake's try-compiles run in a new random folder at every configure: those calls are
-        # new by construction, on any builder. Every other compile of A (its misses, written
-        # through to the remote, and its local hits on a first copy it compiled in this build)
-        # is a hit on B: from the remote, or from B's own first copy of it.
-        assert b_errors == 0 and b_misses == TRY_COMPILES, counts
-        assert b_hits == hits + misses - TRY_COMPILES and b_remote == b_hits - hits, counts
+        # new by construction, on any builder. Every other compile A ran (its misses, written
+        # through) is a hit from the remote on B. A's local hits on what this engine compiled
+        # in earlier builds (CMake's own checks, the same on every build) were never written
+        # through (sccache copies no local hit up), so B may compile those itself, no more.
+        assert b_errors == 0 and b_remote >= misses - TRY_COMPILES > 0, counts
+        assert b_misses <= TRY_COMPILES + hits and b_hits + b_misses == hits + misses, counts
         cold, warm = compile_seconds(first), compile_seconds(second)
         print(
             f"\nCUDA fixture compile (torch-build stage): builder A cold {cold:.1f} s, builder B "
