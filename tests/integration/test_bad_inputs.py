@@ -128,7 +128,7 @@ CASES = {
     # What a user types never reaches a traceback, and no message shows a password.
     "ccache-remote-port": Case(
         ["build"],
-        ["CCACHE_REMOTE 'redis://****@cache:6379x'", "port '6379x'", "redis://HOST:6379"],
+        ["CCACHE_REMOTE 'redis://****@cache:6379x'", "port '6379x'", "HOST:6379"],
         dotenv={"CCACHE_REMOTE": f"redis://:{SECRET}@cache:6379x"},
         hidden=[SECRET],
     ),

@@ -4,11 +4,12 @@ engine; the PyTorch stand-in with 24 more C++ and 4 more CUDA translation units,
 product's own torch-build stage through the farm: both servers' counts rise, the wheel has the
 CCA's SASS. A wrong token is refused in one line before any compile; no token reaches an output,
 a .torchkiln file outside farm/, or the images' history; a farm stopped during the compile step
-costs a fallback that the summary names.
+costs a fallback that the summary names, and the wheel compiled here holds what the farm's holds.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -27,6 +28,31 @@ from projects import Project, assert_ok, make_project, remove_project
 from torchkiln.inimage import fatbin
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
+
+# The wheel the farm compiled, for the fallback test to set beside the one compiled here.
+FARM_WHEEL: list[Path] = []
+
+
+def wheel_contents(wheel: Path, tmp: Path) -> dict[str, object]:
+    """Each file of a wheel: its bytes, or for a library the archs of its device code (nvcc
+    writes its temporary file's name, which holds a process id, into every object: two builds of
+    one library never agree in bytes); RECORD (the files' hashes) left out."""
+    contents: dict[str, object] = {}
+    with zipfile.ZipFile(wheel) as archive:
+        for name in archive.namelist():
+            if name.endswith(".dist-info/RECORD"):
+                continue
+            data = archive.read(name)
+            if ".so" in Path(name).suffixes:
+                (tmp / "lib.so").write_bytes(data)
+                contents[name] = fatbin.read_archs(tmp / "lib.so")
+            elif name == "torch/build_env.json":  # the stand-in's record, less a temporary folder
+                recorded = json.loads(data)
+                recorded.get("torch_cmake", {}).pop("torch_dir", None)
+                contents[name] = recorded
+            else:
+                contents[name] = data
+    return contents
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +109,7 @@ def test_both_servers_compile_the_stand_in_and_no_token_leaks(
         library = next(name for name in archive.namelist() if "libtorch_cuda" in name)
         (tmp_path / "lib.so").write_bytes(archive.read(library))
     assert fatbin.read_archs(tmp_path / "lib.so").sass == ["sm_86"]
+    FARM_WHEEL.append(wheel)
     # The token: in no output, no state file but its own, no image history or inspect.
     assert token not in output
     for file in (project.root / ".torchkiln").rglob("*"):
@@ -150,3 +177,9 @@ def test_a_farm_stopped_during_the_compile_falls_back_and_says_so(
     assert errors > 0 and local > 0, summary
     assert f"WARNING {errors} compiles fell back to this machine" in summary, summary
     assert "could not communicate with scheduler" in summary, summary
+    # Compiled here, the wheel holds what the farm's holds: the same files, the same device code.
+    if FARM_WHEEL:
+        (wheel,) = tmp_path.glob("torch-*.whl")
+        here, there = wheel_contents(wheel, tmp_path), wheel_contents(FARM_WHEEL[0], tmp_path)
+        assert sorted(here) == sorted(there)
+        assert [name for name in here if here[name] != there[name]] == []
