@@ -3,9 +3,10 @@
 time, as a ratio in one run, and whether the two wheels hold the same files with the same bytes.
 
 Each build runs docker/scripts/build-wheel.sh (the script the image's extension stage runs, with
-its nvcc wrapper and build hook) on a fresh copy of the tree at one fixed path, with ccache off,
-so the two compiles are equal work and their outputs comparable. It needs torch with CUDA and nvcc
-(a GPU host, or a build image); no GPU is used.
+its nvcc wrapper and build hook) on a fresh copy of the tree at one fixed path, with sccache
+answering no compile from its cache (SCCACHE_RECACHE), so the two compiles are equal work and
+their outputs comparable; libraries are compared by size and SASS (see `contents`). It needs
+torch with CUDA and nvcc (a GPU host, or a build image); no GPU is used.
 
 Usage (from the checkout's root):
   python3 scripts/measure_modules.py [TREE or SDIST] [--cca 8.6] [--modes serial,parallel]
@@ -49,14 +50,34 @@ def unpack(source: Path, into: Path) -> Path:
     return tree
 
 
+def cuobjdump() -> str | None:
+    """The toolkit's cuobjdump, None without one."""
+    found = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "cuobjdump"
+    return str(found) if found.is_file() else shutil.which("cuobjdump")
+
+
 def contents(wheel: Path) -> dict[str, str]:
-    """Each file of a wheel and the sha256 of its bytes (RECORD aside: it lists the others)."""
-    with zipfile.ZipFile(wheel) as archive:
-        return {
-            name: hashlib.sha256(archive.read(name)).hexdigest()
-            for name in archive.namelist()
-            if not name.endswith("/RECORD")
-        }
+    """Each file of a wheel and the sha256 of its bytes (RECORD aside: it lists the others); for
+    a library, of its size and its SASS as cuobjdump prints it: nvcc writes the name of its
+    temporary file, which holds a process id, into every object, so two builds of one library
+    never agree in bytes, while their code does."""
+    tool = cuobjdump()
+    found = {}
+    with zipfile.ZipFile(wheel) as archive, tempfile.TemporaryDirectory() as scratch:
+        for name in archive.namelist():
+            if name.endswith("/RECORD"):
+                continue
+            data = archive.read(name)
+            if tool and name.endswith(".so"):
+                library = Path(scratch) / "library.so"
+                library.write_bytes(data)
+                sass = subprocess.run(
+                    [tool, "-sass", str(library)], capture_output=True, text=True, timeout=600,
+                    check=False,
+                ).stdout  # fmt: skip
+                data = f"{len(data)}\n{sass}".encode()
+            found[name] = hashlib.sha256(data).hexdigest()
+    return found
 
 
 def build(source: Path, mode: str, cca: str, out: Path, name: str) -> tuple[float, Path, str]:
@@ -68,7 +89,7 @@ def build(source: Path, mode: str, cca: str, out: Path, name: str) -> tuple[floa
     wheels = out / mode
     shutil.rmtree(wheels, ignore_errors=True)
     wheels.mkdir(parents=True)
-    env = dict(os.environ, TORCHKILN_EXTENSION_MODULES=mode, CCACHE_DISABLE="1")
+    env = dict(os.environ, TORCHKILN_EXTENSION_MODULES=mode, SCCACHE_RECACHE="1")
     env.setdefault("TORCH_CUDA_ARCH_LIST", cca)
     # The fixture's full set of kernels (the CI test builds a lighter one); other trees ignore it.
     env.setdefault("KILN_NINJA_OFF_KERNELS", "all")
@@ -128,7 +149,8 @@ def main() -> int:
         ours, theirs = contents(wheel), contents(base_wheel)
         if ours == theirs:
             print(f"{name}: the {mode} and {modes[0]} wheels are identical in content "
-                  f"({len(ours)} files, RECORD aside)")  # fmt: skip
+                  f"({len(ours)} files, RECORD aside; libraries by size and SASS"
+                  f"{'' if cuobjdump() else ' (no cuobjdump here: by bytes)'})")  # fmt: skip
         else:
             differ = sorted(n for n in ours.keys() | theirs.keys() if ours.get(n) != theirs.get(n))
             print(f"{name}: the {mode} and {modes[0]} wheels DIFFER in: {' '.join(differ)}")
