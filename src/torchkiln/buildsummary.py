@@ -16,7 +16,7 @@ _JOBS_LINE = re.compile(r"^(?:#\d+ [\d.]+ )?torchkiln-jobs: (.+)$", re.MULTILINE
 # (torchkiln.inimage.compilecache), and the farm's state it names when compiles fell back.
 _FARM_LINE = re.compile(r"torchkiln-sccache-farm: (\S+) (?!connected )(.+)$", re.MULTILINE)
 _LINE = re.compile(
-    r"torchkiln-sccache: (\S+) hits=(\d+) misses=(\d+) remote_hits=(\d+) remote_errors=(\d+) "
+    r"torchkiln-sccache: (\S+) hits=(\d+) misses=(\d+) remote_hits=(\d+|\?) remote_errors=(\d+) "
     r"uncached=(\d+) local=(\d+) dist=(\d+) dist_errors=(\d+) servers=(\S+) reasons=(\S+)"
 )
 
@@ -40,12 +40,15 @@ def sccache_rate(log: str) -> str:
     servers: dict[str, int] = {}
     reasons: dict[str, int] = {}
     fell_back: set[str] = set()  # the steps some of whose compiles the farm did not take
+    uncounted = 0  # hits of steps whose remote store sccache does not count apart (read-only)
     for match in _LINE.finditer(log):
         steps += 1
         if int(match[9]):
             fell_back.add(match[1])
+        if match[4] == "?":
+            uncounted += int(match[2])
         for key, group in zip(totals, match.groups()[1:9], strict=True):
-            totals[key] += int(group)
+            totals[key] += int(group) if group != "?" else 0
         for key, count in _pairs(match[10]).items():
             servers[key] = servers.get(key, 0) + count
         for key, count in _pairs(match[11]).items():
@@ -56,7 +59,12 @@ def sccache_rate(log: str) -> str:
     text = f"{steps} compile step{'s' if steps != 1 else ''} ran"
     if hits + misses:
         text = f"{100 * hits / (hits + misses):.0f}% ({hits} hits, {misses} misses)"
-        if totals["remote"] or totals["errors"]:
+        if uncounted:
+            text += (
+                f"; {uncounted} hits from the local cache or the team's read-only one (sccache "
+                "does not count them apart)"
+            )
+        elif totals["remote"] or totals["errors"]:
             text += f"; {hits - totals['remote']} hits local, {totals['remote']} from the team's"
             text += " remote cache"
     elif not totals["uncached"]:

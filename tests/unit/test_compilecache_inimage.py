@@ -43,6 +43,24 @@ def test_the_summary_line_reads_sccaches_own_counters() -> None:
     assert "farm: 3 compiled remotely (172.17.0.3:10501 2, 172.17.0.4:10501 1), 2 locally" in said
 
 
+def test_a_read_only_store_leaves_the_remote_hits_unknown_not_zero() -> None:
+    # sccache 0.16 with SCCACHE_REDIS_RW_MODE=READ_ONLY and the chain disk,redis: the hits came
+    # from redis (an empty disk cache), and `multi_level` is null.
+    stats = {
+        "stats": {**STATS["stats"], "multi_level": None, "dist_compiles": {}, "dist_errors": 0}
+    }
+    line = compilecache.summary_line("pytorch", stats, "disk,redis")
+    assert " remote_hits=? remote_errors=0 " in line
+    said = buildsummary.sccache_rate(line + "\n" + line.replace("pytorch", "vision"))
+    assert said == (
+        "38% (6 hits, 10 misses); 6 hits from the local cache or the team's read-only one "
+        "(sccache does not count them apart); 2 calls sccache could not cache (-save-temps 2)"
+    )
+    # The local cache alone: no remote hits, and none unknown.
+    local = compilecache.summary_line("pytorch", stats, "disk")
+    assert " remote_hits=0 " in local and "team" not in buildsummary.sccache_rate(local)
+
+
 def test_the_command_reads_stdin_and_survives_garbage(capsys: pytest.CaptureFixture[str]) -> None:
     import io
     import sys

@@ -200,16 +200,20 @@ def _count(table: object) -> int:
     return 0
 
 
-def summary_line(name: str, shown: Mapping[str, object]) -> str:
+def summary_line(name: str, shown: Mapping[str, object], chain: str = "") -> str:
     """One machine-readable line from `sccache --show-stats --stats-format=json`: hits (of
     them remote: from a level after the local disk), misses, remote errors, calls sccache could
     not cache (its reasons), compiles run on the farm (per server), and farm errors (compiles
-    that fell back to this machine)."""
+    that fell back to this machine). `chain` is the step's SCCACHE_MULTILEVEL_CHAIN: sccache 0.16
+    gives no per-level figures for a chain with a read-only level (its `multi_level` is null),
+    and then the remote hits are `?`, not 0."""
     stats = shown.get("stats", {})
     assert isinstance(stats, Mapping)
     hits, misses = _count(stats.get("cache_hits")), _count(stats.get("cache_misses"))
     levels = stats.get("multi_level") or []
-    remote = sum(int(level.get("hits", 0)) for level in levels[1:])
+    remote: int | str = sum(int(level.get("hits", 0)) for level in levels[1:])
+    if not levels and "," in chain:
+        remote = "?"
     errors = sum(int(level.get("write_failures", 0)) for level in levels[1:])
     errors += int(stats.get("cache_read_errors", 0)) + int(stats.get("cache_timeouts", 0))
     errors += _count(stats.get("cache_errors"))
@@ -282,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         except json.JSONDecodeError:
             print(f"{LINE_PREFIX} {args[1]} unreadable statistics: {text[:200]!r}")
             return 0
-        print(summary_line(args[1], shown))
+        print(summary_line(args[1], shown, os.environ.get("SCCACHE_MULTILEVEL_CHAIN", "")))
         return 0
     print(
         "usage: python -m torchkiln.inimage.compilecache env [--local] | stats NAME [FILE] | cores",
