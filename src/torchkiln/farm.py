@@ -19,7 +19,7 @@ import struct
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,11 +50,24 @@ def farm_dir(root: Path) -> Path:
     return root / compose.STATE_DIR / sccache.FARM_DIR
 
 
+def _not_an_option(make: Callable[[], str]) -> str:
+    """A value of make() that does not begin with '-' (1 in 64 base64url values does), so no
+    command line that is given it takes it for an option."""
+    while (value := make()).startswith("-"):
+        pass
+    return value
+
+
 def new_tokens() -> dict[str, str]:
     """A JWT key as sccache-dist makes one (32 random bytes, base64url without padding) and a
-    client token."""
-    key = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
-    return {KEY_FILE: key, sccache.CLIENT_TOKEN_FILE: secrets.token_urlsafe(32)}
+    client token, neither beginning with '-'."""
+    key = _not_an_option(
+        lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+    )
+    return {
+        KEY_FILE: key,
+        sccache.CLIENT_TOKEN_FILE: _not_an_option(lambda: secrets.token_urlsafe(32)),
+    }
 
 
 def write_secret(file: Path, text: str) -> None:

@@ -84,7 +84,12 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Project, st
             if "2 servers" in status.stdout:
                 break
             time.sleep(2)
-        assert "2 servers" in status.stdout, status.stdout + status.stderr
+        if "2 servers" not in status.stdout:  # say why: the containers' own words
+            logs = project.run(
+                *("docker", "compose", "--profile", "farm", "logs", "--no-color", "--tail", "40"),
+                timeout=60,
+            )
+            pytest.fail(f"{status.stdout}{status.stderr}\n{logs.stdout[-6000:]}{logs.stderr}")
         yield project, (folder / "client-token").read_text().strip()
     finally:
         project.invoke("farm", "down")
@@ -124,6 +129,27 @@ def test_both_servers_compile_the_stand_in_and_no_token_leaks(
             assert shown and token not in shown, command
     status = assert_ok(project.invoke("farm", "status"))
     assert re.search(r"server \S+ \(this machine\): [1-9]\d* compiles completed", status), status
+
+
+def test_a_server_signs_its_token_with_a_key_that_begins_with_a_dash(
+    farm: tuple[Project, str],
+) -> None:
+    """sccache-dist itself, in the farm's image: a key that begins with '-' (1 in 64 do) signs
+    the server's token, and a key it refuses is not printed in the failure."""
+    project, _ = farm
+    key = "-duBu_W9RVYljEI-_fx2a_P0HKhqD1PjDf0GqheSpPU"
+    script = (
+        "from torchkiln.inimage import farmnode; import sys\n"
+        "print(farmnode.server_token(sys.argv[1], '172.17.0.9:10501').count('.'))\n"
+        "farmnode.server_token(sys.argv[1] + '!!', '172.17.0.9:10501')\n"  # not base64url
+    )
+    image = project.env["FARM_IMAGE_NAME"]
+    result = project.run(
+        "docker", "run", "--rm", "--entrypoint", "python3", image, "-c", script, key, timeout=60
+    )
+    assert result.stdout.strip() == "2", result.stdout + result.stderr  # a JWT: 3 parts
+    assert result.returncode != 0 and key not in result.stderr, result.stderr
+    assert "could not sign this server's token" in result.stderr, result.stderr
 
 
 def test_a_wrong_token_is_refused_in_one_line_before_any_compile(farm: tuple[Project, str]):

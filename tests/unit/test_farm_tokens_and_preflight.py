@@ -26,6 +26,21 @@ def test_tokens_are_written_0600_once_and_the_key_is_sccache_dists_form(tmp_path
     assert (tmp_path / ".torchkiln" / "farm" / "jwt-key").read_text().strip() == key
 
 
+def test_no_key_or_token_begins_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 1 in 64 base64url values begins with '-', which sccache-dist's command line took for an
+    # option: the build server failed at every start (a CI run's farm servers restarted for a
+    # minute). Random bytes whose encoding begins with '-' come first here.
+    dash = bytes([0xF8]) + bytes(31)
+    assert base64.urlsafe_b64encode(dash).startswith(b"-")
+    made = iter([dash, dash, bytes(range(32))])
+    monkeypatch.setattr(farm.secrets, "token_bytes", lambda _: next(made))
+    urlsafe = iter(["-leading", "plain-token"])
+    monkeypatch.setattr(farm.secrets, "token_urlsafe", lambda _: next(urlsafe))
+    tokens = farm.new_tokens()
+    assert tokens["jwt-key"] == base64.urlsafe_b64encode(bytes(range(32))).rstrip(b"=").decode()
+    assert tokens["client-token"] == "plain-token"
+
+
 def test_join_takes_copies_of_the_tokens_and_names_a_missing_one(tmp_path: Path) -> None:
     (tmp_path / "k").write_text("KEY\n")
     (tmp_path / "t").write_text("TOKEN\n")

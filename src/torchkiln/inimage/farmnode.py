@@ -54,6 +54,27 @@ def server_config(scheduler: str, advertise: str, token: str, state: Path = STAT
     )
 
 
+def server_token(key: str, advertise: str) -> str:
+    """The token this server presents to the scheduler, signed with the key. Values are given
+    as `--option=value`: a base64url key may begin with '-', which sccache-dist's parser would
+    take for an option of its own, and the server would fail at every start. A failure says
+    sccache-dist's words with the key left out, never the command line that holds it."""
+    command = ["sccache-dist", "auth", "generate-jwt-hs256-server-token"]
+    result = subprocess.run(
+        [*command, f"--secret-key={key}", f"--server={advertise}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if result.returncode != 0:
+        said = (result.stderr or result.stdout).replace(key, "****").strip().splitlines()
+        raise SystemExit(
+            f"torchkiln-farm: sccache-dist could not sign this server's token "
+            f"(exit {result.returncode}): {said[0] if said else 'no message'}"
+        )
+    return result.stdout.strip()
+
+
 def own_address() -> str:
     """This container's address on its network (the one other containers and build steps
     reach): the source address of a route to a public address (no packet is sent)."""
@@ -91,14 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         here = own_address()
         advertise = f"{os.environ.get('FARM_ADVERTISE') or here}:{port}"
         scheduler = os.environ.get("FARM_SCHEDULER") or f"http://{here}:{SCHEDULER_PORT}"
-        command = ["sccache-dist", "auth", "generate-jwt-hs256-server-token"]
-        token = subprocess.run(
-            [*command, "--secret-key", key, "--server", advertise],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout.strip()
+        token = server_token(key, advertise)
         for folder in ("toolchains", "build"):
             (STATE / folder).mkdir(parents=True, exist_ok=True)
         text = server_config(scheduler, advertise, token)
