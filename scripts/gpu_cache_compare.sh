@@ -2,15 +2,16 @@
 # sccache against ccache on the same work, in one run: tests/fixtures/extension (ops.cpp, scale.cu,
 # shift.cu) built by docker/scripts/build-wheel.sh of this checkout (sccache) and of OLD, a
 # checkout from before sccache (ccache: git worktree add OLD 7e69cfa), each with an empty cache
-# of its own. Per launcher and round: a cold build (every source new to the cache), then the same
-# copy with a one-line change in shift.cu; printed: both times (the build's own `built in`-free
-# wall clock of build-wheel.sh), warm / cold, and the launcher's hits and misses.
+# of its own. Per launcher and round: a cold build (every source new to the cache), the same copy
+# with a one-line change in shift.cu, then that copy once more unchanged (every call should hit);
+# printed: the wall clock of build-wheel.sh for each, warm / cold, and the launcher's own hits
+# and misses.
 # On a GPU host or any machine with torch and nvcc (no Docker, no network); sccache and ccache on
 # PATH (pip install sccache; ccache from the distribution).
 #
 # Usage: scripts/gpu_cache_compare.sh OUT OLD [CCA] [ROUNDS]   (from the checkout's root)
 set -euo pipefail
-(($# >= 2)) || { sed -n '2,11p' "$0" >&2; exit 2; }
+(($# >= 2)) || { sed -n '2,12p' "$0" >&2; exit 2; }
 mkdir -p "$1"
 out=$(cd "$1" && pwd) old=$(cd "$2" && pwd) cca=${3:-9.0} rounds=${4:-2} repo=$(pwd)
 for tool in sccache ccache; do
@@ -52,8 +53,9 @@ build() { # SIDE COPY LABEL: one build-wheel.sh run; prints seconds and the summ
       mapfile -t cold < <(build "$side" "$copy" "cold-$round")
       echo "static const long torchkiln_touched = $(date +%s%N)L;" >>"$copy/csrc/shift.cu"
       mapfile -t warm < <(build "$side" "$copy" "warm-$round")
-      python3 -c "import sys; c, w = float(sys.argv[2]), float(sys.argv[4]); print(f'round {sys.argv[6]} {sys.argv[1]:8s} cold {c:6.1f} s ({sys.argv[3]}); one-line .cu change {w:6.1f} s ({sys.argv[5]}); warm/cold {w / c:.2f}')" \
-        "$side" "${cold[0]}" "${cold[1]:-}" "${warm[0]}" "${warm[1]:-}" "$round"
+      mapfile -t same < <(build "$side" "$copy" "same-$round")
+      python3 -c "import sys; c, w = float(sys.argv[2]), float(sys.argv[4]); print(f'round {sys.argv[6]} {sys.argv[1]:8s} cold {c:6.1f} s ({sys.argv[3]}); one-line .cu change {w:6.1f} s ({sys.argv[5]}), warm/cold {w / c:.2f}; unchanged {float(sys.argv[7]):6.1f} s ({sys.argv[8]})')" \
+        "$side" "${cold[0]}" "${cold[1]:-}" "${warm[0]}" "${warm[1]:-}" "$round" "${same[0]}" "${same[1]:-}"
     done
   done
 } 2>&1 | tee "$out/summary.txt"
