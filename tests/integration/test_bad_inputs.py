@@ -466,8 +466,11 @@ def test_every_preflight_reason_is_said_at_once_most_fundamental_first(
     disk = next((line for line in said if ". disk:" in line), "")
     if disk:  # the shared cache is never the first fix, and is called what it is
         fix = disk.split("; fix: ", 1)[1]
-        assert "--all-checkouts" not in fix.split("; or ")[0]
-        assert fix.index("MIN_FREE_DISK_GB") < fix.index("last resort")
+        assert "MIN_FREE_DISK_GB" in fix.split("; or ")[0], fix
+        # Offered only while the engine's build cache holds something (not on a fresh engine,
+        # nor after the suite emptied it).
+        if "--all-checkouts" in fix:
+            assert fix.index("MIN_FREE_DISK_GB") < fix.index("last resort: invoke clean"), fix
 
 
 def default_index() -> str:
