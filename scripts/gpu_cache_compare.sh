@@ -20,10 +20,7 @@ done
 [[ -x $old/docker/scripts/build-wheel.sh ]] || { echo "ERROR: $old has no docker/scripts/build-wheel.sh" >&2; exit 2; }
 . "$repo/scripts/gpu_host.sh"
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} EXTENSION_ARCHS=cca
-eval "$(PYTHONPATH=$repo/src python3 -c "
-from torchkiln import gpu
-for name, value in gpu.cca_build_args('$cca').items():
-    print(f'export {name}={value!r}')")"
+cca_exports "$cca"
 # The old build-wheel.sh keeps ccache's directory under /root, as its image did: here, OUT's.
 scripts_old=$out/old-scripts && rm -rf "$scripts_old" && cp -r "$old/docker/scripts" "$scripts_old"
 sed -i 's|export CCACHE_DIR=/root/.cache/ccache|export CCACHE_DIR=${CCACHE_DIR:?}|' "$scripts_old/build-wheel.sh"
@@ -50,10 +47,11 @@ build() { # SIDE COPY LABEL: one build-wheel.sh run; prints seconds and the summ
       sccache --stop-server >/dev/null 2>&1 || true
       copy=$out/$side-fixture-$round && rm -rf "$copy" && cp -r "$repo/tests/fixtures/extension" "$copy"
       echo "static const long kiln_cold_${round}_$$ = 1;" >>"$copy/csrc/ops.h"
-      mapfile -t cold < <(build "$side" "$copy" "cold-$round")
+      # build's lines via a file: in a process substitution its exit would not stop the run.
+      build "$side" "$copy" "cold-$round" >"$out/result"; mapfile -t cold <"$out/result"
       echo "static const long torchkiln_touched = $(date +%s%N)L;" >>"$copy/csrc/shift.cu"
-      mapfile -t warm < <(build "$side" "$copy" "warm-$round")
-      mapfile -t same < <(build "$side" "$copy" "same-$round")
+      build "$side" "$copy" "warm-$round" >"$out/result"; mapfile -t warm <"$out/result"
+      build "$side" "$copy" "same-$round" >"$out/result"; mapfile -t same <"$out/result"
       python3 -c "import sys; c, w = float(sys.argv[2]), float(sys.argv[4]); print(f'round {sys.argv[6]} {sys.argv[1]:8s} cold {c:6.1f} s ({sys.argv[3]}); one-line .cu change {w:6.1f} s ({sys.argv[5]}), warm/cold {w / c:.2f}; unchanged {float(sys.argv[7]):6.1f} s ({sys.argv[8]})')" \
         "$side" "${cold[0]}" "${cold[1]:-}" "${warm[0]}" "${warm[1]:-}" "$round" "${same[0]}" "${same[1]:-}"
     done

@@ -22,10 +22,7 @@ export CCACHE_DISABLE=1 FORCE_CUDA=1
 # Their setup.py would otherwise look for a prebuilt wheel on the network.
 export MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE FLASH_ATTENTION_FORCE_BUILD=TRUE
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
-eval "$(python3 -c "
-from torchkiln import gpu
-for name, value in gpu.cca_build_args('$cca').items():
-    print(f'export {name}={value!r}')")"
+cca_exports "$cca"
 echo "cores $(nproc), $("$CUDA_HOME/bin/nvcc" --version | tail -1)" | tee "$out/host.txt"
 rm -rf "$out/src" "$out/wheels" && mkdir -p "$out/src" "$out/wheels"
 tar -xzf "$sdist" -C "$out/src"

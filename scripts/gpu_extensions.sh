@@ -33,10 +33,7 @@ export PYTHONPATH=$repo/src${PYTHONPATH:+:$PYTHONPATH}
 # As build-extensions.sh: compile, for the CUDA variant only (PyG's extensions), never download.
 export FORCE_CUDA=1 FORCE_ONLY_CUDA=1 FLASH_ATTENTION_FORCE_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE
 export CAUSAL_CONV1D_FORCE_BUILD=TRUE CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} EXTENSION_ARCHS=$policy
-eval "$(python3 -c "
-from torchkiln import gpu
-for name, value in gpu.cca_build_args('$cca').items():
-    print(f'export {name}={value!r}')")"
+cca_exports "$cca"
 summary=$out/summary.txt
 {
   python3 -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda,
