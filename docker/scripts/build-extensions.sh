@@ -1,5 +1,6 @@
 #!/bin/bash
-# Build every CUDA extension against the torch in $2 (the image's own), into $1: each source
+# Build every CUDA extension against the installed torch (the torch-env stage's; or the wheels in
+# $2, installed first), into $1: each source
 # distribution named in EXTENSIONS (name==version, from the index or the wheelhouse), and each
 # local folder mounted under /opt/src/extensions/N. EXTENSION_ARCHS=cca (the default) compiles
 # every nvcc call for exactly TORCH_CUDA_ARCH_LIST, whatever -gencode flags the project sets;
@@ -9,7 +10,7 @@
 set -euo pipefail
 # shellcheck source=docker/scripts/net.sh
 source "$(dirname "$0")/net.sh"
-wheel_dir=$1 torch_wheels=$2
+wheel_dir=$1 torch_wheels=${2:-}
 here=$(dirname "$0")
 mkdir -p "$wheel_dir" /tmp/extensions
 export EXTENSION_ARCHS=${EXTENSION_ARCHS:-cca}
@@ -78,13 +79,13 @@ build_one() {
   fi
 }
 
-# What the venv held before this step: what the step adds (torch and its NVIDIA libraries, some
-# GB, and the projects' build requirements) is removed at the end, so that BuildKit's record of
-# the step, kept for every extension rebuild, holds the wheels and not another torch.
+# What the venv held before this step: what the step adds (the projects' build requirements, and
+# torch when $2 brings it) is removed at the end, so that BuildKit's record of the step, kept for
+# every extension rebuild, holds the wheels and not another torch.
 installed_before=$(command pip list --format=freeze | cut -d= -f1 | sort)
-# Extensions' setup.py imports torch even to say what they are: torch goes in first, and the
-# source distributions are fetched without build isolation.
-if compgen -G "$torch_wheels/*.whl" >/dev/null; then
+# Extensions' setup.py imports torch even to say what they are: torch is installed before any
+# (torch-env's), and the source distributions are fetched without build isolation.
+if [[ -n $torch_wheels ]] && compgen -G "$torch_wheels/*.whl" >/dev/null; then
   pip install "${wheelhouse_options[@]}" "$torch_wheels"/*.whl
 fi
 for spec in ${EXTENSIONS:-}; do

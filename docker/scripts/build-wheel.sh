@@ -1,6 +1,6 @@
 #!/bin/bash
 # Build the wheel of the source tree $1 into $2 with pip (no build isolation: the build uses what
-# is installed, plus the wheels in $3 such as torch for torchvision), for the archs in
+# is installed: the torch-env stage's torch, plus any wheels in $3), for the archs in
 # TORCH_CUDA_ARCH_LIST; print the parallelism and sccache's statistics for invoke build's summary.
 set -euo pipefail
 # shellcheck source=docker/scripts/net.sh

@@ -1,7 +1,10 @@
 #!/bin/bash
 # `install-wheels.sh wheels DIR`: install the wheels in DIR (torch & co.) into the active Python.
 # `install-wheels.sh requirements FILE`: install a requirement list, never replacing the torch
-# packages already there. With a non-empty /wheelhouse, both install with no index (air-gapped).
+# packages already there.
+# `install-wheels.sh nvidia DIR`: install the NVIDIA wheels the official torch of this version
+# requires (field "cuda" of DIR/official.json, torch-requirements.sh; nothing for a CPU torch).
+# With a non-empty /wheelhouse, all install with no index (air-gapped).
 set -euo pipefail
 # shellcheck source=docker/scripts/net.sh
 source "$(dirname "$0")/net.sh"
@@ -10,6 +13,19 @@ case $what in
   wheels)
     if compgen -G "$path/*.whl" >/dev/null; then
       pip install "${wheelhouse_options[@]}" "$path"/*.whl
+    fi
+    ;;
+  nvidia)
+    if [[ -s $path/official.json ]]; then
+      python - "$path/official.json" >/tmp/torch-nvidia.txt <<'PY'
+import json, sys
+for line in json.load(open(sys.argv[1]))["cuda"]:
+    print(line)
+PY
+      if [[ -s /tmp/torch-nvidia.txt ]]; then
+        pip install "${wheelhouse_options[@]}" --requirement /tmp/torch-nvidia.txt
+      fi
+      rm /tmp/torch-nvidia.txt
     fi
     ;;
   requirements)
@@ -27,7 +43,7 @@ PY
     rm /tmp/torch-constraints.txt
     ;;
   *)
-    echo "usage: install-wheels.sh wheels DIR | requirements FILE" >&2
+    echo "usage: install-wheels.sh wheels DIR | requirements FILE | nvidia DIR" >&2
     exit 2
     ;;
 esac

@@ -39,6 +39,7 @@ BUILD_STAGES = {
     "audio-clone",
     "torch-build",
     "torch-download",
+    "torch-env",
     "vision-build",
     "audio-build",
     "wheels-source",

@@ -296,8 +296,13 @@ EXTENSION = "torchsort==0.1.10"
 def cuda_wheel(tmp_path_factory: pytest.TempPathFactory):
     """BUILD_MODE=torch-wheel: the official CUDA torch wheel; torchvision and a published
     extension compiled for 8.6 against it."""
+    # MAX_JOBS as test_extensions.py sets it: the budget is a build arg of the vision step, so
+    # with the same one that module's builds find this vision step cached.
     project = make_project(
-        tmp_path_factory.mktemp("cuda"), "cudawheel", BUILD_MODE="torch-wheel", **CUDA
+        tmp_path_factory.mktemp("cuda"),
+        "cudawheel",
+        BUILD_MODE="torch-wheel",
+        **{**CUDA, "MAX_JOBS": "4"},
     )
     vision = ["--source", f"vision={project.root / 'tests' / 'fixtures' / 'vision'}"]
     try:

@@ -30,9 +30,9 @@ FIXTURE = REPO / "tests" / "fixtures" / "extension"
 NAME = "kiln_gencode_ops"
 CCA = "8.6"
 # CUDA from the index, torch the official wheel (torchvision's stand-in compiled against it, as
-# test_cuda.py's cuda_wheel builds it: the same steps, so BuildKit shares them). MAX_JOBS is the
-# budget the vision and extension stages share (half each): 4 gives the extensions 2 jobs on CI's
-# 2 cores, where the vision stage, cached after the first build, compiles nothing.
+# test_cuda.py's cuda_wheel builds it, with the same MAX_JOBS: the same steps, so BuildKit shares
+# them). MAX_JOBS is the budget the vision and extension stages share (half each): 4 gives the
+# extensions 2 jobs on CI's 2 cores, where the vision stage, cached, compiles nothing.
 CUDA = {"CUDA_FROM": "pypi", "MAX_JOBS": "4", "BUILD_MODE": "torch-wheel"}
 
 

@@ -304,8 +304,6 @@ def test_nox_smoke_diagnoses_a_cpu_image_and_passes_with_allow_cpu(wheels_projec
     assert asked.returncode != 0
     said = asked.stderr.strip().splitlines()[-1]
     assert "nox -s smoke -- --service train --allow-cpu --json" in said, asked.stderr
-    passed = project.run(*nox, "--", "--allow-cpu", timeout=EXEC_TIMEOUT)
-    assert passed.returncode == 0, passed.stdout + passed.stderr
     report = project.run(*nox, "--", "--service", "train", "--allow-cpu", "--json")
     assert report.returncode == 0, report.stdout + report.stderr
     parsed = json.loads(report.stdout)
