@@ -11,6 +11,9 @@ set -euo pipefail
 # shellcheck source=docker/scripts/net.sh
 source "$(dirname "$0")/net.sh"
 wheel_dir=$1 torch_wheels=${2:-}
+# Beside the vision and audio steps from the start: their share of the job budget counts this
+# step before its first download ends (build-wheel.sh claims this step's share).
+register_compile_step
 here=$(dirname "$0")
 mkdir -p "$wheel_dir" /tmp/extensions
 export EXTENSION_ARCHS=${EXTENSION_ARCHS:-cca}

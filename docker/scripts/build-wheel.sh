@@ -32,8 +32,9 @@ fi
 
 # Parallel jobs: one budget, MAX_JOBS, else the cores but at most one job per 6 GB of memory (one
 # flash-attention translation unit takes about 4.5 GB: pytorch/pytorch#124018; more jobs than
-# memory allows ends in the OOM killer an hour in). BuildKit runs the stages built against torch
-# (vision, audio, extensions) at the same time: PARALLEL_STAGES of them share the budget.
+# memory allows ends in the OOM killer an hour in). BuildKit runs the steps built against torch
+# (vision, audio, extensions) at the same time, or serves some from its cache: the ones that run
+# share the budget (see below).
 cores=$(nproc)
 memory_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)
 limit=$(cat /sys/fs/cgroup/memory.max 2>/dev/null || echo max)
@@ -48,10 +49,22 @@ else
   budget=$((cores < by_memory ? cores : by_memory))
   why="$cores cores, $((memory_kb / 1024 / 1024)) GB memory: one job per 6 GB"
 fi
-stages=${PARALLEL_STAGES:-1}
-MAX_JOBS=$((budget / stages))
-((MAX_JOBS >= 1)) || MAX_JOBS=1
-((stages == 1)) || why="$why, shared by $stages stages built at once"
+# The steps that compile at once register in a folder they all mount (a shared cache mount) and
+# split the budget between them: a sibling BuildKit serves from its cache takes nothing, one that
+# starts later takes what is left (torchkiln.inimage.jobshare says how). Without the folder (the
+# torch step, a GPU host), the whole budget.
+MAX_JOBS=$budget steps=1
+register_compile_step
+if [[ -n ${TORCHKILN_STEP_MARKER:-} ]]; then
+  # Siblings that start with this step register within seconds: claim after they have.
+  settle=$((TORCHKILN_STEP_SINCE + ${TORCHKILN_STEP_SETTLE_S:-3} - $(date +%s)))
+  ((settle <= 0)) || sleep "$settle"
+  if claimed=$(python -m torchkiln.inimage.jobshare claim "$(dirname "$TORCHKILN_STEP_MARKER")" \
+    "$TORCHKILN_STEP_MARKER" "$budget"); then
+    read -r MAX_JOBS steps <<<"$claimed"
+  fi
+  ((steps == 1)) || why="$why, shared by the $steps compile steps running at once"
+fi
 echo "torchkiln: TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-none (CPU)} FORCE_CUDA=${FORCE_CUDA:-}"
 export USE_CUDNN USE_NCCL USE_FLASH_ATTENTION USE_MEM_EFF_ATTENTION DEBUG
 use_sccache
@@ -59,7 +72,7 @@ use_sccache
 # scheduler says; 0 without a farm): as many more jobs, shared by the stages built at once.
 cores_on_farm=$(farm_cores)
 if ((cores_on_farm > 0)); then
-  MAX_JOBS=$((MAX_JOBS + cores_on_farm / stages))
+  MAX_JOBS=$((MAX_JOBS + cores_on_farm / steps))
   why="$why, + the build farm's $cores_on_farm cores"
 fi
 export MAX_JOBS

@@ -116,6 +116,19 @@ use_sccache() {
   export TORCHKILN_SCCACHE
 }
 
+# A compile step that may run beside others (vision, audio, extensions) says so once, at its
+# start, in the folder they all mount: a marker it holds locked until its last process ends
+# (torchkiln.inimage.jobshare reads them). Nothing without the folder (the torch step, a host).
+register_compile_step() {
+  local dir=${TORCHKILN_STEPS_DIR:-/run/torchkiln-steps}
+  [[ -z ${TORCHKILN_STEP_MARKER:-} && -d $dir && -w $dir ]] || return 0
+  TORCHKILN_STEP_MARKER=$dir/$(cat /proc/sys/kernel/random/uuid).step
+  exec {torchkiln_step_lock}>"$TORCHKILN_STEP_MARKER"
+  flock "$torchkiln_step_lock"
+  TORCHKILN_STEP_SINCE=$(date +%s)
+  export TORCHKILN_STEP_MARKER TORCHKILN_STEP_SINCE
+}
+
 # The build farm's cores (the scheduler's count; 0 without a farm or when it does not answer).
 farm_cores() {
   if [[ -n ${SCCACHE_CONF:-} ]] && command -v sccache >/dev/null; then

@@ -121,17 +121,12 @@ def build_arg_values(
 
 
 def compile_args(args: Mapping[str, str]) -> dict[str, str]:
-    """COMPILED: whether anything is compiled (then the closure and the repair stages run);
-    PARALLEL_STAGES: the compile stages BuildKit runs at once after torch, which share MAX_JOBS."""
+    """COMPILED: whether anything is compiled (then the closure and the repair stages run). The
+    compile steps that run at once share MAX_JOBS among themselves, at run time (jobshare): no
+    build arg counts them, so adding an extension never re-runs a cached torchvision step."""
     extensions = args["BUILD_EXTENSIONS"] == "1"
     compiles_torch_family = args["BUILD_MODE"] != "wheels"
-    stages = extensions + compiles_torch_family * (
-        bool(args["TORCHVISION_VERSION"]) + bool(args["TORCHAUDIO_VERSION"])
-    )
-    return {
-        "COMPILED": "1" if compiles_torch_family or extensions else "0",
-        "PARALLEL_STAGES": str(max(1, stages)),
-    }
+    return {"COMPILED": "1" if compiles_torch_family or extensions else "0"}
 
 
 def make(given: BuildInputs) -> BuildPlan:

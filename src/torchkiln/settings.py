@@ -639,17 +639,15 @@ BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
 # BUILD_EXTENSIONS (0/1) is decided from EXTENSIONS and --extension folders: 1 builds the
 # extensions stage, which 0 leaves out of the build entirely.
 # COMPILED (0/1): something is compiled here (BUILD_MODE source or torch-wheel, or extensions),
-# so there is a runtime closure to derive and wheels to repair. PARALLEL_STAGES: how many compile
-# stages run at once after torch (vision, audio, extensions), sharing one MAX_JOBS budget.
+# so there is a runtime closure to derive and wheels to repair.
 DERIVED_BUILD_ARGS = (
     "TORCH_CUDA_ARCH_LIST",
     "CUDA_ARCHITECTURES",
     "MAGMA_CUDA_ARCH_MIN",
     "BUILD_EXTENSIONS",
     "COMPILED",
-    "PARALLEL_STAGES",
 )
-DERIVED_DEFAULTS = {"BUILD_EXTENSIONS": "0", "COMPILED": "1", "PARALLEL_STAGES": "1"}
+DERIVED_DEFAULTS = {"BUILD_EXTENSIONS": "0", "COMPILED": "1"}
 
 _REFERENCE = re.compile(r"\$\{([A-Z_]+)\}")
 

@@ -297,12 +297,13 @@ def cuda_wheel(tmp_path_factory: pytest.TempPathFactory):
     """BUILD_MODE=torch-wheel: the official CUDA torch wheel; torchvision and a published
     extension compiled for 8.6 against it."""
     # MAX_JOBS as test_extensions.py sets it: the budget is a build arg of the vision step, so
-    # with the same one that module's builds find this vision step cached.
+    # with the same one that module's builds find this vision step cached. The vision and the
+    # torchsort steps start together and split it: one job each, said in the log.
     project = make_project(
         tmp_path_factory.mktemp("cuda"),
         "cudawheel",
         BUILD_MODE="torch-wheel",
-        **{**CUDA, "MAX_JOBS": "4"},
+        **{**CUDA, "MAX_JOBS": "2"},
     )
     vision = ["--source", f"vision={project.root / 'tests' / 'fixtures' / 'vision'}"]
     try:
@@ -331,6 +332,17 @@ def test_torchvision_is_compiled_for_the_cca_against_the_official_torch(
         'print(torch.version.cuda, torch._C.has_lapack, torchvision.build_env["cuda_kernels"])\''
     )
     assert assert_ok(project.exec("train", script)).split() == ["13.0", "True", "True"]
+
+
+def test_the_vision_and_extension_steps_share_one_job_budget(cuda_wheel) -> None:
+    """Both steps compile at once, against the same torch: MAX_JOBS=2 is split between them
+    while they run (never more than the budget plus one job), and the log says so."""
+    _, output, _, _ = cuda_wheel
+    jobs = dict(re.findall(r"torchkiln-jobs: (vision|torchsort) MAX_JOBS=(\d+ \(.+\))", output))
+    assert set(jobs) == {"vision", "torchsort"}, output[-3000:]
+    counts = [int(said.split()[0]) for said in jobs.values()]
+    assert all(count >= 1 for count in counts) and sum(counts) <= 3, jobs
+    assert any("shared by the 2 compile steps running at once" in said for said in jobs.values())
 
 
 def test_the_extension_is_built_for_the_cca_installed_and_listed(cuda_wheel, tmp_path) -> None:
