@@ -2,8 +2,9 @@
 # sccache against ccache on the same work, in one run: tests/fixtures/extension (ops.cpp, scale.cu,
 # shift.cu) built by docker/scripts/build-wheel.sh of this checkout (sccache) and of OLD, a
 # checkout from before sccache (ccache: git worktree add OLD 7e69cfa), each with an empty cache
-# of its own. Per launcher and round: a cold build (every source new to the cache), the same copy
-# with a one-line change in shift.cu, then that copy once more unchanged (every call should hit);
+# of its own. Per launcher and round, each build from a fresh copy of the sources (as a build
+# step starts): a cold build (every source new to the cache), a one-line change in shift.cu
+# (the others should hit), then the same sources once more (every call should hit);
 # printed: the wall clock of build-wheel.sh for each, warm / cold, and the launcher's own hits
 # and misses.
 # On a GPU host or any machine with torch and nvcc (no Docker, no network); sccache and ccache on
@@ -25,6 +26,12 @@ cca_exports "$cca"
 scripts_old=$out/old-scripts && rm -rf "$scripts_old" && cp -r "$old/docker/scripts" "$scripts_old"
 sed -i 's|export CCACHE_DIR=/root/.cache/ccache|export CCACHE_DIR=${CCACHE_DIR:?}|' "$scripts_old/build-wheel.sh"
 
+fresh() { # SOURCE SIDE: a new copy of SOURCE (no build/ folder) at the same path for each of a
+  # side's builds, as a build step mounts its sources (paths are part of a compile's command)
+  local copy=$out/fixture-$2
+  rm -rf "$copy" && cp -r "$1" "$copy" && echo "$copy"
+}
+
 build() { # SIDE COPY LABEL: one build-wheel.sh run; prints seconds and the summary counts
   local side=$1 copy=$2 label=$3 script=$repo/docker/scripts/build-wheel.sh src=$repo/src started log
   [[ $side == sccache ]] || { script=$scripts_old/build-wheel.sh src=$old/src; }
@@ -45,13 +52,15 @@ build() { # SIDE COPY LABEL: one build-wheel.sh run; prints seconds and the summ
       cache=$out/$side-cache-$round && rm -rf "$cache" && mkdir -p "$cache"
       export CCACHE_DIR=$cache SCCACHE_DIR=$cache
       sccache --stop-server >/dev/null 2>&1 || true
-      copy=$out/$side-fixture-$round && rm -rf "$copy" && cp -r "$repo/tests/fixtures/extension" "$copy"
-      echo "static const long kiln_cold_${round}_$$ = 1;" >>"$copy/csrc/ops.h"
+      # Each build from a fresh copy, as in a build step (no build/ folder of an earlier one, so
+      # ninja recompiles every file and only the launcher's cache can spare work).
+      source=$out/$side-source-$round && rm -rf "$source" && cp -r "$repo/tests/fixtures/extension" "$source"
+      echo "static const long kiln_cold_${round}_$$ = 1;" >>"$source/csrc/ops.h"
       # build's lines via a file: in a process substitution its exit would not stop the run.
-      build "$side" "$copy" "cold-$round" >"$out/result"; mapfile -t cold <"$out/result"
-      echo "static const long torchkiln_touched = $(date +%s%N)L;" >>"$copy/csrc/shift.cu"
-      build "$side" "$copy" "warm-$round" >"$out/result"; mapfile -t warm <"$out/result"
-      build "$side" "$copy" "same-$round" >"$out/result"; mapfile -t same <"$out/result"
+      build "$side" "$(fresh "$source" "$side")" "cold-$round" >"$out/result"; mapfile -t cold <"$out/result"
+      echo "static const long torchkiln_touched = $(date +%s%N)L;" >>"$source/csrc/shift.cu"
+      build "$side" "$(fresh "$source" "$side")" "warm-$round" >"$out/result"; mapfile -t warm <"$out/result"
+      build "$side" "$(fresh "$source" "$side")" "same-$round" >"$out/result"; mapfile -t same <"$out/result"
       python3 -c "import sys; c, w = float(sys.argv[2]), float(sys.argv[4]); print(f'round {sys.argv[6]} {sys.argv[1]:8s} cold {c:6.1f} s ({sys.argv[3]}); one-line .cu change {w:6.1f} s ({sys.argv[5]}), warm/cold {w / c:.2f}; unchanged {float(sys.argv[7]):6.1f} s ({sys.argv[8]})')" \
         "$side" "${cold[0]}" "${cold[1]:-}" "${warm[0]}" "${warm[1]:-}" "$round" "${same[0]}" "${same[1]:-}"
     done

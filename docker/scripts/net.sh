@@ -122,6 +122,7 @@ use_sccache() {
 register_compile_step() {
   local dir=${TORCHKILN_STEPS_DIR:-/run/torchkiln-steps}
   [[ -z ${TORCHKILN_STEP_MARKER:-} && -d $dir && -w $dir ]] || return 0
+  command -v flock >/dev/null || return 0 # util-linux: in every Debian and Ubuntu base
   TORCHKILN_STEP_MARKER=$dir/$(cat /proc/sys/kernel/random/uuid).step
   exec {torchkiln_step_lock}>"$TORCHKILN_STEP_MARKER"
   flock "$torchkiln_step_lock"
