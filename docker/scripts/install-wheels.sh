@@ -2,8 +2,10 @@
 # `install-wheels.sh wheels DIR`: install the wheels in DIR (torch & co.) into the active Python.
 # `install-wheels.sh requirements FILE`: install a requirement list, never replacing the torch
 # packages already there.
-# `install-wheels.sh nvidia DIR`: install the NVIDIA wheels the official torch of this version
-# requires (field "cuda" of DIR/official.json, torch-requirements.sh; nothing for a CPU torch).
+# `install-wheels.sh nvidia DIR`: install the NVIDIA wheels and the Triton the official torch of
+# this version requires (field "declare" of DIR/official.json, torch-requirements.sh: what a
+# torch built here declares too), and in a build stage the CUDA wheels the build adds (cuDSS);
+# nothing for a CPU torch.
 # With a non-empty /wheelhouse, all install with no index (air-gapped).
 set -euo pipefail
 # shellcheck source=docker/scripts/net.sh
@@ -19,9 +21,12 @@ case $what in
     if [[ -s $path/official.json ]]; then
       python - "$path/official.json" >/tmp/torch-nvidia.txt <<'PY'
 import json, sys
-for line in json.load(open(sys.argv[1]))["cuda"]:
+for line in json.load(open(sys.argv[1]))["declare"]:
     print(line)
 PY
+      if [[ -s /opt/cuda-extra-requirements.txt ]]; then
+        cat /opt/cuda-extra-requirements.txt >>/tmp/torch-nvidia.txt
+      fi
       if [[ -s /tmp/torch-nvidia.txt ]]; then
         pip install "${wheelhouse_options[@]}" --requirement /tmp/torch-nvidia.txt
       fi
