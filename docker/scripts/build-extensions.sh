@@ -1,7 +1,6 @@
 #!/bin/bash
-# Build every CUDA extension against the installed torch (the torch-env stage's; or the wheels in
-# $2, installed first), into $1: each source
-# distribution named in EXTENSIONS (name==version, from the index or the wheelhouse), and each
+# Build every CUDA extension against the installed torch (the torch-env stage's), into $1: each
+# source distribution named in EXTENSIONS (name==version, from the index or the wheelhouse), and each
 # local folder mounted under /opt/src/extensions/N. EXTENSION_ARCHS=cca (the default) compiles
 # every nvcc call for exactly TORCH_CUDA_ARCH_LIST, whatever -gencode flags the project sets;
 # as-is keeps the project's own. After each build, the wheel's SASS/PTX are read and compared
@@ -10,7 +9,7 @@
 set -euo pipefail
 # shellcheck source=docker/scripts/net.sh
 source "$(dirname "$0")/net.sh"
-wheel_dir=$1 torch_wheels=${2:-}
+wheel_dir=$1
 # Beside the vision and audio steps from the start: their share of the job budget counts this
 # step before its first download ends (build-wheel.sh claims this step's share).
 register_compile_step
@@ -82,15 +81,12 @@ build_one() {
   fi
 }
 
-# What the venv held before this step: what the step adds (the projects' build requirements, and
-# torch when $2 brings it) is removed at the end, so that BuildKit's record of the step, kept for
-# every extension rebuild, holds the wheels and not another torch.
+# What the venv held before this step: what the step adds (the projects' build requirements) is
+# removed at the end, so that BuildKit's record of the step, kept for every extension rebuild,
+# holds the wheels alone.
 installed_before=$(command pip list --format=freeze | cut -d= -f1 | sort)
-# Extensions' setup.py imports torch even to say what they are: torch is installed before any
-# (torch-env's), and the source distributions are fetched without build isolation.
-if [[ -n $torch_wheels ]] && compgen -G "$torch_wheels/*.whl" >/dev/null; then
-  pip install "${wheelhouse_options[@]}" "$torch_wheels"/*.whl
-fi
+# Extensions' setup.py imports torch even to say what they are: torch-env installed it, and the
+# source distributions are fetched without build isolation.
 for spec in ${EXTENSIONS:-}; do
   name=${spec%%==*}
   download=/tmp/extensions/$name
