@@ -26,6 +26,11 @@ REPO = Path(__file__).resolve().parents[2]
 BASE = os.environ.get("TORCHKILN_TEST_BASE_IMAGE") or "debian:bookworm"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 TIMEOUT = 1500
+# The source stand-ins of every project copy carry one mark per test session (a file outside
+# the compile): the session's builds share their steps, and a step that an earlier session left
+# in the engine's build cache never stands in for a compile a test reads the log of.
+SESSION_MARK = uuid.uuid4().hex
+MARKED_FIXTURES = ("pytorch", "vision", "magma")
 EXEC_TIMEOUT = 120
 BUILD_STAGES = {
     "base",
@@ -105,7 +110,8 @@ def clean_environ() -> dict[str, str]:
 
 
 def copy_repository(target: Path) -> None:
-    """Copy the files git would see (tracked and untracked, not ignored) into target."""
+    """Copy the files git would see (tracked and untracked, not ignored) into target, and mark
+    its source stand-ins with this session's mark."""
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
         cwd=REPO,
@@ -118,6 +124,10 @@ def copy_repository(target: Path) -> None:
         if source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
+    for fixture in MARKED_FIXTURES:
+        folder = target / "tests" / "fixtures" / fixture
+        if folder.is_dir():
+            (folder / "TEST-SESSION").write_text(SESSION_MARK, encoding="utf-8")
 
 
 @functools.cache

@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import time
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -297,8 +298,10 @@ def cuda_wheel(tmp_path_factory: pytest.TempPathFactory):
     """BUILD_MODE=torch-wheel: the official CUDA torch wheel; torchvision and a published
     extension compiled for 8.6 against it."""
     # MAX_JOBS as test_extensions.py sets it: the budget is a build arg of the vision step, so
-    # with the same one that module's builds find this vision step cached. The vision and the
-    # torchsort steps start together and split it: one job each, said in the log.
+    # with the same one (and the session's mark on the stand-in) that module's builds find this
+    # vision step cached. Here it compiles: no earlier session's cache holds a step of this
+    # mark. The vision and the torchsort steps start together and split the budget: one job
+    # each, said in the log.
     project = make_project(
         tmp_path_factory.mktemp("cuda"),
         "cudawheel",
@@ -306,9 +309,23 @@ def cuda_wheel(tmp_path_factory: pytest.TempPathFactory):
         **{**CUDA, "MAX_JOBS": "2"},
     )
     vision = ["--source", f"vision={project.root / 'tests' / 'fixtures' / 'vision'}"]
+    # The extensions are one step, keyed by the specs and the folders: a folder no build has
+    # seen makes it run, so torchsort compiles beside the vision step (sccache may serve both).
+    marked = project.root / "marked-extension"
+    shutil.copytree(project.root / "tests" / "fixtures" / "extension", marked)
+    (marked / "BUILD-STAMP").write_text(uuid.uuid4().hex)
     try:
         started = time.monotonic()
-        args = ("build", "--cca", "8.6", *vision, "--extension", EXTENSION)
+        args = (
+            "build",
+            "--cca",
+            "8.6",
+            *vision,
+            "--extension",
+            EXTENSION,
+            "--extension",
+            str(marked),
+        )
         output = assert_ok(project.invoke(*args))
         print(f"\ntorch-wheel build with CUDA from the index: {time.monotonic() - started:.0f} s")
         dest = project.root / "dist"
@@ -335,8 +352,9 @@ def test_torchvision_is_compiled_for_the_cca_against_the_official_torch(
 
 
 def test_the_vision_and_extension_steps_share_one_job_budget(cuda_wheel) -> None:
-    """Both steps compile at once, against the same torch: MAX_JOBS=2 is split between them
-    while they run (never more than the budget plus one job), and the log says so."""
+    """Both steps compile at once, against the same torch: MAX_JOBS=2 is split between the
+    vision step and the extension step's first compile (torchsort) while they run (never more
+    than the budget plus one job), and the log says so."""
     _, output, _, _ = cuda_wheel
     jobs = dict(re.findall(r"torchkiln-jobs: (vision|torchsort) MAX_JOBS=(\d+ \(.+\))", output))
     assert set(jobs) == {"vision", "torchsort"}, output[-3000:]
