@@ -6,7 +6,8 @@ copy of the repository with the test settings (tests/integration/projects.py): t
 the line the build printed before it started, the measured time its wall clock. One line per
 mode: the range, the measured time, measured / the range's middle, and whether it is within
 +-30 % of it (the goal). Each build is a first one: a line added to the copy's net.sh, which
-every stage's scripts read, keeps the engine's build cache from answering any step.
+every stage's scripts read, keeps the engine's build cache from answering any step, and a
+compile cache mount of the copy's own keeps sccache from answering any compile.
 
 - wheels: the CPU torch 2.13.0 and docker/requirements.txt from a local wheelhouse (downloaded
   here with pip first, or given with --wheelhouse), as the integration tests build it;
@@ -93,6 +94,11 @@ def first_build(project: images.Project, mode: str, house: Path) -> tuple[str, f
     # which a user's later builds have too, stay).
     net = project.root / "docker" / "scripts" / "net.sh"
     net.write_text(net.read_text() + f"# {project.name}: a first build, measured\n")
+    # And no compile from sccache's local cache: the copy's compile steps mount one of their own,
+    # empty (what was compiled before, by the tests or by this script, would be hits).
+    dockerfile = project.root / "docker" / "Dockerfile"
+    text = dockerfile.read_text()
+    dockerfile.write_text(text.replace("id=torchkiln-sccache,", f"id={project.name}-sccache,"))
     args = ["build", "--no-up"]
     if mode == "source":
         args += images.fixture_sources(project)
