@@ -293,6 +293,20 @@ def test_editing_a_build_script_does_not_refetch_the_sources(tmp_path: Path) -> 
 EXTENSION = "torchsort==0.1.10"
 
 
+def run_mark(folder: Path) -> Path:
+    """A local extension no build has seen, with nothing to compile (a Python package). The
+    extensions are one step, keyed by the specs and the folders: with this folder in it the step
+    runs, so torchsort compiles beside the vision step (sccache may serve both), at the cost of
+    a few seconds of pip."""
+    (folder / "kiln_run_mark").mkdir(parents=True)
+    (folder / "kiln_run_mark" / "__init__.py").write_text(f'MARK = "{uuid.uuid4().hex}"\n')
+    (folder / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n\n'
+        '[project]\nname = "kiln-run-mark"\nversion = "0.1.0"\n'
+    )
+    return folder
+
+
 @pytest.fixture(scope="module")
 def cuda_wheel(tmp_path_factory: pytest.TempPathFactory):
     """BUILD_MODE=torch-wheel: the official CUDA torch wheel; torchvision and a published
@@ -309,11 +323,7 @@ def cuda_wheel(tmp_path_factory: pytest.TempPathFactory):
         **{**CUDA, "MAX_JOBS": "2"},
     )
     vision = ["--source", f"vision={project.root / 'tests' / 'fixtures' / 'vision'}"]
-    # The extensions are one step, keyed by the specs and the folders: a folder no build has
-    # seen makes it run, so torchsort compiles beside the vision step (sccache may serve both).
-    marked = project.root / "marked-extension"
-    shutil.copytree(project.root / "tests" / "fixtures" / "extension", marked)
-    (marked / "BUILD-STAMP").write_text(uuid.uuid4().hex)
+    marked = run_mark(project.root / "kiln-run-mark")
     try:
         started = time.monotonic()
         args = (
