@@ -98,6 +98,8 @@ def first_build(project: images.Project, mode: str, house: Path) -> tuple[str, f
     # empty (what was compiled before, by the tests or by this script, would be hits).
     dockerfile = project.root / "docker" / "Dockerfile"
     text = dockerfile.read_text()
+    if "id=torchkiln-sccache," not in text:
+        raise SystemExit("docker/Dockerfile mounts no torchkiln-sccache cache: update this script")
     dockerfile.write_text(text.replace("id=torchkiln-sccache,", f"id={project.name}-sccache,"))
     args = ["build", "--no-up"]
     if mode == "source":

@@ -324,18 +324,10 @@ def cuda_wheel(tmp_path_factory: pytest.TempPathFactory):
     )
     vision = ["--source", f"vision={project.root / 'tests' / 'fixtures' / 'vision'}"]
     marked = run_mark(project.root / "kiln-run-mark")
+    extensions = ["--extension", EXTENSION, "--extension", str(marked)]
     try:
         started = time.monotonic()
-        args = (
-            "build",
-            "--cca",
-            "8.6",
-            *vision,
-            "--extension",
-            EXTENSION,
-            "--extension",
-            str(marked),
-        )
+        args = ("build", "--cca", "8.6", *vision, *extensions)
         output = assert_ok(project.invoke(*args))
         print(f"\ntorch-wheel build with CUDA from the index: {time.monotonic() - started:.0f} s")
         dest = project.root / "dist"
