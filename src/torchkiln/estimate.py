@@ -71,11 +71,16 @@ SECONDS_PER_IMAGE_GB = 28
 WHEELS_GB = {"cuda": 6.0, "cpu": 1.0}
 
 
-# CUDA_FROM=pypi also installs NVIDIA's toolkit wheels (about 3 GB) into the build stages.
+# CUDA_FROM=pypi also installs NVIDIA's toolkit wheels (about 3 GB) into the build stages, not
+# into the train image nor its export: scripts/measure_estimate.py's first torch-wheel build on 2
+# cores installed them in 36 s (2026-12-07), about 12 s a GB.
 PYPI_TOOLKIT_GB = 3.0
 
 
-# torchvision's CUDA kernels, one arch, in core-hours (torch-wheel compiles it).
+SECONDS_PER_TOOLKIT_GB = 12
+
+
+# torchvision's CUDA kernels, one arch, in core-hours (source and torch-wheel compile it).
 VISION_CORE_HOURS = (0.5, 1.5)
 
 
@@ -181,10 +186,42 @@ def image_seconds(values: Mapping[str, str], compiles: bool) -> float:
     """What a build does besides compiling: the image's steps and the wheels it installs and
     exports (NVIDIA's toolkit wheels too where CUDA_FROM=pypi and something compiles)."""
     cuda = values.get("CUDA_FROM", "image") != "none" and bool(values.get("CCA"))
-    gb = WHEELS_GB["cuda" if cuda else "cpu"]
+    seconds = IMAGE_STEPS_SECONDS + WHEELS_GB["cuda" if cuda else "cpu"] * SECONDS_PER_IMAGE_GB
     if values.get("CUDA_FROM") == "pypi" and compiles:
-        gb += PYPI_TOOLKIT_GB
-    return IMAGE_STEPS_SECONDS + gb * SECONDS_PER_IMAGE_GB
+        seconds += PYPI_TOOLKIT_GB * SECONDS_PER_TOOLKIT_GB
+    return seconds
+
+
+def against_torch_seconds(
+    values: Mapping[str, str],
+    jobs: int,
+    extension_sources: Sequence[ExtensionSources],
+    unread: int,
+    vision: ExtensionSources | None,
+) -> tuple[float, float, list[str]]:
+    """The compile steps built against torch (low, high seconds) and what each extension is taken
+    to be. torchvision (torchaudio where asked) and the extensions compile at the same time, each
+    with its share of the jobs (jobshare: steps that start together split MAX_JOBS), so the
+    longest of them sets the time, not their sum."""
+    said = extensions_seconds(values, extension_sources, jobs, unread)[2]
+    compiled = values["BUILD_MODE"] != "wheels"
+    audio = compiled and bool(values.get("TORCHAUDIO_VERSION"))
+    # torchaudio takes its share of the jobs; its own compile is not estimated (no figure).
+    steps = int(compiled) + int(audio) + int(bool(said))
+    share = max(1, jobs // max(1, steps))
+    ext_low, ext_high, said = extensions_seconds(values, extension_sources, share, unread)
+    if not compiled:
+        return ext_low, ext_high, said
+    cuda = values["CUDA_FROM"] != "none" and bool(values["CCA"])
+    if vision is not None and vision.cuda_sources is not None:
+        # A torchvision folder of one's own: its CUDA sources x archs, as for an extension.
+        both = extension_seconds(vision.cuda_sources, archs_compiled(values), share)
+        vision_range = (both, both)
+    else:
+        # How much more device code than for one arch: torchvision scales as torch does.
+        scale = sum(arch_units(values["CCA"], cuda)) / sum(arch_units("8.6", True)) if cuda else 1
+        vision_range = tuple(hours * scale * 3600 / share for hours in VISION_CORE_HOURS)
+    return max(vision_range[0], ext_low), max(vision_range[1], ext_high), said
 
 
 def estimate(
@@ -204,24 +241,10 @@ def estimate(
     mode = values["BUILD_MODE"]
     jobs = parallel_jobs(values, cpus, memory_bytes)
     cuda = values["CUDA_FROM"] != "none" and bool(values["CCA"])
-    # How much more device code than for one arch: torchvision scales the same.
-    scale = sum(arch_units(values["CCA"], cuda)) / sum(arch_units("8.6", True)) if cuda else 1
-    ext_low, ext_high, ext_said = extensions_seconds(
-        values, extension_sources, jobs, max(0, local_extensions - len(extension_sources))
-    )
+    unread = max(0, local_extensions - len(extension_sources))
+    low_s, high_s, ext_said = against_torch_seconds(values, jobs, extension_sources, unread, vision)
     compiles = mode != "wheels" or bool(ext_said)
-    seconds = [
-        image_seconds(values, compiles) + ext_low,
-        image_seconds(values, compiles) + ext_high,
-    ]
-    if mode == "torch-wheel" and vision is not None and vision.cuda_sources is not None:
-        # A torchvision folder of one's own: its CUDA sources x archs, as for an extension.
-        compile_s = extension_seconds(vision.cuda_sources, archs_compiled(values), jobs)
-        seconds = [t + compile_s for t in seconds]
-    elif mode == "torch-wheel":
-        seconds = [
-            t + v * scale * 3600 / jobs for t, v in zip(seconds, VISION_CORE_HOURS, strict=True)
-        ]
+    seconds = [image_seconds(values, compiles) + low_s, image_seconds(values, compiles) + high_s]
     learned: list[str] = []
     last_extensions = _last(history, "extensions-build")
     if ext_said and last_extensions:
@@ -254,15 +277,20 @@ def estimate(
         if cuda
         else ("the CPU")
     )
-    text = (
-        f"estimate: a PyTorch source build for {what} with {jobs_text} ({cpus} cores, "
-        f"{memory}: {why}) takes {range_text(low, high)} the first time (published figures: "
-        f"{_core_hours_text(cuda)}){extensions_text}"
-    )
+    basis = f"published figures: {_core_hours_text(cuda)}"
     torch_hours = learned_torch_hours(history, values["CCA"], cuda, jobs)
     if torch_hours:
+        # This machine's own first compile, scaled to these archs and jobs, replaces the
+        # published figures: it holds this machine's cores, disk and network.
         hours, said = torch_hours
+        low, high = (hours + seconds[0] / 3600) * SPREAD[0], (hours + seconds[1] / 3600) * SPREAD[1]
+        basis = "from this machine's record"
         learned.insert(0, f"{said}, so here about {runner.format_duration(hours * 3600)}")
+    text = (
+        f"estimate: a PyTorch source build for {what} with {jobs_text} ({cpus} cores, "
+        f"{memory}: {why}) takes {range_text(low, high)} the first time ({basis})"
+        f"{extensions_text}"
+    )
     text += "".join(f"; {said}" for said in learned)
     return (
         f"{text}; it needs about {disk} GB of disk, and a rebuild reuses sccache (an estimate, "
