@@ -34,6 +34,7 @@ from torchkiln import (
     inputs,
     runner,
     settings,
+    timings,
     tlscheck,
 )
 from torchkiln.buildplan import BuildPlan
@@ -192,13 +193,11 @@ def build_service(c, built: BuildPlan) -> None:
                 if command:
                     c.run(shlex.join(command))
         return
+    folders = {
+        name: path for name, path in built.contexts.items() if name in extensions.EXTENSION_CONTEXTS
+    }
     if built.service in settings.SOURCE:  # ngc compiles nothing
-        history = estimate.read_timings(built.root)
-        folders = {
-            name: path
-            for name, path in built.contexts.items()
-            if name in extensions.EXTENSION_CONTEXTS
-        }
+        history = timings.read_timings(built.root)
         # Each extension's CUDA sources and archs, where its source can be read before the build.
         read = extsources.gather(
             mine["EXTENSIONS"].split(),
@@ -243,9 +242,8 @@ def build_service(c, built: BuildPlan) -> None:
         elapsed = time.monotonic() - started
         if built.service in settings.SOURCE:
             date = time.strftime("%Y-%m-%d")
-            estimate.record_timings(
-                built.root, estimate.timing_entries(mine, result.output, elapsed, date)
-            )
+            learned = timings.timing_entries(mine, result.output, elapsed, date, len(folders))
+            timings.record_timings(built.root, learned)
     with c.cd(str(built.root)):
         if built.push:
             # No stdin: what is typed meanwhile stays for the shell (docker compose exec …).

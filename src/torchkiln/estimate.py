@@ -6,13 +6,10 @@ From published build times, and from what this machine's earlier builds recorded
 
 from __future__ import annotations
 
-import contextlib
-import json
-import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from dataclasses import dataclass
 
-from torchkiln import buildlog, compose, envfile, gpu, runner
+from torchkiln import gpu, runner, timings
 from torchkiln.errors import UserError
 from torchkiln.extcompile import (
     ExtensionSources,
@@ -106,16 +103,6 @@ DISK_GB_PER_ARCH = (40, 4)
 GB_PER_JOB = 6
 
 
-COMPILE_STAGES = ("magma-build", "torch-build", "vision-build", "audio-build", "extensions-build")
-
-
-TIMINGS_FILE = "timings.json"
-
-
-# Kept per checkout: enough to learn from, small enough to read in no time.
-TIMINGS_KEPT = 50
-
-
 def disk_gb(values: Mapping[str, str]) -> int:
     """The free disk (GB) a build of these settings needs at the engine's root: the one figure
     invoke build's estimate and doctor's disk row both say. A source build of torch and vision
@@ -154,12 +141,25 @@ def arch_units(cca: str, cuda: bool) -> tuple[float, float]:
     )
 
 
+@dataclass(frozen=True)
+class Learned:
+    """This machine's last cold torch compile of the same kind, scaled to a build's archs and
+    jobs, and the rest of the build it was part of."""
+
+    hours: float
+    said: str
+    rest: float | None  # that build's seconds besides torch's compile (None: total not kept)
+    extensions: str  # the extensions it compiled (timings.extensions_key)
+    against: float  # its longest step built against torch (they run at once)
+
+
 def learned_torch_hours(
     history: Sequence[Mapping[str, object]], cca: str, cuda: bool, jobs: int
-) -> tuple[float, str] | None:
+) -> Learned | None:
     """Scale this machine's last cold torch compile (mostly sccache misses) of the same kind to
-    this build's archs and jobs: (hours, what it was), or None when there is none."""
-    for entry in reversed(history):
+    this build's archs and jobs, or None when there is none."""
+    for index in range(len(history) - 1, -1, -1):
+        entry = history[index]
         if entry.get("stage") != "torch-build" or bool(entry.get("cuda")) != cuda:
             continue
         hits, misses = int(entry.get("hits") or 0), int(entry.get("misses") or 0)
@@ -170,7 +170,7 @@ def learned_torch_hours(
             now_units = sum(arch_units(cca, cuda)) / 2
         except UserError:
             continue
-        seconds = float(entry.get("seconds") or 0)  # type: ignore[arg-type]
+        seconds = _seconds(entry)
         then_jobs = int(entry.get("jobs") or jobs)  # type: ignore[call-overload]
         hours = seconds / 3600 * (now_units / then_units) * (then_jobs / jobs)
         archs = f"for {entry.get('cca')}" if cuda else "for the CPU"
@@ -178,8 +178,21 @@ def learned_torch_hours(
             f"this machine compiled torch {archs} in {runner.format_duration(seconds)} with "
             f"{then_jobs} jobs on {entry.get('date', '?')}"
         )
-        return hours, what
+        build = timings.build_of(history, index)
+        if build is None:
+            return Learned(hours, what, None, "", 0.0)
+        total, stages = build
+        against = [_seconds(s) for s in stages if s.get("stage") in timings.AGAINST_TORCH]
+        rest = max(0.0, _seconds(total) - seconds)
+        return Learned(hours, what, rest, str(total.get("extensions", "")), max(against or [0]))
     return None
+
+
+def _seconds(entry: Mapping[str, object]) -> float:
+    try:
+        return float(entry.get("seconds") or 0)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def image_seconds(values: Mapping[str, str], compiles: bool) -> float:
@@ -278,14 +291,23 @@ def estimate(
         else ("the CPU")
     )
     basis = f"published figures: {_core_hours_text(cuda)}"
-    torch_hours = learned_torch_hours(history, values["CCA"], cuda, jobs)
-    if torch_hours:
+    torch = learned_torch_hours(history, values["CCA"], cuda, jobs)
+    if torch:
         # This machine's own first compile, scaled to these archs and jobs, replaces the
-        # published figures: it holds this machine's cores, disk and network.
-        hours, said = torch_hours
-        low, high = (hours + seconds[0] / 3600) * SPREAD[0], (hours + seconds[1] / 3600) * SPREAD[1]
+        # published figures, and the rest of that build the guesses for the steps around it:
+        # they hold this machine's cores, disk and network.
+        around = seconds
+        if torch.rest is not None and torch.extensions == timings.extensions_key(
+            values, local_extensions
+        ):
+            around = [torch.rest, torch.rest]
+        elif torch.rest is not None:  # other extensions: theirs estimated, as above
+            around = [torch.rest - torch.against + low_s, torch.rest - torch.against + high_s]
+        low = (torch.hours + around[0] / 3600) * SPREAD[0]
+        high = (torch.hours + around[1] / 3600) * SPREAD[1]
         basis = "from this machine's record"
-        learned.insert(0, f"{said}, so here about {runner.format_duration(hours * 3600)}")
+        hours = runner.format_duration(torch.hours * 3600)
+        learned.insert(0, f"{torch.said}, so here about {hours}")
     text = (
         f"estimate: a PyTorch source build for {what} with {jobs_text} ({cpus} cores, "
         f"{memory}: {why}) takes {range_text(low, high)} the first time ({basis})"
@@ -321,54 +343,3 @@ def _core_hours_text(cuda: bool) -> str:
         f"{more[1]:.0f} for each further one, {extra[0]:.0f}-{extra[1]:.0f} more for 9.0 and "
         f"10.0's arch-specific kernels"
     )
-
-
-_STEP_STAT = re.compile(
-    r"^#(\d+) [\d.]+ torchkiln-(sccache|jobs): .*?(?:\bhits=(\d+) misses=(\d+)|MAX_JOBS=(\d+))",
-    re.MULTILINE,
-)
-
-
-def timing_entries(
-    values: Mapping[str, str], log: str, seconds: float, date: str
-) -> list[dict[str, object]]:
-    """What a finished build teaches later estimates: each compile stage that ran (not from
-    cache) with its seconds, jobs and sccache counts, and the build's total for its mode."""
-    stages = {number: stage for number, _, stage, _ in buildlog.STEP_HEADER.findall(log)}
-    per_step: dict[str, dict[str, int]] = {}
-    for number, kind, hits, misses, jobs in _STEP_STAT.findall(log):
-        stat = per_step.setdefault(number, {"hits": 0, "misses": 0, "jobs": 0})
-        if kind == "sccache":
-            stat["hits"] += int(hits)
-            stat["misses"] += int(misses)
-        else:
-            stat["jobs"] = max(stat["jobs"], int(jobs))
-    cuda = values["CUDA_FROM"] != "none" and bool(values["CCA"])
-    common = {"date": date, "mode": values["BUILD_MODE"], "cuda": cuda, "cca": values["CCA"]}
-    entries: list[dict[str, object]] = [{"stage": "build", "seconds": round(seconds), **common}]
-    for number, spent in buildlog.STEP_DONE.findall(log):
-        stage = stages.get(number)
-        if stage in COMPILE_STAGES:
-            stat = per_step.get(number, {})
-            entries.append({"stage": stage, "seconds": round(float(spent)), **common, **stat})
-    return entries
-
-
-def read_timings(root: Path) -> list[dict[str, object]]:
-    """The timings this checkout's builds recorded ([] when none, or unreadable)."""
-    try:
-        recorded = json.loads((root / compose.STATE_DIR / TIMINGS_FILE).read_text("utf-8"))
-    except (OSError, ValueError):
-        return []
-    if not isinstance(recorded, list):
-        return []
-    return [entry for entry in recorded if isinstance(entry, dict)]
-
-
-def record_timings(root: Path, entries: list[dict[str, object]]) -> None:
-    """Add a build's timings to the record later estimates read."""
-    kept = [*read_timings(root), *entries][-TIMINGS_KEPT:]
-    # A convenience for later estimates: a checkout that cannot be written loses only that.
-    with contextlib.suppress(OSError):
-        file = root / compose.STATE_DIR / TIMINGS_FILE
-        envfile.write_atomic(file, json.dumps(kept, indent=1) + "\n", 0o644)

@@ -68,6 +68,8 @@ def test_a_long_compile_shows_progress_and_the_next_estimate_learns(tmp_path) ->
         estimate = next(line for line in again.splitlines() if line.startswith("estimate: "))
         assert "this machine compiled torch for the CPU in " in estimate, estimate
         assert "with 2 jobs on " in estimate and "so here about " in estimate
+        # The range is this machine's, not PyTorch's published hours.
+        assert "(from this machine's record)" in estimate and "published" not in estimate
         assert "this machine's last extension compile took " in estimate
 
         # A dry run with other inputs changes nothing a later command reads.

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from invoke import Config, MockContext, Result
 
-from torchkiln import build, buildsummary, doctor, estimate, inputs, settings
+from torchkiln import build, buildsummary, doctor, estimate, inputs, settings, timings
 from torchkiln.runner import Streamed
 
 GB = 1024**3
@@ -92,6 +92,27 @@ def test_this_machine_s_record_scales_to_the_archs_and_jobs_of_the_next_build() 
     assert "this machine compiled" not in cpu  # a CUDA record says nothing about a CPU build
 
 
+def test_the_rest_of_the_recorded_build_replaces_the_guesses_around_torch_s_compile() -> None:
+    record = {"cuda": False, "cca": "", "date": "2026-01-02", "mode": "source"}
+    history = [
+        {"stage": "build", "seconds": 900, "extensions": "; 0 local folders", **record},
+        {"stage": "torch-build", "seconds": 600, "jobs": 2, "misses": 900, **record},
+        {"stage": "vision-build", "seconds": 100, "jobs": 2, **record},
+    ]
+    values = settings.resolve({"CUDA_FROM": "none"})
+    same = estimate.estimate(values, 2, 24 * GB, history)
+    # The same build again: torch's 600 s and the 300 s around it, within the spread.
+    low, high = hours_range(same)
+    assert (low * 3600, high * 3600) == pytest.approx((900 * 0.85, 900 * 1.2), abs=60)
+    # With an extension that build did not compile, its own estimate replaces that build's
+    # steps against torch (100 s): more than the same build, the 200 s else kept.
+    other = estimate.estimate({**values, "EXTENSIONS": "torchsort==0.1.10"}, 2, 24 * GB, history)
+    assert hours_range(other)[0] > low
+    # A record whose total is no longer kept: the guesses around torch's compile stay.
+    alone = estimate.estimate(values, 2, 24 * GB, history[1:])
+    assert "(from this machine's record)" in alone and hours_range(alone) != (low, high)
+
+
 def test_wheels_modes_give_a_range_and_what_this_machine_took() -> None:
     wheels = estimate.estimate(settings.resolve({"BUILD_MODE": "wheels", "CCA": "8.6"}), 2, 8 * GB)
     # Nothing compiles: the image's steps and the CUDA torch's wheels (about 6 GB installed).
@@ -131,24 +152,24 @@ uncached=0 local=7012 dist=0 dist_errors=0 servers=- reasons=-
 
 
 def test_a_finished_build_records_its_compile_stages_and_its_total() -> None:
-    values = settings.resolve({"CCA": "8.6;9.0"})
-    entries = estimate.timing_entries(values, LOG, 3700.2, "2026-02-03")
+    values = settings.resolve({"CCA": "8.6;9.0", "EXTENSIONS": "b==2 a==1"})
+    entries = timings.timing_entries(values, LOG, 3700.2, "2026-02-03", folders=1)
     assert entries == [
         {"stage": "build", "seconds": 3700, "date": "2026-02-03", "mode": "source",
-         "cuda": True, "cca": "8.6;9.0"},
+         "cuda": True, "cca": "8.6;9.0", "extensions": "a==1 b==2; 1 local folders"},
         {"stage": "torch-build", "seconds": 3600, "date": "2026-02-03", "mode": "source",
          "cuda": True, "cca": "8.6;9.0", "hits": 12, "misses": 7012, "jobs": 8},
     ]  # fmt: skip
 
 
 def test_timings_are_kept_and_read_back_and_a_bad_file_is_no_record(tmp_path: Path) -> None:
-    assert estimate.read_timings(tmp_path) == []
+    assert timings.read_timings(tmp_path) == []
     (tmp_path / ".torchkiln").mkdir()
-    estimate.record_timings(tmp_path, [{"stage": "build", "seconds": 1}])
-    estimate.record_timings(tmp_path, [{"stage": "build", "seconds": 2}])
-    assert [entry["seconds"] for entry in estimate.read_timings(tmp_path)] == [1, 2]
-    (tmp_path / ".torchkiln" / estimate.TIMINGS_FILE).write_text("{not json")
-    assert estimate.read_timings(tmp_path) == []
+    timings.record_timings(tmp_path, [{"stage": "build", "seconds": 1}])
+    timings.record_timings(tmp_path, [{"stage": "build", "seconds": 2}])
+    assert [entry["seconds"] for entry in timings.read_timings(tmp_path)] == [1, 2]
+    (tmp_path / ".torchkiln" / timings.TIMINGS_FILE).write_text("{not json")
+    assert timings.read_timings(tmp_path) == []
 
 
 @pytest.mark.parametrize(
