@@ -18,7 +18,9 @@ compile cache mount of the copy's own keeps sccache from answering any compile.
   stand-ins for PyTorch, and the estimate of a source build is PyTorch's published core-hours
   until the checkout has compiled torch once: then it is that record, scaled. So a first build
   teaches it (as a user's first build does), and a second one, again with nothing cached, is
-  the one measured.
+  the one measured. Its settings are the first one's: this shows that a recorded build is said
+  again within the goal; the scaling to other archs and jobs is PyTorch's published ratios
+  (tests/unit/test_build_estimate.py).
 
 Usage: python3 scripts/measure_estimate.py [--modes wheels,torch-wheel,source] [--wheelhouse DIR]
 """

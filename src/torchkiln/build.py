@@ -43,6 +43,13 @@ from torchkiln.errors import UserError
 from torchkiln.inputs import BuildOptions
 
 
+def extension_folders(built: BuildPlan) -> dict[str, str]:
+    """The local extension folders a build compiles (their contexts: name -> host path)."""
+    return {
+        name: path for name, path in built.contexts.items() if name in extensions.EXTENSION_CONTEXTS
+    }
+
+
 def prepare(
     root: Path, flags: Mapping[str, object], environ: Mapping[str, str], *, recorded: bool = False
 ) -> BuildPlan:
@@ -158,11 +165,7 @@ def build_service(c, built: BuildPlan) -> None:
             )
         except UserError as error:
             found.append(Row("extensions", "error", str(error)))
-        folders = {
-            name: path
-            for name, path in built.contexts.items()
-            if name in extensions.EXTENSION_CONTEXTS
-        }
+        folders = extension_folders(built)
         specs = mine["EXTENSIONS"].split()
         if (specs or folders) and inputs.WHEELHOUSE_CONTEXT not in built.contexts:
             # A C++ standard torch's headers do not take is found here, not in the compile.
@@ -193,9 +196,7 @@ def build_service(c, built: BuildPlan) -> None:
                 if command:
                     c.run(shlex.join(command))
         return
-    folders = {
-        name: path for name, path in built.contexts.items() if name in extensions.EXTENSION_CONTEXTS
-    }
+    folders = extension_folders(built)
     if built.service in settings.SOURCE:  # ngc compiles nothing
         history = timings.read_timings(built.root)
         # Each extension's CUDA sources and archs, where its source can be read before the build.

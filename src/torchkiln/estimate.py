@@ -1,13 +1,12 @@
 """The estimate said before a build starts (time as a range, disk), and the timings it learns.
 
 From published build times, and from what this machine's earlier builds recorded in
-`.torchkiln/timings.json` (`timing_entries` reads them off a finished build's log).
+`.torchkiln/timings.json` (timings.py records them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from torchkiln import gpu, runner, timings
 from torchkiln.errors import UserError
@@ -141,58 +140,65 @@ def arch_units(cca: str, cuda: bool) -> tuple[float, float]:
     )
 
 
-@dataclass(frozen=True)
-class Learned:
-    """This machine's last cold torch compile of the same kind, scaled to a build's archs and
-    jobs, and the rest of the build it was part of."""
-
-    hours: float
-    said: str
-    rest: float | None  # that build's seconds besides torch's compile (None: total not kept)
-    extensions: str  # the extensions it compiled (timings.extensions_key)
-    against: float  # its longest step built against torch (they run at once)
-
-
 def learned_torch_hours(
     history: Sequence[Mapping[str, object]], cca: str, cuda: bool, jobs: int
-) -> Learned | None:
-    """Scale this machine's last cold torch compile (mostly sccache misses) of the same kind to
-    this build's archs and jobs, or None when there is none."""
-    for index in range(len(history) - 1, -1, -1):
-        entry = history[index]
-        if entry.get("stage") != "torch-build" or bool(entry.get("cuda")) != cuda:
-            continue
-        hits, misses = int(entry.get("hits") or 0), int(entry.get("misses") or 0)
-        if hits > misses:  # a rebuild from sccache says nothing about a first compile
-            continue
-        try:
-            then_units = sum(arch_units(str(entry.get("cca") or ""), cuda)) / 2
-            now_units = sum(arch_units(cca, cuda)) / 2
-        except UserError:
-            continue
-        seconds = _seconds(entry)
-        then_jobs = int(entry.get("jobs") or jobs)  # type: ignore[call-overload]
-        hours = seconds / 3600 * (now_units / then_units) * (then_jobs / jobs)
-        archs = f"for {entry.get('cca')}" if cuda else "for the CPU"
-        what = (
-            f"this machine compiled torch {archs} in {runner.format_duration(seconds)} with "
-            f"{then_jobs} jobs on {entry.get('date', '?')}"
-        )
-        build = timings.build_of(history, index)
-        if build is None:
-            return Learned(hours, what, None, "", 0.0)
-        total, stages = build
-        against = [_seconds(s) for s in stages if s.get("stage") in timings.AGAINST_TORCH]
-        rest = max(0.0, _seconds(total) - seconds)
-        return Learned(hours, what, rest, str(total.get("extensions", "")), max(against or [0]))
-    return None
-
-
-def _seconds(entry: Mapping[str, object]) -> float:
+) -> tuple[float, str, float, timings.ColdCompile] | None:
+    """This machine's last cold torch compile of the same kind scaled to this build's archs and
+    jobs: (hours, what it was, the scale, the record), or None when there is none."""
+    record = timings.last_cold_compile(history, cuda)
+    if record is None or not record.seconds:
+        return None
     try:
-        return float(entry.get("seconds") or 0)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return 0.0
+        then_units = sum(arch_units(record.cca, cuda)) / 2
+        now_units = sum(arch_units(cca, cuda)) / 2
+    except UserError:
+        return None
+    then_jobs = record.jobs or jobs
+    scale = now_units / then_units * then_jobs / jobs
+    archs = f"for {record.cca}" if cuda else "for the CPU"
+    what = (
+        f"this machine compiled torch {archs} in {runner.format_duration(record.seconds)} with "
+        f"{then_jobs} jobs on {record.date}"
+    )
+    return record.seconds * scale / 3600, what, scale, record
+
+
+def longest(*steps: tuple[float, float]) -> tuple[float, float]:
+    """Steps that run at the same time (low, high seconds each): the longest sets the time."""
+    return max(low for low, _ in steps), max(high for _, high in steps)
+
+
+def recorded_around_torch(
+    record: timings.ColdCompile,
+    scale: float,
+    values: Mapping[str, str],
+    local_extensions: int,
+    parts: tuple[tuple[float, float], tuple[float, float]],
+) -> tuple[float, float] | None:
+    """The steps around torch's compile (low, high seconds) from the build the record was part
+    of: its total without its compiles, and its steps built against torch scaled as torch's
+    compile is (the model's `parts`, vision and extensions, where it has none, or other
+    extensions). None where its total is no longer kept or is shorter than its compiles."""
+    ran = record.stages
+    if record.total is None:
+        return None
+    rest = record.total - record.seconds - max(ran.values(), default=0.0)
+    if rest < 0:
+        return None
+
+    def part(stage: str, model: tuple[float, float]) -> tuple[float, float]:
+        return (ran[stage] * scale,) * 2 if stage in ran else model
+
+    vision, extensions = parts
+    same = record.extensions == timings.extensions_key(values, local_extensions)
+    steps = [
+        part("vision-build", vision),
+        part("extensions-build", extensions) if same else extensions,
+    ]
+    if values.get("TORCHAUDIO_VERSION"):
+        steps.append(part("audio-build", (0.0, 0.0)))
+    low, high = longest(*steps)
+    return rest + low, rest + high
 
 
 def image_seconds(values: Mapping[str, str], compiles: bool) -> float:
@@ -205,17 +211,17 @@ def image_seconds(values: Mapping[str, str], compiles: bool) -> float:
     return seconds
 
 
-def against_torch_seconds(
+def against_torch_parts(
     values: Mapping[str, str],
     jobs: int,
     extension_sources: Sequence[ExtensionSources],
     unread: int,
     vision: ExtensionSources | None,
-) -> tuple[float, float, list[str]]:
-    """The compile steps built against torch (low, high seconds) and what each extension is taken
-    to be. torchvision (torchaudio where asked) and the extensions compile at the same time, each
-    with its share of the jobs (jobshare: steps that start together split MAX_JOBS), so the
-    longest of them sets the time, not their sum."""
+) -> tuple[tuple[float, float], tuple[float, float], list[str]]:
+    """torchvision's compile and the extensions' (each low, high seconds; torchvision's 0 where
+    the mode compiles none) and what each extension is taken to be. They compile at the same
+    time (torchaudio too, where asked), each with its share of the jobs (jobshare: steps that
+    start together split MAX_JOBS), so the longest sets the time, not their sum."""
     said = extensions_seconds(values, extension_sources, jobs, unread)[2]
     compiled = values["BUILD_MODE"] != "wheels"
     audio = compiled and bool(values.get("TORCHAUDIO_VERSION"))
@@ -224,17 +230,16 @@ def against_torch_seconds(
     share = max(1, jobs // max(1, steps))
     ext_low, ext_high, said = extensions_seconds(values, extension_sources, share, unread)
     if not compiled:
-        return ext_low, ext_high, said
+        return (0.0, 0.0), (ext_low, ext_high), said
     cuda = values["CUDA_FROM"] != "none" and bool(values["CCA"])
     if vision is not None and vision.cuda_sources is not None:
         # A torchvision folder of one's own: its CUDA sources x archs, as for an extension.
         both = extension_seconds(vision.cuda_sources, archs_compiled(values), share)
-        vision_range = (both, both)
-    else:
-        # How much more device code than for one arch: torchvision scales as torch does.
-        scale = sum(arch_units(values["CCA"], cuda)) / sum(arch_units("8.6", True)) if cuda else 1
-        vision_range = tuple(hours * scale * 3600 / share for hours in VISION_CORE_HOURS)
-    return max(vision_range[0], ext_low), max(vision_range[1], ext_high), said
+        return (both, both), (ext_low, ext_high), said
+    # How much more device code than for one arch: torchvision scales as torch does.
+    scale = sum(arch_units(values["CCA"], cuda)) / sum(arch_units("8.6", True)) if cuda else 1
+    low, high = (hours * scale * 3600 / share for hours in VISION_CORE_HOURS)
+    return (low, high), (ext_low, ext_high), said
 
 
 def estimate(
@@ -250,18 +255,19 @@ def estimate(
     from published and measured build times and from what this machine's earlier builds
     recorded. `extension_sources`: what was read of the extensions before the build;
     `local_extensions`: local folders beyond those, not read; `vision`: a torchvision folder
-    of one's own, read (torch-wheel compiles it)."""
+    of one's own, read (source and torch-wheel compile it)."""
     mode = values["BUILD_MODE"]
     jobs = parallel_jobs(values, cpus, memory_bytes)
     cuda = values["CUDA_FROM"] != "none" and bool(values["CCA"])
     unread = max(0, local_extensions - len(extension_sources))
-    low_s, high_s, ext_said = against_torch_seconds(values, jobs, extension_sources, unread, vision)
+    parts = against_torch_parts(values, jobs, extension_sources, unread, vision)
+    (low_s, high_s), ext_said = longest(*parts[:2]), parts[2]
     compiles = mode != "wheels" or bool(ext_said)
     seconds = [image_seconds(values, compiles) + low_s, image_seconds(values, compiles) + high_s]
     learned: list[str] = []
     last_extensions = _last(history, "extensions-build")
     if ext_said and last_extensions:
-        took = runner.format_duration(float(last_extensions["seconds"]))  # type: ignore[arg-type]
+        took = runner.format_duration(timings.number(last_extensions, "seconds"))
         learned.append(f"this machine's last extension compile took {took}")
     jobs_text = f"{jobs} parallel job{'s' if jobs != 1 else ''}"
     memory = f"{memory_bytes / 1024**3:.0f} GB memory"
@@ -272,7 +278,7 @@ def estimate(
         disk = disk_gb(values)
         last = _last(history, "build", mode)
         if last:
-            took = runner.format_duration(float(last["seconds"]))  # type: ignore[arg-type]
+            took = runner.format_duration(timings.number(last, "seconds"))
             learned.insert(0, f"this machine's last BUILD_MODE={mode} build took {took}")
         compiling = f", compiling with {jobs_text} ({cpus} cores, {memory})" if compiles else ""
         text = (
@@ -296,18 +302,13 @@ def estimate(
         # This machine's own first compile, scaled to these archs and jobs, replaces the
         # published figures, and the rest of that build the guesses for the steps around it:
         # they hold this machine's cores, disk and network.
-        around = seconds
-        if torch.rest is not None and torch.extensions == timings.extensions_key(
-            values, local_extensions
-        ):
-            around = [torch.rest, torch.rest]
-        elif torch.rest is not None:  # other extensions: theirs estimated, as above
-            around = [torch.rest - torch.against + low_s, torch.rest - torch.against + high_s]
-        low = (torch.hours + around[0] / 3600) * SPREAD[0]
-        high = (torch.hours + around[1] / 3600) * SPREAD[1]
+        hours, said, scale, record = torch
+        around = recorded_around_torch(record, scale, values, local_extensions, parts[:2])
+        low_around, high_around = around or (seconds[0], seconds[1])
+        low = (hours + low_around / 3600) * SPREAD[0]
+        high = (hours + high_around / 3600) * SPREAD[1]
         basis = "from this machine's record"
-        hours = runner.format_duration(torch.hours * 3600)
-        learned.insert(0, f"{torch.said}, so here about {hours}")
+        learned.insert(0, f"{said}, so here about {runner.format_duration(hours * 3600)}")
     text = (
         f"estimate: a PyTorch source build for {what} with {jobs_text} ({cpus} cores, "
         f"{memory}: {why}) takes {range_text(low, high)} the first time ({basis})"

@@ -7,6 +7,7 @@ import contextlib
 import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from torchkiln import buildlog, compose, envfile
@@ -84,16 +85,58 @@ def record_timings(root: Path, entries: list[dict[str, object]]) -> None:
         envfile.write_atomic(file, json.dumps(kept, indent=1) + "\n", 0o644)
 
 
-def build_of(
-    history: Sequence[Mapping[str, object]], index: int
-) -> tuple[Mapping[str, object], list[Mapping[str, object]]] | None:
-    """The build the entry at `index` belongs to (a build's entries are recorded together, its
-    total first): (its total, its stage entries); None when its total is no longer kept."""
-    start = next((n for n in range(index, -1, -1) if history[n].get("stage") == "build"), None)
-    if start is None:
-        return None
-    end = next(
-        (n for n in range(start + 1, len(history)) if history[n].get("stage") == "build"),
-        len(history),
-    )
-    return history[start], list(history[start + 1 : end])
+def number(entry: Mapping[str, object], key: str) -> float:
+    """A number of a recorded entry; 0 where the file (hand-edited, older) holds none."""
+    value = entry.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return 0.0
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return 0.0
+
+
+@dataclass(frozen=True)
+class ColdCompile:
+    """This machine's last cold torch compile of a kind (mostly sccache misses), and what the
+    build it was part of recorded."""
+
+    seconds: float
+    jobs: int  # 0: not recorded
+    cca: str
+    date: str
+    total: float | None  # that build's seconds (None: its total is no longer kept)
+    stages: dict[str, float]  # its other compile stages that ran (not from the cache)
+    extensions: str | None  # what it compiled (extensions_key; None: not recorded)
+
+
+def last_cold_compile(history: Sequence[Mapping[str, object]], cuda: bool) -> ColdCompile | None:
+    """The last cold torch compile with CUDA (or without), or None."""
+    for index in range(len(history) - 1, -1, -1):
+        entry = history[index]
+        if entry.get("stage") != "torch-build" or (entry.get("cuda") is True) != cuda:
+            continue
+        if number(entry, "hits") > number(entry, "misses"):
+            continue  # a rebuild from sccache says nothing about a first compile
+        start = next((n for n in range(index, -1, -1) if history[n].get("stage") == "build"), None)
+        end = next(
+            (n for n in range(index + 1, len(history)) if history[n].get("stage") == "build"),
+            len(history),
+        )
+        total = history[start] if start is not None else {}
+        siblings = history[start + 1 : end] if start is not None else []
+        extensions = total.get("extensions")
+        return ColdCompile(
+            seconds=number(entry, "seconds"),
+            jobs=int(number(entry, "jobs")),
+            cca=str(entry.get("cca") or ""),
+            date=str(entry.get("date") or "?"),
+            total=number(total, "seconds") if total else None,
+            stages={
+                str(stage["stage"]): number(stage, "seconds")
+                for stage in siblings
+                if stage.get("stage") in AGAINST_TORCH
+            },
+            extensions=extensions if isinstance(extensions, str) else None,
+        )
+    return None

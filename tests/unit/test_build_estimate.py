@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from invoke import Config, MockContext, Result
 
-from torchkiln import build, buildsummary, doctor, estimate, inputs, settings, timings
+from torchkiln import build, buildsummary, doctor, estimate, extcompile, inputs, settings, timings
 from torchkiln.runner import Streamed
 
 GB = 1024**3
@@ -92,25 +92,70 @@ def test_this_machine_s_record_scales_to_the_archs_and_jobs_of_the_next_build() 
     assert "this machine compiled" not in cpu  # a CUDA record says nothing about a CPU build
 
 
-def test_the_rest_of_the_recorded_build_replaces_the_guesses_around_torch_s_compile() -> None:
-    record = {"cuda": False, "cca": "", "date": "2026-01-02", "mode": "source"}
-    history = [
-        {"stage": "build", "seconds": 900, "extensions": "; 0 local folders", **record},
-        {"stage": "torch-build", "seconds": 600, "jobs": 2, "misses": 900, **record},
-        {"stage": "vision-build", "seconds": 100, "jobs": 2, **record},
+RECORD = {"cuda": True, "cca": "8.6", "date": "2026-01-02", "mode": "source"}
+RECORDED = [
+    {"stage": "build", "seconds": 900, "extensions": "; 0 local folders", **RECORD},
+    {"stage": "torch-build", "seconds": 600, "jobs": 2, "misses": 900, **RECORD},
+    {"stage": "vision-build", "seconds": 100, "jobs": 2, **RECORD},
+]
+
+
+def seconds_said(text: str) -> tuple[float, float]:
+    low, high = hours_range(text)
+    return low * 3600, high * 3600
+
+
+@pytest.mark.parametrize(
+    ("given", "history", "around"),
+    [
+        # The same build again: torch's 600 s, vision's 100 s and the 200 s of the rest.
+        ({}, RECORDED, 600 + 100 + 200),
+        # Two archs (8.6;9.0): torch's and vision's compiles scale by 50/32.5 core-hours.
+        ({"CCA": "8.6;9.0"}, RECORDED, (600 + 100) * 50 / 32.5 + 200),
+        # A record from before extensions were recorded: the same, none now.
+        ({}, [{k: v for k, v in e.items() if k != "extensions"} for e in RECORDED], 900),
+    ],
+    ids=["same", "two-archs", "older-record"],
+)
+def test_the_recorded_build_replaces_the_guesses_around_torch_s_compile(
+    given, history, around
+) -> None:
+    text = estimate.estimate(settings.resolve({"CCA": "8.6", **given}), 2, 24 * GB, history)
+    assert "(from this machine's record)" in text
+    assert seconds_said(text) == pytest.approx((around * 0.85, around * 1.2), abs=60)
+
+
+def test_other_extensions_or_an_incomplete_record_fall_back_to_the_model() -> None:
+    values = settings.resolve({"CCA": "8.6"})
+    # An extension that build did not compile: its model (sources not read, 3-60, 1 job of 2),
+    # beside the recorded vision step.
+    other = {**values, "EXTENSIONS": "torchsort==0.1.10"}
+    low, high = (extcompile.extension_seconds(n, 1, 1) for n in extcompile.UNKNOWN_CUDA_SOURCES)
+    said = seconds_said(estimate.estimate(other, 2, 24 * GB, RECORDED))
+    assert said == pytest.approx(((800 + low) * 0.85, (800 + high) * 1.2), abs=60)
+    # A total shorter than its compiles, or none kept: torch's record, the model around it.
+    model = estimate.estimate(values, 2, 24 * GB, RECORDED[1:])
+    short = [{**RECORDED[0], "seconds": 650}, *RECORDED[1:]]
+    assert estimate.estimate(values, 2, 24 * GB, short) == model
+    parts = estimate.against_torch_parts(values, 2, [], 0, None)
+    around = [estimate.image_seconds(values, True) + t for t in estimate.longest(*parts[:2])]
+    expected = ((600 + around[0]) * 0.85, (600 + around[1]) * 1.2)
+    assert seconds_said(model) == pytest.approx(expected, abs=60)
+
+
+def test_a_hand_edited_record_is_read_as_far_as_it_makes_sense() -> None:
+    values = settings.resolve({"CCA": "8.6"})
+    broken = [
+        {"stage": "build", "seconds": None, "extensions": 3, **RECORD},
+        {"stage": "torch-build", "seconds": "600", "jobs": "x", "misses": "many", **RECORD},
+        {"stage": "extensions-build", "seconds": [1], **RECORD},
     ]
-    values = settings.resolve({"CUDA_FROM": "none"})
-    same = estimate.estimate(values, 2, 24 * GB, history)
-    # The same build again: torch's 600 s and the 300 s around it, within the spread.
-    low, high = hours_range(same)
-    assert (low * 3600, high * 3600) == pytest.approx((900 * 0.85, 900 * 1.2), abs=60)
-    # With an extension that build did not compile, its own estimate replaces that build's
-    # steps against torch (100 s): more than the same build, the 200 s else kept.
-    other = estimate.estimate({**values, "EXTENSIONS": "torchsort==0.1.10"}, 2, 24 * GB, history)
-    assert hours_range(other)[0] > low
-    # A record whose total is no longer kept: the guesses around torch's compile stay.
-    alone = estimate.estimate(values, 2, 24 * GB, history[1:])
-    assert "(from this machine's record)" in alone and hours_range(alone) != (low, high)
+    text = estimate.estimate({**values, "EXTENSIONS": "a==1"}, 2, 24 * GB, broken)
+    assert "this machine compiled torch for 8.6 in 10 min with 2 jobs" in text
+    assert "this machine's last extension compile took 0 s" in text
+    # "true" is not true: no CUDA record, the published figures.
+    strings = [{**entry, "cuda": "true"} for entry in RECORDED]
+    assert "published figures" in estimate.estimate(values, 2, 24 * GB, strings)
 
 
 def test_wheels_modes_give_a_range_and_what_this_machine_took() -> None:

@@ -187,24 +187,29 @@ def test_the_torch_wheel_fixture_build_within_the_goal() -> None:
     assert extcompile.extension_seconds(1, 1, 1) == pytest.approx(114, rel=GOAL)
 
 
+def against_torch(values, jobs, read, vision) -> tuple[float, float, list[str]]:
+    vision_s, extensions_s, said = estimate.against_torch_parts(values, jobs, read, 0, vision)
+    return (*estimate.longest(vision_s, extensions_s), said)
+
+
 def test_the_steps_built_against_torch_share_the_jobs_and_the_longest_sets_the_time() -> None:
     values = settings.resolve(
         {"BUILD_MODE": "torch-wheel", "CCA": "8.6", "EXTENSIONS": "torchsort==0.1.10"}
     )
     vision = extcompile.ExtensionSources("torchvision", 2)
     read = [extcompile.ExtensionSources("torchsort", 1)]
-    low, high, said = estimate.against_torch_seconds(values, 8, read, 0, vision)
+    low, high, said = against_torch(values, 8, read, vision)
     assert said == ["torchsort: 1 CUDA sources x 1 arch"]
     # 4 jobs each; torchvision's two sources are the longer step.
     assert low == high == extcompile.extension_seconds(2, 1, 4)
     assert low < extcompile.extension_seconds(2, 1, 8) + extcompile.extension_seconds(1, 1, 8)
     # Alone (no extension), torchvision has every job; torchaudio asked for takes a share too.
-    alone = estimate.against_torch_seconds({**values, "EXTENSIONS": ""}, 8, [], 0, vision)
+    alone = against_torch({**values, "EXTENSIONS": ""}, 8, [], vision)
     assert alone[:2] == (extcompile.extension_seconds(2, 1, 8),) * 2
-    audio = estimate.against_torch_seconds(
-        {**values, "EXTENSIONS": "", "TORCHAUDIO_VERSION": "2.9.1"}, 8, [], 0, vision
+    audio = against_torch(
+        {**values, "EXTENSIONS": "", "TORCHAUDIO_VERSION": "2.9.1"}, 8, [], vision
     )
     assert audio[:2] == (extcompile.extension_seconds(2, 1, 4),) * 2
     # Official wheels compile no torchvision: the extensions have every job.
-    wheels = estimate.against_torch_seconds({**values, "BUILD_MODE": "wheels"}, 8, read, 0, None)
+    wheels = against_torch({**values, "BUILD_MODE": "wheels"}, 8, read, None)
     assert wheels[:2] == (extcompile.extension_seconds(1, 1, 8),) * 2
