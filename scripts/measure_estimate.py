@@ -146,7 +146,8 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     print(f"{'mode':<12} {'estimate':<22} {'measured':<12} measured/middle  goal +-{GOAL:.0%}")
     for mode, low, high, seconds, ratio in rows:
-        said = f"{runner.format_duration(low)} to {runner.format_duration(high)}"
+        said = runner.format_duration(low), runner.format_duration(high)
+        said = f"about {said[0]}" if said[0] == said[1] else f"{said[0]} to {said[1]}"
         verdict = "met" if abs(ratio - 1) <= GOAL else "NOT met"
         print(f"{mode:<12} {said:<22} {runner.format_duration(seconds):<12} {ratio:.2f}  {verdict}")
     return 0
