@@ -114,9 +114,11 @@ def test_an_extension_whose_sources_were_not_read_gets_a_range_and_says_so() -> 
 def test_the_cpu_wheels_fixture_build_within_the_goal() -> None:
     # BUILD_MODE=wheels with the CPU torch 2.13.0 from a local wheelhouse (the integration tests'
     # fixture), a first build on a 2-core machine: scripts/measure_estimate.py --modes wheels,
-    # 75 s (2026-12-06; 194-236 s in runs beside four other builds on the same 2 cores).
+    # 75 s (2026-12-06; 194-236 s in runs beside four other builds on the same 2 cores), 53 s
+    # in the run of all three modes (2026-12-07).
     values = settings.resolve({"BUILD_MODE": "wheels", "CUDA_FROM": "none", "MAX_JOBS": "2"})
-    assert_within_goal(estimate.estimate(values, 2, 24 * GB), 75)
+    for measured in (75, 53):
+        assert_within_goal(estimate.estimate(values, 2, 24 * GB), measured)
 
 
 def sdist(files: dict[str, str]) -> bytes:
@@ -172,8 +174,9 @@ def test_the_torch_wheel_fixture_build_within_the_goal() -> None:
     # BUILD_MODE=torch-wheel as the CUDA tests build it: the official CUDA torch and NVIDIA's
     # toolkit wheels from the index (CUDA_FROM=pypi), the fixture's torchvision folder (2 CUDA
     # sources) and torchsort 0.1.10 (1) for 8.6 on 2 cores, a first build with an empty compile
-    # cache: scripts/measure_estimate.py --modes torch-wheel, 348 s (2026-12-06). The estimate
-    # then said 8 min to 12 min (0.58): it added the two compiles, which run at once.
+    # cache: scripts/measure_estimate.py --modes torch-wheel, 348 s, then 350 s, and 396 s in the
+    # run of all three modes (2026-12-07). The estimate first said 8 min to 12 min (0.58): it
+    # added the two compiles, which run at once.
     values = settings.resolve(
         {"BUILD_MODE": "torch-wheel", "CCA": "8.6", "CUDA_FROM": "pypi",
          "EXTENSIONS": "torchsort==0.1.10"}
@@ -181,7 +184,8 @@ def test_the_torch_wheel_fixture_build_within_the_goal() -> None:
     read = [extcompile.ExtensionSources("torchsort", 1)]
     vision = extcompile.ExtensionSources("torchvision", 2)
     text = estimate.estimate(values, 2, 24 * GB, extension_sources=read, vision=vision)
-    assert_within_goal(text, 348)
+    for measured in (348, 350, 396):
+        assert_within_goal(text, measured)
     # Each step had 1 of the 2 jobs: vision-build took 176 s, extensions-build 114 s, at once.
     assert extcompile.extension_seconds(2, 1, 1) == pytest.approx(176, rel=GOAL)
     assert extcompile.extension_seconds(1, 1, 1) == pytest.approx(114, rel=GOAL)
