@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from torchkiln import gpu, runner, timings
+from torchkiln import gpu, runner, settings, timings
 from torchkiln.errors import UserError
 from torchkiln.extcompile import (
     ExtensionSources,
@@ -108,7 +108,7 @@ def disk_gb(values: Mapping[str, str]) -> int:
     with its sccache: DISK_GB_PER_ARCH; official wheels about 10 GB, 20 with NVIDIA's CUDA wheels
     from the Python index or torchvision compiled (torch-wheel)."""
     mode = values.get("BUILD_MODE", "source")
-    cuda = values.get("CUDA_FROM", "image") != "none" and bool(values.get("CCA"))
+    cuda = settings.compiles_cuda(values)
     if mode == "source":
         try:
             archs = len(gpu.parse_cca(values.get("CCA", ""))) if cuda else 1
@@ -142,9 +142,9 @@ def arch_units(cca: str, cuda: bool) -> tuple[float, float]:
 
 def learned_torch_hours(
     history: Sequence[Mapping[str, object]], cca: str, cuda: bool, jobs: int
-) -> tuple[float, str, float, timings.ColdCompile] | None:
-    """This machine's last cold torch compile of the same kind scaled to this build's archs and
-    jobs: (hours, what it was, the scale, the record), or None when there is none."""
+) -> tuple[float, str, timings.ColdCompile] | None:
+    """This machine's last cold torch compile of the same kind and how it scales to this build's
+    archs and jobs: (the scale, what it was, the record), or None when there is none."""
     record = timings.last_cold_compile(history, cuda)
     if record is None or not record.seconds:
         return None
@@ -160,7 +160,7 @@ def learned_torch_hours(
         f"this machine compiled torch {archs} in {runner.format_duration(record.seconds)} with "
         f"{then_jobs} jobs on {record.date}"
     )
-    return record.seconds * scale / 3600, what, scale, record
+    return scale, what, record
 
 
 def longest(*steps: tuple[float, float]) -> tuple[float, float]:
@@ -204,7 +204,7 @@ def recorded_around_torch(
 def image_seconds(values: Mapping[str, str], compiles: bool) -> float:
     """What a build does besides compiling: the image's steps and the wheels it installs and
     exports (NVIDIA's toolkit wheels too where CUDA_FROM=pypi and something compiles)."""
-    cuda = values.get("CUDA_FROM", "image") != "none" and bool(values.get("CCA"))
+    cuda = settings.compiles_cuda(values)
     seconds = IMAGE_STEPS_SECONDS + WHEELS_GB["cuda" if cuda else "cpu"] * SECONDS_PER_IMAGE_GB
     if values.get("CUDA_FROM") == "pypi" and compiles:
         seconds += PYPI_TOOLKIT_GB * SECONDS_PER_TOOLKIT_GB
@@ -222,16 +222,16 @@ def against_torch_parts(
     the mode compiles none) and what each extension is taken to be. They compile at the same
     time (torchaudio too, where asked), each with its share of the jobs (jobshare: steps that
     start together split MAX_JOBS), so the longest sets the time, not their sum."""
-    said = extensions_seconds(values, extension_sources, jobs, unread)[2]
+    any_extension = bool(extension_sources or values.get("EXTENSIONS", "").split() or unread)
     compiled = values["BUILD_MODE"] != "wheels"
     audio = compiled and bool(values.get("TORCHAUDIO_VERSION"))
     # torchaudio takes its share of the jobs; its own compile is not estimated (no figure).
-    steps = int(compiled) + int(audio) + int(bool(said))
+    steps = int(compiled) + int(audio) + int(any_extension)
     share = max(1, jobs // max(1, steps))
     ext_low, ext_high, said = extensions_seconds(values, extension_sources, share, unread)
     if not compiled:
         return (0.0, 0.0), (ext_low, ext_high), said
-    cuda = values["CUDA_FROM"] != "none" and bool(values["CCA"])
+    cuda = settings.compiles_cuda(values)
     if vision is not None and vision.cuda_sources is not None:
         # A torchvision folder of one's own: its CUDA sources x archs, as for an extension.
         both = extension_seconds(vision.cuda_sources, archs_compiled(values), share)
@@ -258,7 +258,7 @@ def estimate(
     of one's own, read (source and torch-wheel compile it)."""
     mode = values["BUILD_MODE"]
     jobs = parallel_jobs(values, cpus, memory_bytes)
-    cuda = values["CUDA_FROM"] != "none" and bool(values["CCA"])
+    cuda = settings.compiles_cuda(values)
     unread = max(0, local_extensions - len(extension_sources))
     parts = against_torch_parts(values, jobs, extension_sources, unread, vision)
     (low_s, high_s), ext_said = longest(*parts[:2]), parts[2]
@@ -302,7 +302,8 @@ def estimate(
         # This machine's own first compile, scaled to these archs and jobs, replaces the
         # published figures, and the rest of that build the guesses for the steps around it:
         # they hold this machine's cores, disk and network.
-        hours, said, scale, record = torch
+        scale, said, record = torch
+        hours = record.seconds * scale / 3600
         around = recorded_around_torch(record, scale, values, local_extensions, parts[:2])
         low_around, high_around = around or (seconds[0], seconds[1])
         low = (hours + low_around / 3600) * SPREAD[0]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from torchkiln import gpu
+from torchkiln import gpu, settings
 from torchkiln.errors import UserError
 from torchkiln.inimage import nvcc
 
@@ -54,7 +54,7 @@ def archs_compiled(values: Mapping[str, str], own_archs: int = 0) -> int:
     """The archs nvcc compiles an extension for: the CCA's (PTX and SASS of one arch are one
     compile), or under EXTENSION_ARCHS=as-is those its build names (else the CCA's, which
     torch.utils.cpp_extension takes from TORCH_CUDA_ARCH_LIST)."""
-    if values.get("CUDA_FROM") == "none" or not values.get("CCA"):
+    if not settings.compiles_cuda(values):
         return 0
     if values.get("EXTENSION_ARCHS") == "as-is" and own_archs:
         return own_archs

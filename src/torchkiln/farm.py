@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from torchkiln import compose, envfile, estimate, hostfacts, sccache, urls
+from torchkiln import compose, envfile, estimate, hostfacts, sccache, settings, urls
 from torchkiln.errors import UserError
 
 PROFILE = "farm"
@@ -203,7 +203,7 @@ def divided_estimate(values: Mapping[str, str], cpus: int, memory_bytes: int, co
     """The source build's compile part (the estimate's core-hours) on this machine's jobs and
     the farm's cores; codegen, downloads and links stay on this machine."""
     jobs = estimate.parallel_jobs(values, cpus, memory_bytes)
-    cuda = values["CUDA_FROM"] != "none" and bool(values["CCA"])
+    cuda = settings.compiles_cuda(values)
     low, high = estimate.arch_units(values["CCA"], cuda)
     here = f"{estimate.range_text(low / jobs, high / jobs)} on this machine's {jobs} jobs"
     there = estimate.range_text(compile_hours(low, jobs, cores), compile_hours(high, jobs, cores))

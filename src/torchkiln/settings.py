@@ -652,6 +652,11 @@ DERIVED_DEFAULTS = {"BUILD_EXTENSIONS": "0", "COMPILED": "1"}
 _REFERENCE = re.compile(r"\$\{([A-Z_]+)\}")
 
 
+def compiles_cuda(values: Mapping[str, str]) -> bool:
+    """Whether a build of these settings compiles CUDA code: a CUDA toolkit and a CCA."""
+    return values.get("CUDA_FROM", "image") != "none" and bool(values.get("CCA"))
+
+
 def references(value: str) -> list[str]:
     """The settings a value refers to as ${NAME}."""
     return _REFERENCE.findall(value)

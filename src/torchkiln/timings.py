@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from torchkiln import buildlog, compose, envfile
+from torchkiln import buildlog, compose, envfile, settings
 
 COMPILE_STAGES = ("magma-build", "torch-build", "vision-build", "audio-build", "extensions-build")
 
@@ -53,10 +53,12 @@ def timing_entries(
             stat["misses"] += int(misses)
         else:
             stat["jobs"] = max(stat["jobs"], int(jobs))
-    cuda = values["CUDA_FROM"] != "none" and bool(values["CCA"])
+    cuda = settings.compiles_cuda(values)
     common = {"date": date, "mode": values["BUILD_MODE"], "cuda": cuda, "cca": values["CCA"]}
-    total = {"stage": "build", "seconds": round(seconds), **common}
-    entries: list[dict[str, object]] = [{**total, "extensions": extensions_key(values, folders)}]
+    entries: list[dict[str, object]] = [
+        {"stage": "build", "seconds": round(seconds), **common,
+         "extensions": extensions_key(values, folders)},
+    ]  # fmt: skip
     for number, spent in buildlog.STEP_DONE.findall(log):
         stage = stages.get(number)
         if stage in COMPILE_STAGES:
@@ -118,13 +120,14 @@ def last_cold_compile(history: Sequence[Mapping[str, object]], cuda: bool) -> Co
             continue
         if number(entry, "hits") > number(entry, "misses"):
             continue  # a rebuild from sccache says nothing about a first compile
-        start = next((n for n in range(index, -1, -1) if history[n].get("stage") == "build"), None)
+        # A build's entries are recorded together, its total first.
+        start = next((n for n in range(index, -1, -1) if history[n].get("stage") == "build"), -1)
         end = next(
             (n for n in range(index + 1, len(history)) if history[n].get("stage") == "build"),
             len(history),
         )
-        total = history[start] if start is not None else {}
-        siblings = history[start + 1 : end] if start is not None else []
+        total = history[start] if start >= 0 else {}
+        siblings = history[start + 1 : end]
         extensions = total.get("extensions")
         return ColdCompile(
             seconds=number(entry, "seconds"),
